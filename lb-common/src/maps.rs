@@ -1,0 +1,400 @@
+//! Map names, sizes, keys and values.
+
+use core::mem::size_of;
+
+/// Version of the pinned map layout. A binary that finds pinned maps of
+/// another version refuses to adopt them (see `lbd --cleanup`).
+pub const LAYOUT_VERSION: u32 = 1;
+
+// ---- Address families and protocols (our own tags, not AF_* values) ----
+
+/// `family` value of an IPv4 key.
+pub const FAMILY_V4: u8 = 4;
+/// `family` value of an IPv6 key.
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+// ---- Map names (also the file names of the pins under `pin_path`) ----
+
+pub const MAP_VIPS: &str = "LB_VIPS";
+pub const MAP_VIP_ADDRS: &str = "LB_VIP_ADDRS";
+pub const MAP_POOLS: &str = "LB_POOLS";
+pub const MAP_RINGS: &str = "LB_RINGS";
+pub const MAP_BACKENDS: &str = "LB_BACKENDS";
+pub const MAP_FLOWS: &str = "LB_FLOWS";
+pub const MAP_SETTINGS: &str = "LB_SETTINGS";
+pub const MAP_NEXTHOPS: &str = "LB_NEXTHOPS";
+pub const MAP_TENANT_STATS: &str = "LB_TENANT_STATS";
+pub const MAP_TENANT_DROPS: &str = "LB_TENANT_DROPS";
+pub const MAP_VIP_STATS: &str = "LB_VIP_STATS";
+pub const MAP_BACKEND_STATS: &str = "LB_BACKEND_STATS";
+pub const MAP_GLOBAL_STATS: &str = "LB_GLOBAL_STATS";
+
+/// Every map the balancer pins, for cleanup and layout checks.
+pub const ALL_MAPS: [&str; 13] = [
+    MAP_VIPS,
+    MAP_VIP_ADDRS,
+    MAP_POOLS,
+    MAP_RINGS,
+    MAP_BACKENDS,
+    MAP_FLOWS,
+    MAP_SETTINGS,
+    MAP_NEXTHOPS,
+    MAP_TENANT_STATS,
+    MAP_TENANT_DROPS,
+    MAP_VIP_STATS,
+    MAP_BACKEND_STATS,
+    MAP_GLOBAL_STATS,
+];
+
+// ---- Capacities ----
+
+/// Tenant ids are indexes into the per-tenant counter arrays.
+pub const MAX_TENANTS: u32 = 16_384;
+pub const MAX_VIPS: u32 = 65_536;
+pub const MAX_POOLS: u32 = 65_536;
+/// Backend ids are indexes into [`MAP_BACKENDS`] and the per-backend arrays.
+pub const MAX_BACKENDS: u32 = 65_536;
+/// Entries in the ring arena shared by every pool's Maglev ring (16 MiB).
+/// Each pool needs `ring_size` entries, twice while its ring is replaced.
+pub const RING_ARENA_ENTRIES: u32 = 1 << 22;
+/// Default flow-table capacity; `node.flow_table_size` overrides it.
+pub const DEFAULT_FLOW_TABLE_ENTRIES: u32 = 1 << 20;
+/// Default Maglev ring size: prime, good to ~160 backends at 1% imbalance.
+pub const DEFAULT_RING_SIZE: u32 = 16_381;
+/// Ring slot value meaning "no backend" (an empty pool).
+pub const RING_EMPTY: u32 = u32::MAX;
+
+// ---- Keys and values ----
+
+/// Key of [`MAP_VIPS`]: a virtual service. `port == 0` is the any-port
+/// wildcard, tried when the exact port has no entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// Network order; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+    /// Network order (the wire bytes).
+    pub port: u16,
+    /// IP protocol number ([`PROTO_TCP`], [`PROTO_UDP`]).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// [`VipInfo::flags`]: the VIP is served by `lbd` on this node (L7): after
+/// packet policy the XDP program passes it to the local stack.
+pub const VIP_F_LOCAL: u32 = 1;
+
+/// Value of [`MAP_VIPS`]: who owns the VIP and where it goes. Host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    pub tenant_id: u32,
+    pub pool_id: u32,
+    /// Index into [`MAP_VIP_STATS`].
+    pub vip_id: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+}
+
+/// Key of [`MAP_VIP_ADDRS`]: an address that carries at least one VIP, so
+/// that packets without ports (fragments, ICMP errors) can be recognised.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddrKey {
+    /// Network order; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`MAP_POOLS`] (keyed by pool id): where the pool's Maglev ring
+/// lives in [`MAP_RINGS`]. Replaced as a whole (the map is allocated without
+/// preallocation, so the kernel swaps entries under RCU): this is what makes
+/// ring replacement atomic for the XDP program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolInfo {
+    /// First slot of the ring in the arena.
+    pub ring_offset: u32,
+    /// Prime number of slots, fixed for the pool's lifetime.
+    pub ring_size: u32,
+    pub tenant_id: u32,
+    /// Bumped on every ring replacement (diagnostics).
+    pub generation: u32,
+}
+
+/// [`Backend::state`]: slot unused.
+pub const BACKEND_UNUSED: u8 = 0;
+/// [`Backend::state`]: serving; in its pool's ring when its weight is > 0.
+pub const BACKEND_UP: u8 = 1;
+/// [`Backend::state`]: weight 0: out of the ring, established flows stay.
+pub const BACKEND_DRAINING: u8 = 2;
+/// [`Backend::state`]: failed health checks: out of the ring, and flow-table
+/// hits on it are re-steered.
+pub const BACKEND_DOWN: u8 = 3;
+
+/// Value of [`MAP_BACKENDS`] (an array indexed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Network order; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+    /// The tenant owning the backend's pool; the XDP program drops a packet
+    /// whose VIP belongs to another tenant (defence in depth).
+    pub tenant_id: u32,
+    pub pool_id: u32,
+    /// Bumped each time the slot is released, so flow entries made for a
+    /// previous occupant of the slot never match the new one.
+    pub generation: u32,
+    pub family: u8,
+    /// `BACKEND_*`.
+    pub state: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of [`MAP_FLOWS`]: a flow as seen from the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Client address, network order.
+    pub src: [u8; 16],
+    /// VIP address, network order.
+    pub dst: [u8; 16],
+    /// Network order.
+    pub sport: u16,
+    /// Network order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`MAP_FLOWS`]. A hit counts only when the backend slot still has
+/// this `generation`, still belongs to `pool_id` (the VIP's current pool) and
+/// is not down; otherwise the flow is re-steered through the ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend_id: u32,
+    pub pool_id: u32,
+    pub generation: u32,
+    pub tenant_id: u32,
+    /// `bpf_ktime_get_coarse_ns` (`CLOCK_MONOTONIC_COARSE`) of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// [`Settings::forwarding`]: IPIP / IP6IP6 encapsulation.
+pub const FORWARD_IPIP: u8 = 0;
+/// [`Settings::forwarding`]: destination MAC rewrite on the same L2 segment.
+pub const FORWARD_L2DSR: u8 = 1;
+
+/// The single entry (index 0) of [`MAP_SETTINGS`]: node-wide knobs that
+/// `lbd` may change without reloading the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// A flow-table entry idle for longer than this is treated as a miss.
+    pub flow_idle_ns: u64,
+    /// Seed of the flow hash; the same on every node behind one ECMP group.
+    pub hash_seed: u32,
+    /// `FORWARD_*`.
+    pub forwarding: u8,
+    /// Layout version of the pinned maps ([`LAYOUT_VERSION`]).
+    pub layout_version: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`MAP_NEXTHOPS`] (per-CPU array indexed by backend id): the
+/// result of `bpf_fib_lookup` towards a backend, cached for about a second
+/// so the per-packet path does not pay for a FIB lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// `bpf_ktime_get_coarse_ns` after which the entry must be refreshed.
+    pub expires_ns: u64,
+    /// Our source address towards the backend (outer IP source), network order.
+    pub src: [u8; 16],
+    pub ifindex: u32,
+    /// MTU of the route towards the backend.
+    pub mtu: u16,
+    pub _pad: u16,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub _pad2: [u8; 4],
+}
+
+/// Per-CPU traffic counters, one per tenant, VIP and backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows that went through the ring (flow-table misses).
+    pub new_flows: u64,
+    /// Packets dropped for any reason (reasons are in [`MAP_TENANT_DROPS`]).
+    pub drops: u64,
+}
+
+/// Why the balancer dropped (or answered instead of forwarding) a packet;
+/// the index into [`DropCounters::by_reason`].
+pub mod drop_reason {
+    /// A header was truncated or inconsistent (bad IHL, lengths).
+    pub const MALFORMED: usize = 0;
+    /// The VIP's pool is missing or has no backend in its ring.
+    pub const NO_BACKEND: usize = 1;
+    /// The ring or flow table named a backend of another tenant.
+    pub const TENANT_MISMATCH: usize = 2;
+    /// `bpf_fib_lookup` found no route to the backend.
+    pub const NO_ROUTE: usize = 3;
+    /// The backend's MAC is not resolved yet.
+    pub const NO_NEIGH: usize = 4;
+    /// An IP fragment addressed to a VIP.
+    pub const FRAGMENT: usize = 5;
+    /// Too big once encapsulated and not allowed to fragment: answered with
+    /// ICMP fragmentation-needed / packet-too-big.
+    pub const TOO_BIG: usize = 6;
+    /// Too big once encapsulated, DF clear: dropped.
+    pub const TOO_BIG_NO_DF: usize = 7;
+    /// Growing or shrinking the packet failed.
+    pub const ENCAP_FAILED: usize = 8;
+    /// An ICMP error about a VIP whose flow maps to no backend.
+    pub const ICMP_NO_BACKEND: usize = 9;
+    /// An IPv6 packet for a VIP address with an extension header the
+    /// balancer does not walk (hop-by-hop, routing, destination options).
+    pub const UNSUPPORTED: usize = 10;
+    /// Number of reasons; the size of [`super::DropCounters::by_reason`].
+    pub const COUNT: usize = 16;
+    /// Names for metrics and `lbctl`, indexed by reason.
+    pub const NAMES: [&str; COUNT] = [
+        "malformed",
+        "no_backend",
+        "tenant_mismatch",
+        "no_route",
+        "no_neigh",
+        "fragment",
+        "too_big",
+        "too_big_no_df",
+        "encap_failed",
+        "icmp_no_backend",
+        "unsupported",
+        "reserved11",
+        "reserved12",
+        "reserved13",
+        "reserved14",
+        "reserved15",
+    ];
+}
+
+/// Per-CPU drop counters by reason, one per tenant ([`MAP_TENANT_DROPS`]).
+/// Index [`NO_TENANT`] holds drops that belong to no tenant (malformed
+/// packets whose VIP could not be determined).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropCounters {
+    pub by_reason: [u64; drop_reason::COUNT],
+}
+
+impl Default for DropCounters {
+    fn default() -> Self {
+        Self {
+            by_reason: [0; drop_reason::COUNT],
+        }
+    }
+}
+
+/// Tenant slot for drops that cannot be attributed to a tenant; tenant ids
+/// handed out by `lbd` start at 1.
+pub const NO_TENANT: u32 = 0;
+
+/// Node-wide counters ([`MAP_GLOBAL_STATS`], a per-CPU `u64` array).
+pub mod global_counter {
+    /// Every packet the balancer looked at.
+    pub const RX: u32 = 0;
+    /// Not for a VIP: passed untouched.
+    pub const PASS_NOT_VIP: u32 = 1;
+    /// Malformed packets (also per tenant when the VIP is known).
+    pub const MALFORMED: u32 = 2;
+    /// Packets forwarded to a backend with XDP_TX.
+    pub const FORWARDED: u32 = 3;
+    /// VIP packets of local (L7) VIPs passed to the stack.
+    pub const PASS_LOCAL: u32 = 4;
+    /// IP fragments not addressed to a VIP, passed.
+    pub const FRAGMENT_PASSED: u32 = 5;
+    /// ICMP errors about a VIP flow forwarded to the flow's backend.
+    pub const ICMP_FORWARDED: u32 = 6;
+    /// ICMP fragmentation-needed / packet-too-big answers sent to clients.
+    pub const ICMP_TOO_BIG_SENT: u32 = 7;
+    /// Flow-table hits that were stale (backend gone, down or moved).
+    pub const FLOW_STALE: u32 = 8;
+    /// Next-hop cache refreshes (`bpf_fib_lookup` calls).
+    pub const FIB_LOOKUPS: u32 = 9;
+    pub const COUNT: u32 = 16;
+    /// Names for metrics and `lbctl`, indexed by counter.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "rx",
+        "pass_not_vip",
+        "malformed",
+        "forwarded",
+        "pass_local",
+        "fragment_passed",
+        "icmp_forwarded",
+        "icmp_too_big_sent",
+        "flow_stale",
+        "fib_lookups",
+        "reserved10",
+        "reserved11",
+        "reserved12",
+        "reserved13",
+        "reserved14",
+        "reserved15",
+    ];
+}
+
+const _: () = assert!(size_of::<VipKey>() == 20);
+const _: () = assert!(size_of::<VipInfo>() == 16);
+const _: () = assert!(size_of::<VipAddrKey>() == 20);
+const _: () = assert!(size_of::<PoolInfo>() == 16);
+const _: () = assert!(size_of::<Backend>() == 32);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FlowValue>() == 24);
+const _: () = assert!(size_of::<Settings>() == 16);
+const _: () = assert!(size_of::<NextHop>() == 48);
+const _: () = assert!(size_of::<TrafficCounters>() == 32);
+const _: () = assert!(size_of::<DropCounters>() == 8 * drop_reason::COUNT);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::{
+        Backend, DropCounters, FlowKey, FlowValue, NextHop, PoolInfo, Settings, TrafficCounters,
+        VipAddrKey, VipInfo, VipKey,
+    };
+
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: `#[repr(C)]`, only integer and byte-array fields, every
+            // padding byte is an explicit field, so any bit pattern is valid
+            // and the type has no uninitialised bytes.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+
+    pod!(
+        VipKey,
+        VipInfo,
+        VipAddrKey,
+        PoolInfo,
+        Backend,
+        FlowKey,
+        FlowValue,
+        Settings,
+        NextHop,
+        TrafficCounters,
+        DropCounters,
+    );
+}

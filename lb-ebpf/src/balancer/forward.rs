@@ -1,0 +1,186 @@
+//! Sending a packet to its backend: IPIP / IP6IP6 encapsulation or an L2
+//! destination-MAC rewrite, out of the interface the FIB chose.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_TX},
+    helpers::{bpf_redirect, bpf_xdp_adjust_head},
+    programs::XdpContext,
+    EbpfContext,
+};
+use lb_common::{Backend, FAMILY_V4, FORWARD_L2DSR, NextHop, Settings, drop_reason, global_counter};
+use lb_ebpf::{
+    csum,
+    parse::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
+};
+use network_types::{eth::EthHdr, vlan::VlanHdr};
+
+use crate::{nexthop, stats};
+
+/// IP protocol number of IPv4-in-IP.
+const IPPROTO_IPIP: u8 = 4;
+/// IP protocol number of IPv6-in-IP.
+const IPPROTO_IPV6: u8 = 41;
+const OUTER_TTL: u8 = 64;
+
+/// Whether a packet too big to encapsulate may be answered with an ICMP
+/// error (never for a packet that is itself an ICMP error).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum TooBig {
+    Answer,
+    Drop,
+}
+
+/// Forwards `pkt` to backend `id`; returns the XDP action.
+#[inline(always)]
+pub fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    tenant: u32,
+    id: u32,
+    backend: &Backend,
+    settings: &Settings,
+    hash: u32,
+    now: u64,
+    too_big: TooBig,
+) -> u32 {
+    let nh = match nexthop::lookup(ctx, id, backend, now) {
+        Ok(nh) => nh,
+        Err(reason) => return dropped(tenant, reason),
+    };
+    if settings.forwarding == FORWARD_L2DSR {
+        if write_l2(ctx, pkt, &nh, pkt.family).is_err() {
+            return dropped(tenant, drop_reason::MALFORMED);
+        }
+        return send(ctx, &nh);
+    }
+
+    let overhead = if backend.family == FAMILY_V4 { 20 } else { 40 };
+    if pkt.ip_len + overhead > nh.mtu as usize {
+        if pkt.dont_fragment && too_big == TooBig::Answer {
+            stats::drop(tenant, drop_reason::TOO_BIG);
+            stats::global(global_counter::ICMP_TOO_BIG_SENT);
+            return answer_too_big(nh.mtu);
+        }
+        return dropped(tenant, drop_reason::TOO_BIG_NO_DF);
+    }
+    if encapsulate(ctx, pkt, backend, &nh, hash).is_err() {
+        return dropped(tenant, drop_reason::ENCAP_FAILED);
+    }
+    send(ctx, &nh)
+}
+
+/// Return values at or above this are not XDP actions but a request to the
+/// top of the program to answer "too big" with the MTU in the low 16 bits.
+/// The answer is built there, outside the nested calls, so the stack frames
+/// of the steering path and of the ICMP builder are never stacked.
+pub const TOO_BIG_BASE: u32 = 0x1_0000;
+
+#[inline(always)]
+fn answer_too_big(mtu: u16) -> u32 {
+    TOO_BIG_BASE | u32::from(mtu)
+}
+
+#[inline(always)]
+fn dropped(tenant: u32, reason: usize) -> u32 {
+    stats::drop(tenant, reason);
+    XDP_DROP
+}
+
+/// XDP_TX when the next hop is behind the interface the packet came in on,
+/// else a redirect to the FIB's egress interface.
+#[inline(always)]
+fn send(ctx: &XdpContext, nh: &NextHop) -> u32 {
+    stats::global(global_counter::FORWARDED);
+    #[expect(clippy::cast_possible_truncation, reason = "ifindex is a u32 in xdp_md")]
+    if nh.ifindex == ctx.ingress_ifindex() as u32 {
+        XDP_TX
+    } else {
+        #[expect(clippy::cast_possible_truncation, reason = "bpf_redirect returns an XDP action")]
+        let action = unsafe { bpf_redirect(nh.ifindex, 0) } as u32;
+        action
+    }
+}
+
+/// Writes the L2 header at the start of the packet for the next hop, keeping
+/// the VLAN tag of the original packet. `shift` is how far the L2 header moved
+/// (unused: the header is rewritten whole), `family` that of the L3 header.
+#[inline(always)]
+fn write_l2(ctx: &XdpContext, pkt: &Packet, nh: &NextHop, family: u8) -> Result<(), ()> {
+    let ip_type = if family == FAMILY_V4 { ETH_P_IP } else { ETH_P_IPV6 };
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(())?;
+    unsafe {
+        (*eth).dst_addr = nh.dmac;
+        (*eth).src_addr = nh.smac;
+    }
+    if let Some(tci) = pkt.vlan_tci {
+        let vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(())?;
+        unsafe {
+            (*eth).ether_type = ETH_P_8021Q.to_be();
+            (*vlan).tci = tci.to_be_bytes();
+            (*vlan).ether_type = ip_type.to_be();
+        }
+    } else {
+        unsafe { (*eth).ether_type = ip_type.to_be() };
+    }
+    Ok(())
+}
+
+/// Prepends an outer IPv4 or IPv6 header addressed to the backend.
+#[inline(never)]
+fn encapsulate(ctx: &XdpContext, pkt: &Packet, backend: &Backend, nh: &NextHop, hash: u32) -> Result<(), ()> {
+    let inner_proto = if pkt.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    if backend.family == FAMILY_V4 {
+        let total = pkt.ip_len + 20;
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[1] = pkt.tos;
+        #[expect(clippy::cast_possible_truncation, reason = "bounded by the MTU check")]
+        let total = (total as u16).to_be_bytes();
+        h[2] = total[0];
+        h[3] = total[1];
+        h[8] = OUTER_TTL;
+        h[9] = inner_proto;
+        h[12..16].copy_from_slice(&nh.src[..4]);
+        h[16..20].copy_from_slice(&backend.addr[..4]);
+        let check = csum::ipv4_header(&h).to_ne_bytes();
+        h[10] = check[0];
+        h[11] = check[1];
+        grow(ctx, 20)?;
+        write_l2(ctx, pkt, nh, FAMILY_V4)?;
+        let outer: *mut [u8; 20] = ptr_at(ctx, pkt.l2_len).ok_or(())?;
+        unsafe { outer.write_unaligned(h) };
+    } else {
+        let mut h = [0u8; 40];
+        // Version 6, the inner traffic class, and the flow hash as flow label
+        // so that ECMP between us and the backend keeps a flow on one path.
+        h[0] = 0x60 | (pkt.tos >> 4);
+        #[expect(clippy::cast_possible_truncation, reason = "byte extraction")]
+        {
+            h[1] = (pkt.tos << 4) | ((hash >> 16) as u8 & 0x0f);
+            h[2] = (hash >> 8) as u8;
+            h[3] = hash as u8;
+        }
+        #[expect(clippy::cast_possible_truncation, reason = "bounded by the MTU check")]
+        let plen = (pkt.ip_len as u16).to_be_bytes();
+        h[4] = plen[0];
+        h[5] = plen[1];
+        h[6] = inner_proto;
+        h[7] = OUTER_TTL;
+        h[8..24].copy_from_slice(&nh.src);
+        h[24..40].copy_from_slice(&backend.addr);
+        grow(ctx, 40)?;
+        write_l2(ctx, pkt, nh, lb_common::FAMILY_V6)?;
+        let outer: *mut [u8; 40] = ptr_at(ctx, pkt.l2_len).ok_or(())?;
+        unsafe { outer.write_unaligned(h) };
+    }
+    Ok(())
+}
+
+/// Makes room for `len` bytes of outer header between L2 and L3.
+#[inline(always)]
+fn grow(ctx: &XdpContext, len: i32) -> Result<(), ()> {
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), -len) } != 0 {
+        return Err(());
+    }
+    Ok(())
+}

@@ -1,0 +1,304 @@
+//! ICMP: errors about VIP flows go to the backend that owns the flow, and
+//! packets that would be too big once encapsulated are answered with
+//! fragmentation-needed / packet-too-big.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+    EbpfContext,
+};
+use lb_common::{FAMILY_V4, FlowKey, NO_TENANT, PROTO_TCP, PROTO_UDP, Settings, drop_reason, global_counter};
+use lb_ebpf::{
+    csum,
+    parse::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
+};
+use network_types::{eth::EthHdr, vlan::VlanHdr};
+
+use crate::{
+    forward::{self, TooBig},
+    select, stats,
+};
+
+/// Bytes of the offending packet quoted in a too-big answer: enough for its
+/// IP header and ports (RFC 792 asks for the header plus 64 bits).
+const QUOTE_LEN: usize = 64;
+
+/// Handles an ICMP or ICMPv6 packet. Not inlined: a separate BPF function
+/// keeps its stack apart from the main path's.
+#[inline(never)]
+pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
+    let Some(hdr) = ptr_at::<[u8; 8]>(ctx, pkt.l4_off) else {
+        return malformed_or_pass(pkt);
+    };
+    let icmp_type = unsafe { (*hdr)[0] };
+    let is_error = if pkt.family == FAMILY_V4 {
+        // Destination unreachable (incl. fragmentation needed), time exceeded.
+        icmp_type == 3 || icmp_type == 11
+    } else {
+        // Destination unreachable, packet too big, time exceeded.
+        icmp_type == 1 || icmp_type == 2 || icmp_type == 3
+    };
+    if !is_error {
+        stats::global(global_counter::PASS_NOT_VIP);
+        return XDP_PASS;
+    }
+
+    // The quoted packet is one a backend sent from the VIP to the client.
+    let inner_off = pkt.l4_off + 8;
+    let Some((inner_src, inner_dst, proto, ports_off)) = quoted_header(ctx, pkt.family, inner_off) else {
+        return malformed_or_pass(pkt);
+    };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        stats::global(global_counter::PASS_NOT_VIP);
+        return XDP_PASS;
+    }
+    let Some(ports) = ptr_at::<[u8; 4]>(ctx, ports_off) else {
+        return malformed_or_pass(pkt);
+    };
+    let ports = unsafe { *ports };
+    let vip_port = u16::from_ne_bytes([ports[0], ports[1]]);
+    let client_port = u16::from_ne_bytes([ports[2], ports[3]]);
+    let Some(vip) = select::vip(&inner_src, pkt.family, vip_port, proto) else {
+        stats::global(global_counter::PASS_NOT_VIP);
+        return XDP_PASS;
+    };
+    if vip.flags & lb_common::VIP_F_LOCAL != 0 {
+        stats::global(global_counter::PASS_LOCAL);
+        return XDP_PASS;
+    }
+    let key = FlowKey {
+        src: inner_dst,
+        dst: inner_src,
+        sport: client_port,
+        dport: vip_port,
+        proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    match select::backend(&key, &vip, settings, now, false) {
+        Ok(choice) => {
+            stats::global(global_counter::ICMP_FORWARDED);
+            forward::to_backend(
+                ctx,
+                pkt,
+                vip.tenant_id,
+                choice.id,
+                choice.backend,
+                settings,
+                choice.hash,
+                now,
+                TooBig::Drop,
+            )
+        }
+        Err(_) => {
+            stats::drop(vip.tenant_id, drop_reason::ICMP_NO_BACKEND);
+            XDP_DROP
+        }
+    }
+}
+
+/// Reads the IP header quoted in an ICMP error: (source, destination,
+/// protocol, offset of its L4 header).
+#[inline(always)]
+fn quoted_header(ctx: &XdpContext, family: u8, off: usize) -> Option<([u8; 16], [u8; 16], u8, usize)> {
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    if family == FAMILY_V4 {
+        let h = unsafe { *ptr_at::<[u8; 20]>(ctx, off)? };
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        if h[0] >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        src[..4].copy_from_slice(&h[12..16]);
+        dst[..4].copy_from_slice(&h[16..20]);
+        Some((src, dst, h[9], off + ihl))
+    } else {
+        let h = unsafe { *ptr_at::<[u8; 40]>(ctx, off)? };
+        if h[0] >> 4 != 6 {
+            return None;
+        }
+        src.copy_from_slice(&h[8..24]);
+        dst.copy_from_slice(&h[24..40]);
+        Some((src, dst, h[6], off + 40))
+    }
+}
+
+/// A truncated ICMP packet: dropped (counted for the VIP's tenant) when it
+/// is addressed to a VIP, else passed untouched.
+#[inline(always)]
+fn malformed_or_pass(pkt: &Packet) -> u32 {
+    match select::vip_addr_tenant(&pkt.dst, pkt.family) {
+        Some(tenant) => {
+            stats::global(global_counter::MALFORMED);
+            stats::drop(tenant, drop_reason::MALFORMED);
+            XDP_DROP
+        }
+        None => {
+            stats::global(global_counter::PASS_NOT_VIP);
+            XDP_PASS
+        }
+    }
+}
+
+/// Turns `pkt` into an ICMP fragmentation-needed (IPv4) or packet-too-big
+/// (IPv6) answer from the VIP to the client, quoting the start of the packet,
+/// and sends it back out of the interface it came in on.
+#[inline(never)]
+pub fn send_too_big(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> u32 {
+    let result = if pkt.family == FAMILY_V4 {
+        too_big_v4(ctx, pkt, mtu)
+    } else {
+        too_big_v6(ctx, pkt, mtu)
+    };
+    match result {
+        Ok(()) => XDP_TX,
+        Err(()) => {
+            stats::drop(NO_TENANT, drop_reason::ENCAP_FAILED);
+            XDP_DROP
+        }
+    }
+}
+
+/// Swaps the MACs of the L2 header that now starts at offset 0 after the
+/// packet grew by `grown` bytes (the old header sits at `grown`).
+#[inline(always)]
+fn reply_l2(ctx: &XdpContext, pkt: &Packet, old_dst: [u8; 6], old_src: [u8; 6], ip_type: u16) -> Result<(), ()> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(())?;
+    unsafe {
+        (*eth).dst_addr = old_src;
+        (*eth).src_addr = old_dst;
+    }
+    if let Some(tci) = pkt.vlan_tci {
+        let vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(())?;
+        unsafe {
+            (*eth).ether_type = ETH_P_8021Q.to_be();
+            (*vlan).tci = tci.to_be_bytes();
+            (*vlan).ether_type = ip_type.to_be();
+        }
+    } else {
+        unsafe { (*eth).ether_type = ip_type.to_be() };
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn old_macs(ctx: &XdpContext) -> Result<([u8; 6], [u8; 6]), ()> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(())?;
+    Ok(unsafe { ((*eth).dst_addr, (*eth).src_addr) })
+}
+
+/// Cuts the packet to `len` bytes.
+#[inline(always)]
+fn truncate(ctx: &XdpContext, len: usize) -> Result<(), ()> {
+    let cur = ctx.data_end() - ctx.data();
+    if cur < len {
+        return Err(());
+    }
+    #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "packet lengths fit in i32")]
+    let delta = len as i32 - cur as i32;
+    if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr().cast(), delta) } != 0 {
+        return Err(());
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn too_big_v4(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<(), ()> {
+    const HDRS: usize = 20 + 8;
+    let (old_dst, old_src) = old_macs(ctx)?;
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), -(HDRS as i32)) } != 0 {
+        return Err(());
+    }
+    truncate(ctx, pkt.l2_len + HDRS + QUOTE_LEN)?;
+    reply_l2(ctx, pkt, old_dst, old_src, ETH_P_IP)?;
+
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    #[expect(clippy::cast_possible_truncation, reason = "constant 92")]
+    let total = ((HDRS + QUOTE_LEN) as u16).to_be_bytes();
+    ip[2] = total[0];
+    ip[3] = total[1];
+    ip[8] = 64;
+    ip[9] = lb_common::PROTO_ICMP;
+    ip[12..16].copy_from_slice(&pkt.dst[..4]);
+    ip[16..20].copy_from_slice(&pkt.src[..4]);
+    let check = csum::ipv4_header(&ip).to_ne_bytes();
+    ip[10] = check[0];
+    ip[11] = check[1];
+    let ip_ptr: *mut [u8; 20] = ptr_at(ctx, pkt.l2_len).ok_or(())?;
+    unsafe { ip_ptr.write_unaligned(ip) };
+
+    // Type 3 code 4, checksum, unused, next-hop MTU (RFC 1191).
+    let next_mtu = mtu.saturating_sub(20).to_be_bytes();
+    let icmp = [3u8, 4, 0, 0, 0, 0, next_mtu[0], next_mtu[1]];
+    let icmp_ptr: *mut [u8; 8] = ptr_at(ctx, pkt.l2_len + 20).ok_or(())?;
+    unsafe { icmp_ptr.write_unaligned(icmp) };
+    let body: *mut [u8; 8 + QUOTE_LEN] = ptr_at(ctx, pkt.l2_len + 20).ok_or(())?;
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, body.cast(), (8 + QUOTE_LEN) as u32, 0) };
+    #[expect(clippy::cast_sign_loss, reason = "csum_diff returns the 32-bit sum")]
+    let check = csum::fold(sum as u32 as u64).to_ne_bytes();
+    unsafe {
+        (*body)[2] = check[0];
+        (*body)[3] = check[1];
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn too_big_v6(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<(), ()> {
+    const HDRS: usize = 40 + 8;
+    let (old_dst, old_src) = old_macs(ctx)?;
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), -(HDRS as i32)) } != 0 {
+        return Err(());
+    }
+    truncate(ctx, pkt.l2_len + HDRS + QUOTE_LEN)?;
+    reply_l2(ctx, pkt, old_dst, old_src, ETH_P_IPV6)?;
+
+    let mut ip = [0u8; 40];
+    ip[0] = 0x60;
+    #[expect(clippy::cast_possible_truncation, reason = "constant 72")]
+    let plen = ((8 + QUOTE_LEN) as u16).to_be_bytes();
+    ip[4] = plen[0];
+    ip[5] = plen[1];
+    ip[6] = lb_common::PROTO_ICMPV6;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&pkt.dst);
+    ip[24..40].copy_from_slice(&pkt.src);
+    let ip_ptr: *mut [u8; 40] = ptr_at(ctx, pkt.l2_len).ok_or(())?;
+    unsafe { ip_ptr.write_unaligned(ip) };
+
+    let next_mtu = u32::from(mtu.saturating_sub(40)).to_be_bytes();
+    let icmp = [2u8, 0, 0, 0, next_mtu[0], next_mtu[1], next_mtu[2], next_mtu[3]];
+    let icmp_ptr: *mut [u8; 8] = ptr_at(ctx, pkt.l2_len + 40).ok_or(())?;
+    unsafe { icmp_ptr.write_unaligned(icmp) };
+
+    // Pseudo-header: addresses, upper-layer length, next header.
+    let mut sum: u64 = 0;
+    let mut i = 8;
+    while i < 40 {
+        sum += u64::from(u16::from_ne_bytes([ip[i], ip[i + 1]]));
+        i += 2;
+    }
+    sum += u64::from(u16::from_ne_bytes(plen));
+    sum += u64::from(u16::from_ne_bytes([0, lb_common::PROTO_ICMPV6]));
+    let body: *mut [u8; 8 + QUOTE_LEN] = ptr_at(ctx, pkt.l2_len + 40).ok_or(())?;
+    #[expect(clippy::cast_possible_truncation, reason = "a folded 16-bit partial sum")]
+    let seed = (csum_partial(sum)) as u32;
+    let total = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, body.cast(), (8 + QUOTE_LEN) as u32, seed) };
+    #[expect(clippy::cast_sign_loss, reason = "csum_diff returns the 32-bit sum")]
+    let check = csum::fold(total as u32 as u64).to_ne_bytes();
+    unsafe {
+        (*body)[2] = check[0];
+        (*body)[3] = check[1];
+    }
+    Ok(())
+}
+
+/// Folds a sum to 16 bits without complementing it (a seed for csum_diff).
+#[inline(always)]
+fn csum_partial(mut sum: u64) -> u64 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (sum & 0xffff) + (sum >> 16)
+}

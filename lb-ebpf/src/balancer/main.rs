@@ -1,0 +1,199 @@
+//! The balancer: an XDP program that steers each packet for a VIP to a
+//! backend of the VIP's tenant, read top to bottom in [`balance`].
+
+#![no_std]
+#![no_main]
+
+mod forward;
+mod icmp;
+mod maps;
+mod nexthop;
+mod select;
+mod stats;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{FlowKey, NO_TENANT, Settings, VIP_F_LOCAL, drop_reason, global_counter};
+use lb_ebpf::parse::{self, ParseError, Packet, ptr_at};
+use network_types::eth::EthHdr;
+
+use crate::{
+    forward::TooBig,
+    maps::{SCRATCH, SETTINGS, TENANT_STATS, VIP_STATS, BACKEND_STATS},
+};
+
+/// The balancer's entry point.
+#[xdp]
+pub fn lb_balancer(ctx: XdpContext) -> u32 {
+    balance(&ctx)
+}
+
+#[inline(always)]
+fn balance(ctx: &XdpContext) -> u32 {
+    stats::global(global_counter::RX);
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return XDP_PASS;
+    };
+    let pkt = unsafe { &mut *scratch };
+    match parse::parse_into(ctx, pkt) {
+        Ok(()) => {}
+        Err(ParseError::NotIp) => return XDP_PASS,
+        Err(ParseError::BadL3) => {
+            // Without a trustworthy header we cannot tell whose it is.
+            stats::global(global_counter::MALFORMED);
+            stats::drop(NO_TENANT, drop_reason::MALFORMED);
+            return XDP_DROP;
+        }
+    }
+    let pkt: &Packet = pkt;
+    if pkt.fragment {
+        return fragment(pkt);
+    }
+    let settings = SETTINGS.get(0).copied().unwrap_or_default();
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if parse::is_icmp(pkt) {
+        return icmp::handle(ctx, pkt, &settings, now);
+    }
+    if !parse::is_tcp_or_udp(pkt.proto) {
+        return other_protocol(pkt);
+    }
+    let action = steer(ctx, pkt, &settings, now);
+    if action >= forward::TOO_BIG_BASE {
+        #[expect(clippy::cast_possible_truncation, reason = "the MTU is the low 16 bits")]
+        return icmp::send_too_big(ctx, pkt, action as u16);
+    }
+    action
+}
+
+/// A TCP or UDP packet: to its VIP's backend. Not inlined, so its stack
+/// frame and the ICMP path's are siblings rather than one large frame.
+#[inline(never)]
+fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
+    let Some(ports) = parse::parse_ports(ctx, pkt, pkt.l4_off, pkt.proto) else {
+        return malformed_l4(pkt);
+    };
+    let Some(vip) = select::vip(&pkt.dst, pkt.family, ports.dport, pkt.proto) else {
+        stats::global(global_counter::PASS_NOT_VIP);
+        return XDP_PASS;
+    };
+    if vip.flags & VIP_F_LOCAL != 0 {
+        // Served by lbd on this node.
+        stats::traffic(&TENANT_STATS, vip.tenant_id, pkt.ip_len, false);
+        stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
+        stats::global(global_counter::PASS_LOCAL);
+        return XDP_PASS;
+    }
+
+    let key = FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport: ports.sport,
+        dport: ports.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    let choice = match select::backend(&key, &vip, settings, now, true) {
+        Ok(choice) => choice,
+        Err(reason) => {
+            stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
+            stats::drop(vip.tenant_id, reason);
+            return XDP_DROP;
+        }
+    };
+    stats::traffic(&TENANT_STATS, vip.tenant_id, pkt.ip_len, choice.new_flow);
+    stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, choice.new_flow);
+    stats::traffic(&BACKEND_STATS, choice.id, pkt.ip_len, choice.new_flow);
+    forward::to_backend(
+        ctx,
+        pkt,
+        vip.tenant_id,
+        choice.id,
+        choice.backend,
+        settings,
+        choice.hash,
+        now,
+        TooBig::Answer,
+    )
+}
+
+/// IP fragments carry no ports after the first, so they cannot be steered
+/// consistently: dropped (and counted) when addressed to a VIP, else passed.
+#[inline(always)]
+fn fragment(pkt: &Packet) -> u32 {
+    match select::vip_addr_tenant(&pkt.dst, pkt.family) {
+        Some(tenant) => {
+            stats::drop(tenant, drop_reason::FRAGMENT);
+            XDP_DROP
+        }
+        None => {
+            stats::global(global_counter::FRAGMENT_PASSED);
+            XDP_PASS
+        }
+    }
+}
+
+/// Neither TCP, UDP nor ICMP: passed, except IPv6 extension headers on a VIP
+/// address, which the balancer does not walk and so drops with a counter.
+#[inline(always)]
+fn other_protocol(pkt: &Packet) -> u32 {
+    if pkt.family == lb_common::FAMILY_V6 && parse::is_ipv6_extension(pkt.proto) {
+        if let Some(tenant) = select::vip_addr_tenant(&pkt.dst, pkt.family) {
+            stats::drop(tenant, drop_reason::UNSUPPORTED);
+            return XDP_DROP;
+        }
+    }
+    stats::global(global_counter::PASS_NOT_VIP);
+    XDP_PASS
+}
+
+/// A TCP or UDP header that is truncated or inconsistent with the IP length.
+#[inline(always)]
+fn malformed_l4(pkt: &Packet) -> u32 {
+    match select::vip_addr_tenant(&pkt.dst, pkt.family) {
+        Some(tenant) => {
+            stats::global(global_counter::MALFORMED);
+            stats::drop(tenant, drop_reason::MALFORMED);
+            XDP_DROP
+        }
+        None => {
+            stats::global(global_counter::PASS_NOT_VIP);
+            XDP_PASS
+        }
+    }
+}
+
+/// The test-run floor for benchmarks: drops everything.
+#[xdp]
+pub fn lb_drop(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
+/// The forwarding ceiling for benchmarks: swaps the MACs and sends the frame
+/// back out (XDP_TX), the least any XDP forwarder can do.
+#[xdp]
+pub fn lb_bounce(ctx: XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
+        return XDP_DROP;
+    };
+    unsafe {
+        let dst = (*eth).dst_addr;
+        (*eth).dst_addr = (*eth).src_addr;
+        (*eth).src_addr = dst;
+    }
+    XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

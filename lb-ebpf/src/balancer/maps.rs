@@ -1,0 +1,76 @@
+//! The balancer's maps. Layouts and byte order are documented on the types in
+//! `lb-common`; `lbd` creates and pins them (the object declares no pinning,
+//! so tests can load private copies).
+
+use aya_ebpf::{
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_ebpf::parse::Packet;
+use lb_common::{
+    Backend, DEFAULT_FLOW_TABLE_ENTRIES, DropCounters, FlowKey, FlowValue, MAX_BACKENDS,
+    MAX_POOLS, MAX_TENANTS, MAX_VIPS, NextHop, PoolInfo, RING_ARENA_ENTRIES, Settings,
+    TrafficCounters, VipAddrKey, VipInfo, VipKey, global_counter,
+};
+
+/// VIP (address, port, protocol) -> owner tenant, pool and flags. No
+/// preallocation: an update replaces the entry under RCU, so a reader never
+/// sees a half-written value.
+#[map(name = "LB_VIPS")]
+pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+/// Addresses that carry a VIP -> tenant id, for packets without ports.
+#[map(name = "LB_VIP_ADDRS")]
+pub static VIP_ADDRS: HashMap<VipAddrKey, u32> =
+    HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+/// Pool id -> location of its ring. Swapped whole (RCU) to replace a ring.
+#[map(name = "LB_POOLS")]
+pub static POOLS: HashMap<u32, PoolInfo> = HashMap::with_max_entries(MAX_POOLS, BPF_F_NO_PREALLOC);
+
+/// The ring arena: every pool's Maglev ring, as backend ids. Memory-mapped
+/// by `lbd`, which writes a new ring into a free region and then swaps the
+/// pool's entry, so no syscall per element and no half-written ring.
+#[map(name = "LB_RINGS")]
+pub static RINGS: Array<u32> = Array::with_max_entries(RING_ARENA_ENTRIES, BPF_F_MMAPABLE);
+
+/// Backend id -> address, owner and state.
+#[map(name = "LB_BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// The flow table: 5-tuple -> backend, so established flows keep their
+/// backend when a ring changes. `lbd` sizes it from `node.flow_table_size`.
+#[map(name = "LB_FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_ENTRIES, 0);
+
+/// Node-wide settings, index 0.
+#[map(name = "LB_SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Per-CPU cache of the FIB lookup towards each backend.
+#[map(name = "LB_NEXTHOPS")]
+pub static NEXTHOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "LB_TENANT_STATS")]
+pub static TENANT_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(MAX_TENANTS, 0);
+
+#[map(name = "LB_TENANT_DROPS")]
+pub static TENANT_DROPS: PerCpuArray<DropCounters> = PerCpuArray::with_max_entries(MAX_TENANTS, 0);
+
+#[map(name = "LB_VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "LB_BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "LB_GLOBAL_STATS")]
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global_counter::COUNT, 0);
+
+/// Per-CPU scratch space for the parsed packet: keeps it off the BPF stack,
+/// which the verifier limits to 512 bytes across nested calls.
+#[map(name = "LB_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);

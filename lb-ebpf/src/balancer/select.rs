@@ -1,0 +1,129 @@
+//! Backend selection: VIP lookup, the flow table, and the pool's Maglev ring.
+
+use lb_common::{
+    BACKEND_DRAINING, BACKEND_UP, Backend, FlowKey, FlowValue, RING_EMPTY, Settings, VipAddrKey,
+    VipInfo, VipKey, drop_reason, global_counter, hash::flow_hash,
+};
+
+use crate::{
+    maps::{BACKENDS, FLOWS, POOLS, RINGS, VIP_ADDRS, VIPS},
+    stats,
+};
+
+/// Refresh a flow entry's `last_seen_ns` at most this often, so a busy flow
+/// does not write its (shared) entry on every packet.
+const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// Finds the VIP for (address, port, protocol), falling back to the
+/// any-port entry (port 0).
+#[inline(always)]
+pub fn vip(addr: &[u8; 16], family: u8, port: u16, proto: u8) -> Option<VipInfo> {
+    let mut key = VipKey {
+        addr: *addr,
+        port,
+        proto,
+        family,
+    };
+    if let Some(v) = unsafe { VIPS.get(&key) } {
+        return Some(*v);
+    }
+    key.port = 0;
+    unsafe { VIPS.get(&key) }.copied()
+}
+
+/// The tenant owning any VIP on `addr`, for packets that carry no port.
+#[inline(always)]
+pub fn vip_addr_tenant(addr: &[u8; 16], family: u8) -> Option<u32> {
+    let key = VipAddrKey {
+        addr: *addr,
+        family,
+        _pad: [0; 3],
+    };
+    unsafe { VIP_ADDRS.get(&key) }.copied()
+}
+
+/// The backend chosen for a flow.
+pub struct Choice {
+    pub id: u32,
+    /// Points into the backend array (valid for the program run).
+    pub backend: &'static Backend,
+    /// Chosen through the ring (a flow-table miss).
+    pub new_flow: bool,
+    pub hash: u32,
+}
+
+/// Picks the backend for `key` on `vip`: a valid flow-table entry first,
+/// else the pool's ring (inserting the result when `insert`). Errors are
+/// `drop_reason::*`.
+#[inline(always)]
+pub fn backend(
+    key: &FlowKey,
+    vip: &VipInfo,
+    settings: &Settings,
+    now: u64,
+    insert: bool,
+) -> Result<Choice, usize> {
+    let hash = flow_hash(key, settings.hash_seed);
+    if let Some(entry) = FLOWS.get_ptr_mut(key) {
+        let flow = unsafe { *entry };
+        if let Some(b) = BACKENDS.get(flow.backend_id) {
+            let idle = now.saturating_sub(flow.last_seen_ns);
+            if b.generation == flow.generation
+                && flow.pool_id == vip.pool_id
+                && b.pool_id == vip.pool_id
+                && b.tenant_id == vip.tenant_id
+                && (b.state == BACKEND_UP || b.state == BACKEND_DRAINING)
+                && (settings.flow_idle_ns == 0 || idle <= settings.flow_idle_ns)
+            {
+                if idle > LAST_SEEN_GRANULARITY_NS {
+                    unsafe { (*entry).last_seen_ns = now };
+                }
+                return Ok(Choice {
+                    id: flow.backend_id,
+                    backend: b,
+                    new_flow: false,
+                    hash,
+                });
+            }
+        }
+        stats::global(global_counter::FLOW_STALE);
+    }
+
+    let pool = unsafe { POOLS.get(&vip.pool_id) }
+        .copied()
+        .ok_or(drop_reason::NO_BACKEND)?;
+    if pool.ring_size == 0 || pool.tenant_id != vip.tenant_id {
+        return Err(drop_reason::NO_BACKEND);
+    }
+    let slot = pool.ring_offset + hash % pool.ring_size;
+    let id = *RINGS.get(slot).ok_or(drop_reason::NO_BACKEND)?;
+    if id == RING_EMPTY {
+        return Err(drop_reason::NO_BACKEND);
+    }
+    let b = BACKENDS.get(id).ok_or(drop_reason::NO_BACKEND)?;
+    if b.tenant_id != vip.tenant_id || b.pool_id != vip.pool_id {
+        return Err(drop_reason::TENANT_MISMATCH);
+    }
+    if b.state != BACKEND_UP {
+        // The ring is being rebuilt without this backend.
+        return Err(drop_reason::NO_BACKEND);
+    }
+    if insert {
+        let value = FlowValue {
+            backend_id: id,
+            pool_id: vip.pool_id,
+            generation: b.generation,
+            tenant_id: vip.tenant_id,
+            last_seen_ns: now,
+        };
+        // A full table evicts its least recently used entry; failure to
+        // insert only costs stickiness, so the packet still goes out.
+        let _ = FLOWS.insert(key, &value, 0);
+    }
+    Ok(Choice {
+        id,
+        backend: b,
+        new_flow: true,
+        hash,
+    })
+}

@@ -1,0 +1,42 @@
+//! Per-CPU counters: node-wide, per tenant, per VIP and per backend.
+
+use aya_ebpf::maps::PerCpuArray;
+use lb_common::TrafficCounters;
+
+use crate::maps::{GLOBAL_STATS, TENANT_DROPS, TENANT_STATS};
+
+/// Bumps a node-wide counter (`global_counter::*`).
+#[inline(always)]
+pub fn global(counter: u32) {
+    if let Some(c) = GLOBAL_STATS.get_ptr_mut(counter) {
+        unsafe { *c += 1 };
+    }
+}
+
+/// Counts one packet of `bytes` (and a new flow when `new_flow`) against
+/// entry `id` of a traffic-counter array.
+#[inline(always)]
+pub fn traffic(map: &PerCpuArray<TrafficCounters>, id: u32, bytes: usize, new_flow: bool) {
+    if let Some(c) = map.get_ptr_mut(id) {
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes as u64;
+            if new_flow {
+                (*c).new_flows += 1;
+            }
+        }
+    }
+}
+
+/// Counts a drop for `tenant` with `reason` (`drop_reason::*`).
+#[inline(always)]
+pub fn drop(tenant: u32, reason: usize) {
+    if let Some(c) = TENANT_DROPS.get_ptr_mut(tenant) {
+        if reason < lb_common::drop_reason::COUNT {
+            unsafe { (*c).by_reason[reason] += 1 };
+        }
+    }
+    if let Some(c) = TENANT_STATS.get_ptr_mut(tenant) {
+        unsafe { (*c).drops += 1 };
+    }
+}

@@ -1,0 +1,7 @@
+//! lb's userspace: configuration, the data plane (the one writer of the BPF
+//! maps), Maglev, and what `lbd` and `lbctl` share.
+
+pub mod config;
+pub mod dataplane;
+pub mod maglev;
+pub mod objects;
