@@ -1,10 +1,15 @@
 //! The flow hash: which Maglev ring slot a flow lands on.
 //!
-//! MurmurHash3's 32-bit mixing over the 32-bit words of a key. It is cheap in
+//! `MurmurHash3`'s 32-bit mixing over the 32-bit words of a key. It is cheap in
 //! BPF (multiplies, rotates, no tables), deterministic across processes and
 //! nodes (no random seed: every node behind ECMP must pick the same backend),
 //! and mixes well enough that consecutive client ports spread evenly.
 //! Words are read little-endian from the key's bytes on both sides.
+
+#![allow(
+    clippy::inline_always,
+    reason = "the XDP program calls these; BPF needs them inlined into its single function body"
+)]
 
 use crate::FlowKey;
 

@@ -16,6 +16,10 @@
 //! exactly the ring slot the kernel will use for a flow.
 
 #![no_std]
+#![allow(
+    clippy::pub_underscore_fields,
+    reason = "padding is spelled out as public `_pad` fields so both sides build values with struct literals"
+)]
 
 pub mod hash;
 mod maps;

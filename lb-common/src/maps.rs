@@ -74,7 +74,7 @@ pub const RING_EMPTY: u32 = u32::MAX;
 /// Key of [`MAP_VIPS`]: a virtual service. `port == 0` is the any-port
 /// wildcard, tried when the exact port has no entry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     /// Network order; IPv4 in the first four bytes.
     pub addr: [u8; 16],
@@ -105,7 +105,7 @@ pub struct VipInfo {
 /// Key of [`MAP_VIP_ADDRS`]: an address that carries at least one VIP, so
 /// that packets without ports (fragments, ICMP errors) can be recognised.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipAddrKey {
     /// Network order; IPv4 in the first four bytes.
     pub addr: [u8; 16],
@@ -160,7 +160,7 @@ pub struct Backend {
 
 /// Key of [`MAP_FLOWS`]: a flow as seen from the client.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Client address, network order.
     pub src: [u8; 16],
@@ -320,7 +320,7 @@ pub mod global_counter {
     pub const PASS_NOT_VIP: u32 = 1;
     /// Malformed packets (also per tenant when the VIP is known).
     pub const MALFORMED: u32 = 2;
-    /// Packets forwarded to a backend with XDP_TX.
+    /// Packets forwarded to a backend with `XDP_TX`.
     pub const FORWARDED: u32 = 3;
     /// VIP packets of local (L7) VIPs passed to the stack.
     pub const PASS_LOCAL: u32 = 4;

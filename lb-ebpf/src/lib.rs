@@ -4,6 +4,15 @@
 //! does not create the other's maps.
 
 #![no_std]
+#![allow(
+    clippy::inline_always,
+    reason = "BPF code: helpers must be inlined into the program (the verifier limits calls and stack)"
+)]
+#![allow(
+    clippy::must_use_candidate,
+    clippy::missing_errors_doc,
+    reason = "internal helpers of the eBPF programs, not a public API"
+)]
 
 pub mod csum;
 pub mod parse;

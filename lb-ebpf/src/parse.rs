@@ -1,6 +1,6 @@
 //! Bounds-checked packet parsing: Ethernet with at most one 802.1Q tag, IPv4
 //! (options skipped by IHL), IPv6 (no extension headers except a Fragment
-//! header, which marks the packet as a fragment), TCP, UDP, ICMP and ICMPv6.
+//! header, which marks the packet as a fragment), TCP, UDP, ICMP and `ICMPv6`.
 
 use core::mem::size_of;
 
@@ -118,7 +118,11 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l2_len: usize, vlan_tci: Option<u16>) -> Result<Packet, ParseError> {
+fn parse_ipv4(
+    ctx: &XdpContext,
+    l2_len: usize,
+    vlan_tci: Option<u16>,
+) -> Result<Packet, ParseError> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l2_len).ok_or(ParseError::BadL3)?;
     let (vihl, tos, tot_len, frags, proto, src4, dst4) = unsafe {
         (
@@ -156,7 +160,11 @@ fn parse_ipv4(ctx: &XdpContext, l2_len: usize, vlan_tci: Option<u16>) -> Result<
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l2_len: usize, vlan_tci: Option<u16>) -> Result<Packet, ParseError> {
+fn parse_ipv6(
+    ctx: &XdpContext,
+    l2_len: usize,
+    vlan_tci: Option<u16>,
+) -> Result<Packet, ParseError> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l2_len).ok_or(ParseError::BadL3)?;
     let (vcf, payload_len, next_hdr, src, dst) = unsafe {
         (

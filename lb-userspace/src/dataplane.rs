@@ -85,7 +85,9 @@ pub enum DataplaneError {
         expected: u32,
     },
     /// The ring arena has no free region large enough.
-    #[error("the ring arena is full: no room for a ring of {0} slots (too many pools or pools too large)")]
+    #[error(
+        "the ring arena is full: no room for a ring of {0} slots (too many pools or pools too large)"
+    )]
     ArenaFull(u32),
     /// File-system or mmap error.
     #[error("{what}: {source}")]
@@ -246,7 +248,8 @@ impl Dataplane {
     }
 
     fn from_maps(maps: Vec<(&'static str, MapData)>, pin_path: Option<PathBuf>) -> Result<Self> {
-        let mut by_name: std::collections::HashMap<&'static str, MapData> = maps.into_iter().collect();
+        let mut by_name: std::collections::HashMap<&'static str, MapData> =
+            maps.into_iter().collect();
         let mut get = |name: &'static str| -> Result<Map> {
             let data = by_name.remove(name).ok_or(DataplaneError::Map {
                 name,
@@ -284,7 +287,11 @@ impl Dataplane {
             arena,
         };
         // Regions already holding a published ring are taken.
-        let published: Vec<PoolInfo> = dp.pools.iter().filter_map(|r| r.ok().map(|(_, v)| v)).collect();
+        let published: Vec<PoolInfo> = dp
+            .pools
+            .iter()
+            .filter_map(|r| r.ok().map(|(_, v)| v))
+            .collect();
         for p in published {
             dp.arena.reserve(p.ring_offset, p.ring_size);
         }
@@ -326,10 +333,15 @@ impl Dataplane {
                 source: ProgramError::NotLoaded,
             })?
             .try_into()
-            .map_err(|source| DataplaneError::Program { what: what(), source })?;
+            .map_err(|source| DataplaneError::Program {
+                what: what(),
+                source,
+            })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|source| DataplaneError::Program { what: format!("loading {name} (verifier)"), source })?;
+            prog.load().map_err(|source| DataplaneError::Program {
+                what: format!("loading {name} (verifier)"),
+                source,
+            })?;
         }
         Ok(prog)
     }
@@ -368,7 +380,9 @@ impl Dataplane {
             .attach(interface, flags)
             .map_err(err(format!("attaching XDP to {interface}")))?;
         if let Some(pin) = link_pin {
-            let link = prog.take_link(id).map_err(err("taking the XDP link".into()))?;
+            let link = prog
+                .take_link(id)
+                .map_err(err("taking the XDP link".into()))?;
             let fd = FdLink::try_from(link).map_err(|e| DataplaneError::Io {
                 what: "the kernel attached XDP without a BPF link, which cannot be pinned".into(),
                 source: io::Error::other(e),
@@ -398,7 +412,9 @@ impl Dataplane {
         {
             s.layout_version = LAYOUT_VERSION as u8;
         }
-        self.settings.set(0, s, 0).map_err(map_op("writing settings"))
+        self.settings
+            .set(0, s, 0)
+            .map_err(map_op("writing settings"))
     }
 
     /// Adds or replaces a VIP.
@@ -406,7 +422,9 @@ impl Dataplane {
     /// # Errors
     /// On a failed map write (e.g. the VIP table is full).
     pub fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
-        self.vips.insert(key, info, 0).map_err(map_op("writing a VIP"))
+        self.vips
+            .insert(key, info, 0)
+            .map_err(map_op("writing a VIP"))
     }
 
     /// Removes a VIP; absent is fine.
@@ -419,7 +437,10 @@ impl Dataplane {
 
     /// All VIPs.
     pub fn vips(&self) -> Vec<(VipKey, VipInfo)> {
-        self.vips.iter().filter_map(std::result::Result::ok).collect()
+        self.vips
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .collect()
     }
 
     /// Marks `addr` as carrying VIPs of `tenant`.
@@ -427,7 +448,9 @@ impl Dataplane {
     /// # Errors
     /// On a failed map write.
     pub fn set_vip_addr(&mut self, key: &VipAddrKey, tenant: u32) -> Result<()> {
-        self.vip_addrs.insert(key, tenant, 0).map_err(map_op("writing a VIP address"))
+        self.vip_addrs
+            .insert(key, tenant, 0)
+            .map_err(map_op("writing a VIP address"))
     }
 
     /// Removes a VIP address; absent is fine.
@@ -440,7 +463,10 @@ impl Dataplane {
 
     /// All VIP addresses.
     pub fn vip_addrs(&self) -> Vec<(VipAddrKey, u32)> {
-        self.vip_addrs.iter().filter_map(std::result::Result::ok).collect()
+        self.vip_addrs
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .collect()
     }
 
     /// Reads backend slot `id`.
@@ -448,7 +474,9 @@ impl Dataplane {
     /// # Errors
     /// When `id` is out of range.
     pub fn backend(&self, id: u32) -> Result<Backend> {
-        self.backends.get(&id, 0).map_err(map_op(format!("reading backend {id}")))
+        self.backends
+            .get(&id, 0)
+            .map_err(map_op(format!("reading backend {id}")))
     }
 
     /// Writes backend slot `id`.
@@ -456,25 +484,33 @@ impl Dataplane {
     /// # Errors
     /// When `id` is out of range.
     pub fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()> {
-        self.backends.set(id, b, 0).map_err(map_op(format!("writing backend {id}")))
+        self.backends
+            .set(id, b, 0)
+            .map_err(map_op(format!("writing backend {id}")))
     }
 
     /// Number of backend slots.
+    #[must_use]
     pub fn backend_capacity(&self) -> u32 {
         self.backends.len()
     }
 
     /// The published ring location of a pool.
+    #[must_use]
     pub fn pool(&self, pool_id: u32) -> Option<PoolInfo> {
         self.pools.get(&pool_id, 0).ok()
     }
 
     /// All pools.
     pub fn pools(&self) -> Vec<(u32, PoolInfo)> {
-        self.pools.iter().filter_map(std::result::Result::ok).collect()
+        self.pools
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .collect()
     }
 
     /// A copy of the ring a pool currently uses.
+    #[must_use]
     pub fn ring(&self, pool_id: u32) -> Option<Vec<u32>> {
         let p = self.pool(pool_id)?;
         Some(self.arena.read(p.ring_offset, p.ring_size))
@@ -490,7 +526,10 @@ impl Dataplane {
     pub fn write_ring(&mut self, pool_id: u32, tenant_id: u32, ring: &[u32]) -> Result<()> {
         let size = u32::try_from(ring.len()).map_err(|_| DataplaneError::ArenaFull(u32::MAX))?;
         let old = self.pool(pool_id);
-        let offset = self.arena.alloc(size).ok_or(DataplaneError::ArenaFull(size))?;
+        let offset = self
+            .arena
+            .alloc(size)
+            .ok_or(DataplaneError::ArenaFull(size))?;
         self.arena.write(offset, ring);
         let info = PoolInfo {
             ring_offset: offset,
@@ -514,7 +553,8 @@ impl Dataplane {
     /// On a failed map operation other than "not found".
     pub fn remove_pool(&mut self, pool_id: u32) -> Result<()> {
         let old = self.pool(pool_id);
-        ignore_missing(self.pools.remove(&pool_id)).map_err(map_op(format!("removing pool {pool_id}")))?;
+        ignore_missing(self.pools.remove(&pool_id))
+            .map_err(map_op(format!("removing pool {pool_id}")))?;
         if let Some(o) = old {
             self.arena.release(o.ring_offset, o.ring_size);
         }
@@ -527,20 +567,30 @@ impl Dataplane {
     /// # Errors
     /// On a failed map write.
     pub fn set_nexthop(&mut self, id: u32, nh: &NextHop) -> Result<()> {
-        let cpus = nr_cpus().map_err(|(what, source)| DataplaneError::Io { what: what.to_string(), source })?;
-        let values = PerCpuValues::try_from(vec![*nh; cpus]).map_err(|source| DataplaneError::Io {
-            what: "building per-CPU values".into(),
+        let cpus = nr_cpus().map_err(|(what, source)| DataplaneError::Io {
+            what: what.to_string(),
             source,
         })?;
-        self.nexthops.set(id, values, 0).map_err(map_op(format!("writing the next hop of backend {id}")))
+        let values =
+            PerCpuValues::try_from(vec![*nh; cpus]).map_err(|source| DataplaneError::Io {
+                what: "building per-CPU values".into(),
+                source,
+            })?;
+        self.nexthops
+            .set(id, values, 0)
+            .map_err(map_op(format!("writing the next hop of backend {id}")))
     }
 
     /// Every flow-table entry.
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.flows.iter().filter_map(std::result::Result::ok).collect()
+        self.flows
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .collect()
     }
 
     /// One flow-table entry.
+    #[must_use]
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
         self.flows.get(key, 0).ok()
     }
@@ -554,26 +604,31 @@ impl Dataplane {
     }
 
     /// Traffic counters of a tenant, summed over CPUs.
+    #[must_use]
     pub fn tenant_stats(&self, id: u32) -> TrafficCounters {
         sum(&self.tenant_stats, id)
     }
 
     /// Drop counters of a tenant by reason, summed over CPUs.
+    #[must_use]
     pub fn tenant_drops(&self, id: u32) -> DropCounters {
         sum(&self.tenant_drops, id)
     }
 
     /// Traffic counters of a VIP, summed over CPUs.
+    #[must_use]
     pub fn vip_stats(&self, id: u32) -> TrafficCounters {
         sum(&self.vip_stats, id)
     }
 
     /// Traffic counters of a backend, summed over CPUs.
+    #[must_use]
     pub fn backend_stats(&self, id: u32) -> TrafficCounters {
         sum(&self.backend_stats, id)
     }
 
     /// A node-wide counter (`global_counter::*`), summed over CPUs.
+    #[must_use]
     pub fn global(&self, counter: u32) -> u64 {
         sum(&self.global_stats, counter)
     }
@@ -583,20 +638,39 @@ impl Dataplane {
     ///
     /// # Errors
     /// On a failed map write.
-    pub fn reset_counters(&mut self, tenant: Option<u32>, vip: Option<u32>, backend: Option<u32>) -> Result<()> {
-        let cpus = nr_cpus().map_err(|(what, source)| DataplaneError::Io { what: what.to_string(), source })?;
+    pub fn reset_counters(
+        &mut self,
+        tenant: Option<u32>,
+        vip: Option<u32>,
+        backend: Option<u32>,
+    ) -> Result<()> {
+        let cpus = nr_cpus().map_err(|(what, source)| DataplaneError::Io {
+            what: what.to_string(),
+            source,
+        })?;
         let zero = || PerCpuValues::try_from(vec![TrafficCounters::default(); cpus]);
-        let io = |source| DataplaneError::Io { what: "building per-CPU values".into(), source };
+        let io = |source| DataplaneError::Io {
+            what: "building per-CPU values".into(),
+            source,
+        };
         if let Some(t) = tenant {
-            self.tenant_stats.set(t, zero().map_err(io)?, 0).map_err(map_op("resetting tenant counters"))?;
+            self.tenant_stats
+                .set(t, zero().map_err(io)?, 0)
+                .map_err(map_op("resetting tenant counters"))?;
             let drops = PerCpuValues::try_from(vec![DropCounters::default(); cpus]).map_err(io)?;
-            self.tenant_drops.set(t, drops, 0).map_err(map_op("resetting tenant drops"))?;
+            self.tenant_drops
+                .set(t, drops, 0)
+                .map_err(map_op("resetting tenant drops"))?;
         }
         if let Some(v) = vip {
-            self.vip_stats.set(v, zero().map_err(io)?, 0).map_err(map_op("resetting VIP counters"))?;
+            self.vip_stats
+                .set(v, zero().map_err(io)?, 0)
+                .map_err(map_op("resetting VIP counters"))?;
         }
         if let Some(b) = backend {
-            self.backend_stats.set(b, zero().map_err(io)?, 0).map_err(map_op("resetting backend counters"))?;
+            self.backend_stats
+                .set(b, zero().map_err(io)?, 0)
+                .map_err(map_op("resetting backend counters"))?;
         }
         Ok(())
     }
@@ -622,10 +696,7 @@ fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(
 
 fn map_data(map: Map) -> std::result::Result<MapData, MapError> {
     match map {
-        Map::Array(d)
-        | Map::HashMap(d)
-        | Map::LruHashMap(d)
-        | Map::PerCpuArray(d) => Ok(d),
+        Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => Ok(d),
         _ => Err(MapError::InvalidName {
             name: "a map of an unexpected type".into(),
         }),
@@ -652,7 +723,10 @@ pub fn cleanup(pin_path: &Path) -> io::Result<Vec<PathBuf>> {
     };
     for entry in entries {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let ours = name.starts_with("link_xdp_") || ALL_MAPS.contains(&name);
         if ours {
             // Unlinking the pin of a link detaches the program once no
@@ -685,18 +759,18 @@ unsafe impl Send for RingArena {}
 
 impl RingArena {
     fn new(map: Map) -> Result<Self> {
-        let data = match &map {
-            Map::Array(d) => d,
-            _ => {
-                return Err(DataplaneError::Map {
-                    name: MAP_RINGS,
-                    source: MapError::InvalidName {
-                        name: "LB_RINGS is not an array".into(),
-                    },
-                });
-            }
+        let Map::Array(data) = &map else {
+            return Err(DataplaneError::Map {
+                name: MAP_RINGS,
+                source: MapError::InvalidName {
+                    name: "LB_RINGS is not an array".into(),
+                },
+            });
         };
-        let info = data.info().map_err(|source| DataplaneError::Map { name: MAP_RINGS, source })?;
+        let info = data.info().map_err(|source| DataplaneError::Map {
+            name: MAP_RINGS,
+            source,
+        })?;
         let len = info.max_entries();
         debug_assert_eq!(len, RING_ARENA_ENTRIES);
         let map_len = (len as usize * 4).next_multiple_of(page_size());
@@ -769,11 +843,18 @@ impl RingArena {
     }
 
     fn write(&mut self, offset: u32, ring: &[u32]) {
-        assert!(offset as usize + ring.len() <= self.len as usize, "ring outside the arena");
+        assert!(
+            offset as usize + ring.len() <= self.len as usize,
+            "ring outside the arena"
+        );
         // SAFETY: in bounds (checked above) of a live shared mapping; the
         // region is ours (allocated, not yet published).
         unsafe {
-            std::ptr::copy_nonoverlapping(ring.as_ptr(), self.ptr.as_ptr().add(offset as usize), ring.len());
+            std::ptr::copy_nonoverlapping(
+                ring.as_ptr(),
+                self.ptr.as_ptr().add(offset as usize),
+                ring.len(),
+            );
         }
         // The ring must be visible before the pool entry that publishes it.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);

@@ -3,5 +3,8 @@
 
 pub mod config;
 pub mod dataplane;
+pub mod decap;
 pub mod maglev;
+pub mod neighbours;
 pub mod objects;
+pub mod reconcile;

@@ -2,12 +2,14 @@
 //! destination-MAC rewrite, out of the interface the FIB chose.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::xdp_action::{XDP_DROP, XDP_TX},
     helpers::{bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
-    EbpfContext,
 };
-use lb_common::{Backend, FAMILY_V4, FORWARD_L2DSR, NextHop, Settings, drop_reason, global_counter};
+use lb_common::{
+    Backend, FAMILY_V4, FORWARD_L2DSR, NextHop, Settings, drop_reason, global_counter,
+};
 use lb_ebpf::{
     csum,
     parse::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
@@ -91,11 +93,17 @@ fn dropped(tenant: u32, reason: usize) -> u32 {
 #[inline(always)]
 fn send(ctx: &XdpContext, nh: &NextHop) -> u32 {
     stats::global(global_counter::FORWARDED);
-    #[expect(clippy::cast_possible_truncation, reason = "ifindex is a u32 in xdp_md")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "ifindex is a u32 in xdp_md"
+    )]
     if nh.ifindex == ctx.ingress_ifindex() as u32 {
         XDP_TX
     } else {
-        #[expect(clippy::cast_possible_truncation, reason = "bpf_redirect returns an XDP action")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "bpf_redirect returns an XDP action"
+        )]
         let action = unsafe { bpf_redirect(nh.ifindex, 0) } as u32;
         action
     }
@@ -106,7 +114,11 @@ fn send(ctx: &XdpContext, nh: &NextHop) -> u32 {
 /// (unused: the header is rewritten whole), `family` that of the L3 header.
 #[inline(always)]
 fn write_l2(ctx: &XdpContext, pkt: &Packet, nh: &NextHop, family: u8) -> Result<(), ()> {
-    let ip_type = if family == FAMILY_V4 { ETH_P_IP } else { ETH_P_IPV6 };
+    let ip_type = if family == FAMILY_V4 {
+        ETH_P_IP
+    } else {
+        ETH_P_IPV6
+    };
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(())?;
     unsafe {
         (*eth).dst_addr = nh.dmac;
@@ -127,8 +139,18 @@ fn write_l2(ctx: &XdpContext, pkt: &Packet, nh: &NextHop, family: u8) -> Result<
 
 /// Prepends an outer IPv4 or IPv6 header addressed to the backend.
 #[inline(never)]
-fn encapsulate(ctx: &XdpContext, pkt: &Packet, backend: &Backend, nh: &NextHop, hash: u32) -> Result<(), ()> {
-    let inner_proto = if pkt.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+fn encapsulate(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    backend: &Backend,
+    nh: &NextHop,
+    hash: u32,
+) -> Result<(), ()> {
+    let inner_proto = if pkt.family == FAMILY_V4 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
     if backend.family == FAMILY_V4 {
         let total = pkt.ip_len + 20;
         let mut h = [0u8; 20];

@@ -3,12 +3,14 @@
 //! fragmentation-needed / packet-too-big.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
-    EbpfContext,
 };
-use lb_common::{FAMILY_V4, FlowKey, NO_TENANT, PROTO_TCP, PROTO_UDP, Settings, drop_reason, global_counter};
+use lb_common::{
+    FAMILY_V4, FlowKey, NO_TENANT, PROTO_TCP, PROTO_UDP, Settings, drop_reason, global_counter,
+};
 use lb_ebpf::{
     csum,
     parse::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
@@ -46,7 +48,8 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
 
     // The quoted packet is one a backend sent from the VIP to the client.
     let inner_off = pkt.l4_off + 8;
-    let Some((inner_src, inner_dst, proto, ports_off)) = quoted_header(ctx, pkt.family, inner_off) else {
+    let Some((inner_src, inner_dst, proto, ports_off)) = quoted_header(ctx, pkt.family, inner_off)
+    else {
         return malformed_or_pass(pkt);
     };
     if proto != PROTO_TCP && proto != PROTO_UDP {
@@ -101,7 +104,11 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
 /// Reads the IP header quoted in an ICMP error: (source, destination,
 /// protocol, offset of its L4 header).
 #[inline(always)]
-fn quoted_header(ctx: &XdpContext, family: u8, off: usize) -> Option<([u8; 16], [u8; 16], u8, usize)> {
+fn quoted_header(
+    ctx: &XdpContext,
+    family: u8,
+    off: usize,
+) -> Option<([u8; 16], [u8; 16], u8, usize)> {
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     if family == FAMILY_V4 {
@@ -163,7 +170,13 @@ pub fn send_too_big(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> u32 {
 /// Swaps the MACs of the L2 header that now starts at offset 0 after the
 /// packet grew by `grown` bytes (the old header sits at `grown`).
 #[inline(always)]
-fn reply_l2(ctx: &XdpContext, pkt: &Packet, old_dst: [u8; 6], old_src: [u8; 6], ip_type: u16) -> Result<(), ()> {
+fn reply_l2(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    old_dst: [u8; 6],
+    old_src: [u8; 6],
+    ip_type: u16,
+) -> Result<(), ()> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(())?;
     unsafe {
         (*eth).dst_addr = old_src;
@@ -195,7 +208,11 @@ fn truncate(ctx: &XdpContext, len: usize) -> Result<(), ()> {
     if cur < len {
         return Err(());
     }
-    #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "packet lengths fit in i32")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "packet lengths fit in i32"
+    )]
     let delta = len as i32 - cur as i32;
     if delta != 0 && unsafe { bpf_xdp_adjust_tail(ctx.as_ptr().cast(), delta) } != 0 {
         return Err(());
@@ -235,7 +252,15 @@ fn too_big_v4(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<(), ()> {
     let icmp_ptr: *mut [u8; 8] = ptr_at(ctx, pkt.l2_len + 20).ok_or(())?;
     unsafe { icmp_ptr.write_unaligned(icmp) };
     let body: *mut [u8; 8 + QUOTE_LEN] = ptr_at(ctx, pkt.l2_len + 20).ok_or(())?;
-    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, body.cast(), (8 + QUOTE_LEN) as u32, 0) };
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            body.cast(),
+            (8 + QUOTE_LEN) as u32,
+            0,
+        )
+    };
     #[expect(clippy::cast_sign_loss, reason = "csum_diff returns the 32-bit sum")]
     let check = csum::fold(sum as u32 as u64).to_ne_bytes();
     unsafe {
@@ -269,7 +294,16 @@ fn too_big_v6(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<(), ()> {
     unsafe { ip_ptr.write_unaligned(ip) };
 
     let next_mtu = u32::from(mtu.saturating_sub(40)).to_be_bytes();
-    let icmp = [2u8, 0, 0, 0, next_mtu[0], next_mtu[1], next_mtu[2], next_mtu[3]];
+    let icmp = [
+        2u8,
+        0,
+        0,
+        0,
+        next_mtu[0],
+        next_mtu[1],
+        next_mtu[2],
+        next_mtu[3],
+    ];
     let icmp_ptr: *mut [u8; 8] = ptr_at(ctx, pkt.l2_len + 40).ok_or(())?;
     unsafe { icmp_ptr.write_unaligned(icmp) };
 
@@ -283,9 +317,20 @@ fn too_big_v6(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<(), ()> {
     sum += u64::from(u16::from_ne_bytes(plen));
     sum += u64::from(u16::from_ne_bytes([0, lb_common::PROTO_ICMPV6]));
     let body: *mut [u8; 8 + QUOTE_LEN] = ptr_at(ctx, pkt.l2_len + 40).ok_or(())?;
-    #[expect(clippy::cast_possible_truncation, reason = "a folded 16-bit partial sum")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a folded 16-bit partial sum"
+    )]
     let seed = (csum_partial(sum)) as u32;
-    let total = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, body.cast(), (8 + QUOTE_LEN) as u32, seed) };
+    let total = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            body.cast(),
+            (8 + QUOTE_LEN) as u32,
+            seed,
+        )
+    };
     #[expect(clippy::cast_sign_loss, reason = "csum_diff returns the 32-bit sum")]
     let check = csum::fold(total as u32 as u64).to_ne_bytes();
     unsafe {

@@ -3,6 +3,15 @@
 
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::inline_always,
+    reason = "BPF code: helpers must be inlined into the program (the verifier limits calls and stack)"
+)]
+#![allow(
+    clippy::must_use_candidate,
+    clippy::missing_errors_doc,
+    reason = "internal helpers of the eBPF programs, not a public API"
+)]
 
 mod forward;
 mod icmp;
@@ -18,12 +27,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{FlowKey, NO_TENANT, Settings, VIP_F_LOCAL, drop_reason, global_counter};
-use lb_ebpf::parse::{self, ParseError, Packet, ptr_at};
+use lb_ebpf::parse::{self, Packet, ParseError, ptr_at};
 use network_types::eth::EthHdr;
 
 use crate::{
     forward::TooBig,
-    maps::{SCRATCH, SETTINGS, TENANT_STATS, VIP_STATS, BACKEND_STATS},
+    maps::{BACKEND_STATS, SCRATCH, SETTINGS, TENANT_STATS, VIP_STATS},
 };
 
 /// The balancer's entry point.
@@ -63,7 +72,10 @@ fn balance(ctx: &XdpContext) -> u32 {
     }
     let action = steer(ctx, pkt, &settings, now);
     if action >= forward::TOO_BIG_BASE {
-        #[expect(clippy::cast_possible_truncation, reason = "the MTU is the low 16 bits")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "the MTU is the low 16 bits"
+        )]
         return icmp::send_too_big(ctx, pkt, action as u16);
     }
     action

@@ -7,12 +7,12 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use lb_ebpf::parse::Packet;
 use lb_common::{
-    Backend, DEFAULT_FLOW_TABLE_ENTRIES, DropCounters, FlowKey, FlowValue, MAX_BACKENDS,
-    MAX_POOLS, MAX_TENANTS, MAX_VIPS, NextHop, PoolInfo, RING_ARENA_ENTRIES, Settings,
-    TrafficCounters, VipAddrKey, VipInfo, VipKey, global_counter,
+    Backend, DEFAULT_FLOW_TABLE_ENTRIES, DropCounters, FlowKey, FlowValue, MAX_BACKENDS, MAX_POOLS,
+    MAX_TENANTS, MAX_VIPS, NextHop, PoolInfo, RING_ARENA_ENTRIES, Settings, TrafficCounters,
+    VipAddrKey, VipInfo, VipKey, global_counter,
 };
+use lb_ebpf::parse::Packet;
 
 /// VIP (address, port, protocol) -> owner tenant, pool and flags. No
 /// preallocation: an update replaces the entry under RCU, so a reader never

@@ -5,13 +5,13 @@
 use core::mem::{size_of, zeroed};
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LOOKUP_SRC, bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
-    EbpfContext,
 };
 use lb_common::{Backend, FAMILY_V4, NextHop, drop_reason, global_counter};
 
@@ -26,7 +26,12 @@ const CACHE_NS: u64 = 1_000_000_000;
 /// entry, valid for the rest of the program run), refreshing it when stale.
 /// Errors are `drop_reason::*`.
 #[inline(always)]
-pub fn lookup(ctx: &XdpContext, id: u32, backend: &Backend, now: u64) -> Result<&'static NextHop, usize> {
+pub fn lookup(
+    ctx: &XdpContext,
+    id: u32,
+    backend: &Backend,
+    now: u64,
+) -> Result<&'static NextHop, usize> {
     let cached = NEXTHOPS.get_ptr_mut(id).ok_or(drop_reason::NO_ROUTE)?;
     if unsafe { (*cached).expires_ns } <= now {
         let status = refresh(ctx, backend, cached, now);
@@ -52,19 +57,32 @@ fn refresh(ctx: &XdpContext, backend: &Backend, out: *mut NextHop, now: u64) -> 
 }
 
 #[inline(always)]
-fn fib_refresh(ctx: &XdpContext, backend: &Backend, out: *mut NextHop, now: u64) -> Result<(), usize> {
+fn fib_refresh(
+    ctx: &XdpContext,
+    backend: &Backend,
+    out: *mut NextHop,
+    now: u64,
+) -> Result<(), usize> {
     stats::global(global_counter::FIB_LOOKUPS);
     let mut p: FibParams = unsafe { zeroed() };
-    #[expect(clippy::cast_possible_truncation, reason = "ifindex is a u32 in xdp_md")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "ifindex is a u32 in xdp_md"
+    )]
     let ifindex = ctx.ingress_ifindex() as u32;
     p.ifindex = ifindex;
     if backend.family == FAMILY_V4 {
         p.family = AF_INET;
-        p.__bindgen_anon_4.ipv4_dst =
-            u32::from_ne_bytes([backend.addr[0], backend.addr[1], backend.addr[2], backend.addr[3]]);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([
+            backend.addr[0],
+            backend.addr[1],
+            backend.addr[2],
+            backend.addr[3],
+        ]);
     } else {
         p.family = AF_INET6;
-        p.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(backend.addr) };
+        p.__bindgen_anon_4.ipv6_dst =
+            unsafe { core::mem::transmute::<[u8; 16], [u32; 4]>(backend.addr) };
     }
 
     // First ask with the largest length: the kernel answers FRAG_NEEDED with
@@ -102,7 +120,11 @@ fn fib_refresh(ctx: &XdpContext, backend: &Backend, out: *mut NextHop, now: u64)
 
 #[inline(always)]
 fn fib(ctx: &XdpContext, p: &mut FibParams) -> i64 {
-    #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "the struct is 64 bytes")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "the struct is 64 bytes"
+    )]
     let len = size_of::<FibParams>() as i32;
     unsafe { bpf_fib_lookup(ctx.as_ptr(), p, len, BPF_FIB_LOOKUP_SRC) }
 }

@@ -5,14 +5,23 @@
 
 #![no_std]
 #![no_main]
+#![allow(
+    clippy::inline_always,
+    reason = "BPF code: helpers must be inlined into the program (the verifier limits calls and stack)"
+)]
+#![allow(
+    clippy::must_use_candidate,
+    clippy::missing_errors_doc,
+    reason = "internal helpers of the eBPF programs, not a public API"
+)]
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
     maps::PerCpuArray,
     programs::XdpContext,
-    EbpfContext,
 };
 use lb_ebpf::parse::{self, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ptr_at};
 use network_types::{eth::EthHdr, vlan::VlanHdr};
@@ -72,7 +81,11 @@ fn decap(ctx: &XdpContext) -> Result<bool, ()> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(())?;
     let (dst, src) = unsafe { ((*eth).dst_addr, (*eth).src_addr) };
 
-    #[expect(clippy::cast_possible_truncation, clippy::cast_possible_wrap, reason = "at most 60 bytes")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_possible_wrap,
+        reason = "at most 60 bytes"
+    )]
     let shrink = outer_len as i32;
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), shrink) } != 0 {
         return Err(());

@@ -1,0 +1,470 @@
+//! From a validated configuration to map contents: assigns stable ids,
+//! builds each pool's Maglev ring, and writes only what differs from what
+//! the maps already hold.
+//!
+//! Ids: tenants, pools, VIPs and backends get small integer ids (indexes into
+//! the BPF arrays) from [`Ids`], keyed by their names and addresses, so a
+//! re-apply of the same objects keeps their ids and their flows. A backend
+//! slot handed to a different backend gets a new generation, which makes the
+//! XDP program ignore flow-table entries made for the previous occupant.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use lb_common::{
+    BACKEND_DRAINING, BACKEND_UNUSED, BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6, FORWARD_IPIP,
+    FORWARD_L2DSR, MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, Settings, VipAddrKey, VipInfo,
+    VipKey,
+};
+
+use crate::{
+    config::{Config, Forwarding},
+    dataplane::{Dataplane, DataplaneError},
+    maglev::{self, RingBackend},
+};
+
+/// Errors while applying a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A map write failed.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// The ring could not be built.
+    #[error("pool {pool} of tenant {tenant}: {source}")]
+    Maglev {
+        tenant: String,
+        pool: String,
+        #[source]
+        source: maglev::MaglevError,
+    },
+    /// More objects than the maps can hold.
+    #[error("too many {what}: the maps hold at most {max}")]
+    Capacity { what: &'static str, max: u32 },
+}
+
+/// Converts an address to the 16-byte, family-tagged form of the maps.
+#[must_use]
+pub fn addr_bytes(ip: IpAddr) -> ([u8; 16], u8) {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// Converts a 16-byte, family-tagged map address back to an `IpAddr`.
+#[must_use]
+pub fn ip_from_bytes(addr: &[u8; 16], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
+    } else {
+        IpAddr::from(*addr)
+    }
+}
+
+/// Allocates the lowest free id of one kind, keyed by a stable name.
+#[derive(Debug, Default, Clone)]
+struct IdSpace<K: Ord> {
+    by_key: BTreeMap<K, u32>,
+    used: BTreeSet<u32>,
+    first: u32,
+    max: u32,
+}
+
+impl<K: Ord + Clone> IdSpace<K> {
+    fn new(first: u32, max: u32) -> Self {
+        Self {
+            by_key: BTreeMap::new(),
+            used: BTreeSet::new(),
+            first,
+            max,
+        }
+    }
+
+    fn get_or_alloc(&mut self, key: &K, what: &'static str) -> Result<u32, ReconcileError> {
+        if let Some(id) = self.by_key.get(key) {
+            return Ok(*id);
+        }
+        let mut id = self.first;
+        for &u in self.used.range(self.first..) {
+            if u != id {
+                break;
+            }
+            id += 1;
+        }
+        if id >= self.max {
+            return Err(ReconcileError::Capacity {
+                what,
+                max: self.max,
+            });
+        }
+        self.used.insert(id);
+        self.by_key.insert(key.clone(), id);
+        Ok(id)
+    }
+
+    /// Releases every id whose key is not in `keep`; returns the released ids.
+    fn retain(&mut self, keep: &BTreeSet<K>) -> Vec<u32> {
+        let gone: Vec<K> = self
+            .by_key
+            .keys()
+            .filter(|k| !keep.contains(k))
+            .cloned()
+            .collect();
+        gone.iter()
+            .filter_map(|k| self.by_key.remove(k))
+            .inspect(|id| {
+                self.used.remove(id);
+            })
+            .collect()
+    }
+}
+
+type BackendKey = (String, String, IpAddr, u16);
+
+/// Id assignment for every object kind.
+#[derive(Debug, Clone)]
+pub struct Ids {
+    tenants: IdSpace<String>,
+    pools: IdSpace<(String, String)>,
+    vips: IdSpace<VipKey>,
+    backends: IdSpace<BackendKey>,
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Self {
+            // Tenant 0 is the "no tenant" slot of the drop counters.
+            tenants: IdSpace::new(1, MAX_TENANTS),
+            pools: IdSpace::new(1, MAX_POOLS),
+            vips: IdSpace::new(0, MAX_VIPS),
+            backends: IdSpace::new(0, MAX_BACKENDS),
+        }
+    }
+}
+
+impl Ids {
+    /// The id of a tenant, if it has one.
+    #[must_use]
+    pub fn tenant(&self, name: &str) -> Option<u32> {
+        self.tenants.by_key.get(name).copied()
+    }
+
+    /// The id of a pool of a tenant, if it has one.
+    #[must_use]
+    pub fn pool(&self, tenant: &str, pool: &str) -> Option<u32> {
+        self.pools
+            .by_key
+            .get(&(tenant.to_string(), pool.to_string()))
+            .copied()
+    }
+
+    /// The id of a backend, if it has one.
+    #[must_use]
+    pub fn backend(&self, tenant: &str, pool: &str, addr: IpAddr, port: u16) -> Option<u32> {
+        self.backends
+            .by_key
+            .get(&(tenant.to_string(), pool.to_string(), addr, port))
+            .copied()
+    }
+
+    /// The id of a VIP, if it has one.
+    #[must_use]
+    pub fn vip(&self, key: &VipKey) -> Option<u32> {
+        self.vips.by_key.get(key).copied()
+    }
+
+    /// Tenant names by id.
+    #[must_use]
+    pub fn tenant_names(&self) -> BTreeMap<u32, String> {
+        self.tenants
+            .by_key
+            .iter()
+            .map(|(k, v)| (*v, k.clone()))
+            .collect()
+    }
+}
+
+/// What one apply changed, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub backends_written: usize,
+    pub rings_written: usize,
+    pub vips_written: usize,
+    pub vips_removed: usize,
+    pub pools_removed: usize,
+    pub backends_released: usize,
+    pub flows_removed: usize,
+}
+
+struct DesiredPool {
+    id: u32,
+    tenant_id: u32,
+    tenant: String,
+    name: String,
+    ring_size: u32,
+    /// (backend id, map value, weight, identity key bytes)
+    backends: Vec<(u32, Backend, u32, Vec<u8>)>,
+}
+
+/// Applies configurations to the maps, remembering id assignments between
+/// applies.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    ids: Ids,
+}
+
+impl Reconciler {
+    /// A reconciler with no ids assigned yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current id assignment.
+    #[must_use]
+    pub fn ids(&self) -> &Ids {
+        &self.ids
+    }
+
+    /// Makes the maps match `config`: writes what differs, removes what the
+    /// config no longer names (and the flow-table entries of removed
+    /// tenants). Other tenants' entries are not touched unless they changed.
+    ///
+    /// # Errors
+    /// When a map write fails or the maps are full; the maps may then be
+    /// partly updated, and a later apply completes the job.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one pass in the order the writes must happen: ids, backends, rings, VIPs, removals"
+    )]
+    pub fn apply(
+        &mut self,
+        config: &Config,
+        dp: &mut Dataplane,
+    ) -> Result<ApplyReport, ReconcileError> {
+        let mut report = ApplyReport::default();
+        let settings = Settings {
+            flow_idle_ns: u64::try_from(config.node.flow_idle_timeout.as_nanos())
+                .unwrap_or(u64::MAX),
+            hash_seed: config.node.hash_seed,
+            forwarding: match config.node.forwarding {
+                Forwarding::Ipip => FORWARD_IPIP,
+                Forwarding::L2dsr => FORWARD_L2DSR,
+            },
+            ..Settings::default()
+        };
+        let mut current = dp.settings()?;
+        current.layout_version = 0;
+        if current != settings {
+            dp.set_settings(settings)?;
+        }
+
+        // Ids for everything the config names; release the rest.
+        let mut keep_tenants = BTreeSet::new();
+        let mut keep_pools = BTreeSet::new();
+        let mut keep_vips = BTreeSet::new();
+        let mut keep_backends = BTreeSet::new();
+        let mut pools = Vec::new();
+        let mut vips: BTreeMap<VipKey, VipInfo> = BTreeMap::new();
+        let mut vip_addrs: BTreeMap<VipAddrKey, u32> = BTreeMap::new();
+        for t in &config.tenants {
+            let tenant_id = self.ids.tenants.get_or_alloc(&t.name, "tenants")?;
+            keep_tenants.insert(t.name.clone());
+            for p in &t.pools {
+                let pkey = (t.name.clone(), p.name.clone());
+                let pool_id = self.ids.pools.get_or_alloc(&pkey, "pools")?;
+                keep_pools.insert(pkey);
+                let mut backends = Vec::new();
+                for b in &p.backends {
+                    let port = b.port.unwrap_or(0);
+                    let bkey = (t.name.clone(), p.name.clone(), b.address, port);
+                    let id = self.ids.backends.get_or_alloc(&bkey, "backends")?;
+                    keep_backends.insert(bkey);
+                    let (addr, family) = addr_bytes(b.address);
+                    let value = Backend {
+                        addr,
+                        tenant_id,
+                        pool_id,
+                        generation: 0,
+                        family,
+                        state: if b.weight > 0 {
+                            BACKEND_UP
+                        } else {
+                            BACKEND_DRAINING
+                        },
+                        _pad: [0; 2],
+                    };
+                    let mut identity = addr.to_vec();
+                    identity.push(family);
+                    identity.extend_from_slice(&port.to_be_bytes());
+                    backends.push((id, value, b.weight, identity));
+                }
+                pools.push(DesiredPool {
+                    id: pool_id,
+                    tenant_id,
+                    tenant: t.name.clone(),
+                    name: p.name.clone(),
+                    ring_size: p.ring_size,
+                    backends,
+                });
+            }
+            for v in &t.l4 {
+                let (addr, family) = addr_bytes(v.vip);
+                let key = VipKey {
+                    addr,
+                    port: v.port.to_be(),
+                    proto: v.protocol.number(),
+                    family,
+                };
+                let vip_id = self.ids.vips.get_or_alloc(&key, "VIPs")?;
+                keep_vips.insert(key);
+                let pool_id = self
+                    .ids
+                    .pool(&t.name, &v.pool)
+                    .ok_or(ReconcileError::Capacity {
+                        what: "pools",
+                        max: 0,
+                    })?;
+                vips.insert(
+                    key,
+                    VipInfo {
+                        tenant_id,
+                        pool_id,
+                        vip_id,
+                        flags: 0,
+                    },
+                );
+                vip_addrs.insert(
+                    VipAddrKey {
+                        addr,
+                        family,
+                        _pad: [0; 3],
+                    },
+                    tenant_id,
+                );
+            }
+        }
+
+        // Backends first (so a ring never names a slot not yet written),
+        // then rings, then VIPs that point at the pools.
+        for pool in &mut pools {
+            for (id, value, _, _) in &mut pool.backends {
+                let cur = dp.backend(*id)?;
+                let same_occupant = cur.state != BACKEND_UNUSED
+                    && cur.addr == value.addr
+                    && cur.family == value.family
+                    && cur.tenant_id == value.tenant_id
+                    && cur.pool_id == value.pool_id;
+                value.generation = if same_occupant {
+                    cur.generation
+                } else {
+                    cur.generation.wrapping_add(1)
+                };
+                if cur != *value {
+                    if !same_occupant {
+                        dp.reset_counters(None, None, Some(*id))?;
+                    }
+                    dp.set_backend(*id, value)?;
+                    report.backends_written += 1;
+                }
+            }
+            let members: Vec<RingBackend<'_>> = pool
+                .backends
+                .iter()
+                .filter(|(_, v, _, _)| v.state == BACKEND_UP)
+                .map(|(id, _, weight, key)| RingBackend {
+                    id: *id,
+                    key,
+                    weight: *weight,
+                })
+                .collect();
+            let ring = maglev::build(&members, pool.ring_size, config.node.hash_seed).map_err(
+                |source| ReconcileError::Maglev {
+                    tenant: pool.tenant.clone(),
+                    pool: pool.name.clone(),
+                    source,
+                },
+            )?;
+            let unchanged = dp
+                .pool(pool.id)
+                .is_some_and(|p| p.tenant_id == pool.tenant_id)
+                && dp.ring(pool.id).as_deref() == Some(ring.as_slice());
+            if !unchanged {
+                dp.write_ring(pool.id, pool.tenant_id, &ring)?;
+                report.rings_written += 1;
+            }
+        }
+        for (key, info) in &vips {
+            if dp.vips().iter().all(|(k, v)| k != key || v != info) {
+                dp.set_vip(key, info)?;
+                report.vips_written += 1;
+            }
+        }
+        for (key, tenant) in &vip_addrs {
+            dp.set_vip_addr(key, *tenant)?;
+        }
+
+        // Removals: VIPs first (no new packets reach the pools), then pools,
+        // then backend slots, then the flows of removed tenants.
+        for (key, _) in dp.vips() {
+            if !vips.contains_key(&key) {
+                dp.remove_vip(&key)?;
+                report.vips_removed += 1;
+            }
+        }
+        for (key, _) in dp.vip_addrs() {
+            if !vip_addrs.contains_key(&key) {
+                dp.remove_vip_addr(&key)?;
+            }
+        }
+        self.ids.vips.retain(&keep_vips);
+        let desired_pools: BTreeSet<u32> = pools.iter().map(|p| p.id).collect();
+        for (id, _) in dp.pools() {
+            if !desired_pools.contains(&id) {
+                dp.remove_pool(id)?;
+                report.pools_removed += 1;
+            }
+        }
+        self.ids.pools.retain(&keep_pools);
+        let desired_backends: BTreeSet<u32> = pools
+            .iter()
+            .flat_map(|p| p.backends.iter().map(|(id, ..)| *id))
+            .collect();
+        self.ids.backends.retain(&keep_backends);
+        for id in 0..dp.backend_capacity() {
+            if desired_backends.contains(&id) {
+                continue;
+            }
+            let cur = dp.backend(id)?;
+            if cur.state != BACKEND_UNUSED {
+                dp.set_backend(
+                    id,
+                    &Backend {
+                        generation: cur.generation.wrapping_add(1),
+                        ..Backend::default()
+                    },
+                )?;
+                report.backends_released += 1;
+            }
+        }
+        let removed_tenants = self.ids.tenants.retain(&keep_tenants);
+        if !removed_tenants.is_empty() {
+            for (key, value) in dp.flows() {
+                if removed_tenants.contains(&value.tenant_id) {
+                    dp.remove_flow(&key)?;
+                    report.flows_removed += 1;
+                }
+            }
+            for t in removed_tenants {
+                dp.reset_counters(Some(t), None, None)?;
+            }
+        }
+        Ok(report)
+    }
+}
