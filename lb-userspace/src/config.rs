@@ -1336,6 +1336,9 @@ impl Ctx<'_> {
     /// Limits of the data plane's maps, checked now so that a config that
     /// cannot fit is rejected before anything is written.
     fn capacity(&self, tenants: &[Tenant], vips: usize) -> Result<(), ConfigError> {
+        // Tenant and pool ids start at 1 (see `reconcile`): one fewer fits.
+        const TENANTS: u32 = MAX_TENANTS - 1;
+        const POOLS: u32 = MAX_POOLS - 1;
         let root = FieldPath::default();
         let too_many = |path: &FieldPath, what: &str, max: u32| {
             self.error(
@@ -1343,11 +1346,11 @@ impl Ctx<'_> {
                 format!("too many {what}: the data plane holds at most {max}"),
             )
         };
-        if tenants.len() > MAX_TENANTS as usize {
+        if tenants.len() > TENANTS as usize {
             return Err(too_many(
-                &root.key("tenant").index(MAX_TENANTS as usize, None),
+                &root.key("tenant").index(TENANTS as usize, None),
                 "tenants",
-                MAX_TENANTS,
+                TENANTS,
             ));
         }
         if vips > MAX_VIPS as usize {
@@ -1365,8 +1368,8 @@ impl Ctx<'_> {
                 backends += p.backends.len();
                 ring_slots += u64::from(p.ring_size);
                 largest = largest.max(u64::from(p.ring_size));
-                if pools > MAX_POOLS as usize {
-                    return Err(too_many(&ppath, "pools", MAX_POOLS));
+                if pools > POOLS as usize {
+                    return Err(too_many(&ppath, "pools", POOLS));
                 }
                 if backends > MAX_BACKENDS as usize {
                     return Err(too_many(&ppath.key("backends"), "backends", MAX_BACKENDS));
@@ -2037,6 +2040,23 @@ default_tenant = "acme"     # optional
             &format!("{WEB}.backends"),
             "use a larger ring_size such as 65537",
         );
+    }
+
+    #[test]
+    fn rings_must_fit_the_arena() {
+        // Five rings of 655373 slots fit with room to replace one; six do not.
+        let pools = |n: usize| {
+            let pool = |i| format!("[[tenant.pool]]\nname = \"p{i}\"\nring_size = 655373\n");
+            (0..n).map(pool).collect::<Vec<_>>().concat()
+        };
+        let text = format!("{NODE}[[tenant]]\nname = \"big\"\n{}", pools(6));
+        assert_err(
+            &text,
+            5 + 5 * 3 + 2,
+            "tenant[0] (\"big\").pool[5] (\"p5\").ring_size",
+            "more than the 4194304 the data plane holds",
+        );
+        ok(&format!("{NODE}[[tenant]]\nname = \"big\"\n{}", pools(5)));
     }
 
     #[test]
