@@ -59,9 +59,17 @@ pub const MAX_VIPS: u32 = 65_536;
 pub const MAX_POOLS: u32 = 65_536;
 /// Backend ids are indexes into [`MAP_BACKENDS`] and the per-backend arrays.
 pub const MAX_BACKENDS: u32 = 65_536;
-/// Entries in the ring arena shared by every pool's Maglev ring (16 MiB).
-/// Each pool needs `ring_size` entries, twice while its ring is replaced.
+/// Ring slots (backend ids, `u32`) in the arena shared by every pool's
+/// Maglev ring (16 MiB). Each pool needs `ring_size` slots, twice while its
+/// ring is replaced.
+///
+/// The kernel rounds array elements up to 8 bytes, so the map is an array of
+/// `u64` holding two slots each: slot `s` is the low (`s` even) or high half
+/// of element `s / 2`. In memory (little endian) that is exactly a packed
+/// `u32` array, which is how `lbd` writes it through `mmap`.
 pub const RING_ARENA_ENTRIES: u32 = 1 << 22;
+/// Elements of the `LB_RINGS` map (two ring slots each).
+pub const RING_ARENA_ELEMENTS: u32 = RING_ARENA_ENTRIES / 2;
 /// Default flow-table capacity; `node.flow_table_size` overrides it.
 pub const DEFAULT_FLOW_TABLE_ENTRIES: u32 = 1 << 20;
 /// Default Maglev ring size: prime, good to ~160 backends at 1% imbalance.

@@ -771,7 +771,8 @@ impl RingArena {
             name: MAP_RINGS,
             source,
         })?;
-        let len = info.max_entries();
+        // Two u32 slots per 8-byte element: the mapping is a packed u32 array.
+        let len = info.max_entries() * 2;
         debug_assert_eq!(len, RING_ARENA_ENTRIES);
         let map_len = (len as usize * 4).next_multiple_of(page_size());
         // SAFETY: mapping a BPF_F_MMAPABLE array map by its fd; the kernel

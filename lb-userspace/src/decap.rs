@@ -42,7 +42,8 @@ impl BackendProgram {
 }
 
 fn netns_inode() -> io::Result<u64> {
-    Ok(fs::metadata("/proc/self/ns/net")?.ino())
+    // /proc/thread-self: only the calling thread may have switched namespaces.
+    Ok(fs::metadata("/proc/thread-self/ns/net")?.ino())
 }
 
 /// The pin of `program` on `iface` in the caller's network namespace.

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, DEFAULT_FLOW_TABLE_ENTRIES, DropCounters, FlowKey, FlowValue, MAX_BACKENDS, MAX_POOLS,
-    MAX_TENANTS, MAX_VIPS, NextHop, PoolInfo, RING_ARENA_ENTRIES, Settings, TrafficCounters,
+    MAX_TENANTS, MAX_VIPS, NextHop, PoolInfo, RING_ARENA_ELEMENTS, Settings, TrafficCounters,
     VipAddrKey, VipInfo, VipKey, global_counter,
 };
 use lb_ebpf::parse::Packet;
@@ -33,7 +33,7 @@ pub static POOLS: HashMap<u32, PoolInfo> = HashMap::with_max_entries(MAX_POOLS, 
 /// by `lbd`, which writes a new ring into a free region and then swaps the
 /// pool's entry, so no syscall per element and no half-written ring.
 #[map(name = "LB_RINGS")]
-pub static RINGS: Array<u32> = Array::with_max_entries(RING_ARENA_ENTRIES, BPF_F_MMAPABLE);
+pub static RINGS: Array<u64> = Array::with_max_entries(RING_ARENA_ELEMENTS, BPF_F_MMAPABLE);
 
 /// Backend id -> address, owner and state.
 #[map(name = "LB_BACKENDS")]

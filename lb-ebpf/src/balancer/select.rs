@@ -96,7 +96,14 @@ pub fn backend(
         return Err(drop_reason::NO_BACKEND);
     }
     let slot = pool.ring_offset + hash % pool.ring_size;
-    let id = *RINGS.get(slot).ok_or(drop_reason::NO_BACKEND)?;
+    // Two slots per 8-byte array element (see `RING_ARENA_ENTRIES`).
+    let pair = *RINGS.get(slot >> 1).ok_or(drop_reason::NO_BACKEND)?;
+    #[expect(clippy::cast_possible_truncation, reason = "picking one u32 half")]
+    let id = if slot & 1 == 0 {
+        pair as u32
+    } else {
+        (pair >> 32) as u32
+    };
     if id == RING_EMPTY {
         return Err(drop_reason::NO_BACKEND);
     }
