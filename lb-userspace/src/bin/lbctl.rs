@@ -159,13 +159,14 @@ fn stats(maps: &std::path::Path, json: bool) -> anyhow::Result<()> {
         "tenant", "packets", "bytes", "new_flows", "drops"
     );
     for r in &rows {
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
         println!(
             "{:<8} {:>12} {:>14} {:>10} {:>10}  {}",
-            r["tenant_id"],
-            r["packets"],
-            r["bytes"],
-            r["new_flows"],
-            r["drops"],
+            n("tenant_id"),
+            n("packets"),
+            n("bytes"),
+            n("new_flows"),
+            n("drops"),
             r["drops_by_reason"]
         );
     }
