@@ -1119,6 +1119,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one scenario: build, check each property, tear down"
+    )]
     fn topology_routes_and_cleans_up() {
         if !is_root() {
             eprintln!("skipping: needs root for network namespaces");
