@@ -364,6 +364,36 @@ pub mod global_counter {
     ];
 }
 
+/// Name of the benchmark-only map holding [`BenchTemplate`] (not pinned).
+pub const MAP_BENCH: &str = "LB_BENCH";
+/// Size of the benchmark packet template: every benchmark frame is padded to it.
+pub const BENCH_FRAME_LEN: usize = 64;
+
+/// The single entry of [`MAP_BENCH`]: the frame the benchmark wrappers
+/// (`lb_bench`, `lb_bench_null`) put back after each `BPF_PROG_TEST_RUN`
+/// iteration, so every iteration measures the same path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BenchTemplate {
+    pub frame: [u8; BENCH_FRAME_LEN],
+    /// Non-zero: write `counter` into the TCP/UDP source port after each
+    /// restore, so every iteration is a new flow (ring lookup and insert).
+    pub vary_sport: u32,
+    /// Incremented by the wrapper (per iteration, when `vary_sport`).
+    pub counter: u32,
+}
+
+impl Default for BenchTemplate {
+    fn default() -> Self {
+        Self {
+            frame: [0; BENCH_FRAME_LEN],
+            vary_sport: 0,
+            counter: 0,
+        }
+    }
+}
+
+const _: () = assert!(size_of::<BenchTemplate>() == BENCH_FRAME_LEN + 8);
 const _: () = assert!(size_of::<VipKey>() == 20);
 const _: () = assert!(size_of::<VipInfo>() == 16);
 const _: () = assert!(size_of::<VipAddrKey>() == 20);
@@ -379,8 +409,8 @@ const _: () = assert!(size_of::<DropCounters>() == 8 * drop_reason::COUNT);
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, DropCounters, FlowKey, FlowValue, NextHop, PoolInfo, Settings, TrafficCounters,
-        VipAddrKey, VipInfo, VipKey,
+        Backend, BenchTemplate, DropCounters, FlowKey, FlowValue, NextHop, PoolInfo, Settings,
+        TrafficCounters, VipAddrKey, VipInfo, VipKey,
     };
 
     macro_rules! pod {
@@ -393,6 +423,7 @@ mod pod {
     }
 
     pod!(
+        BenchTemplate,
         VipKey,
         VipInfo,
         VipAddrKey,

@@ -36,6 +36,22 @@ enum Task {
         #[arg(long, default_value_t = 300)]
         connections: usize,
     },
+    /// Benchmarks; results go to `results/` (JSON) and are printed as tables.
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Nanoseconds per packet of the balancer (established flow, new flow)
+    /// under `BPF_PROG_TEST_RUN`, as ratios to an `XDP_DROP` floor.
+    Xdp {
+        /// Fewer iterations (a smoke run: the figures are noisy).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +61,12 @@ fn main() -> anyhow::Result<()> {
         Task::Demo { connections } => {
             bootstrap()?;
             demo::run(connections)
+        }
+        Task::Bench {
+            bench: Bench::Xdp { quick },
+        } => {
+            bootstrap()?;
+            bench_xdp(quick, "results/bench-xdp.json")
         }
     }
 }
@@ -78,6 +100,31 @@ fn bootstrap() -> anyhow::Result<()> {
         "bootstrap (scripts/bootstrap.sh)",
         Command::new("bash").arg(root().join("scripts/bootstrap.sh")),
     )
+}
+
+/// Runs the XDP benchmark (it needs the eBPF objects, so it is an example of
+/// the tests crate, built after the bootstrap) and writes its JSON to `out`.
+fn bench_xdp(quick: bool, out: &str) -> anyhow::Result<()> {
+    let out = root().join(out);
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--example",
+        "bench_xdp",
+        "--",
+    ])
+    .arg("--out")
+    .arg(&out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run("bench xdp", &mut cmd)
 }
 
 fn ci() -> anyhow::Result<()> {
@@ -131,6 +178,20 @@ fn ci() -> anyhow::Result<()> {
             "--test-threads=1",
         ]),
     )?;
+    // Smoke run of every benchmark: completes and writes well-formed results
+    // (no timing assertions).
+    bench_xdp(true, "target/bench-smoke/bench-xdp.json")?;
+    let json = std::fs::read_to_string(root().join("target/bench-smoke/bench-xdp.json"))
+        .context("reading the bench smoke results")?;
+    for key in [
+        "\"floor_ns\"",
+        "\"established_ratio\"",
+        "\"new_flow_ratio\"",
+    ] {
+        if !json.contains(key) {
+            bail!("bench xdp smoke run: {key} missing from its results: {json}");
+        }
+    }
     println!("==> ci: all checks passed");
     Ok(())
 }

@@ -34,6 +34,10 @@ pub enum TooBig {
 
 /// Forwards `pkt` to backend `id`; returns the XDP action.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into the packet path; a struct would cost stack"
+)]
 pub fn to_backend(
     ctx: &XdpContext,
     pkt: &Packet,
@@ -50,10 +54,10 @@ pub fn to_backend(
         Err(reason) => return dropped(tenant, reason),
     };
     if settings.forwarding == FORWARD_L2DSR {
-        if write_l2(ctx, pkt, &nh, pkt.family).is_err() {
+        if write_l2(ctx, pkt, nh, pkt.family).is_err() {
             return dropped(tenant, drop_reason::MALFORMED);
         }
-        return send(ctx, &nh);
+        return send(ctx, nh);
     }
 
     let overhead = if backend.family == FAMILY_V4 { 20 } else { 40 };
@@ -65,10 +69,10 @@ pub fn to_backend(
         }
         return dropped(tenant, drop_reason::TOO_BIG_NO_DF);
     }
-    if encapsulate(ctx, pkt, backend, &nh, hash).is_err() {
+    if encapsulate(ctx, pkt, backend, nh, hash).is_err() {
         return dropped(tenant, drop_reason::ENCAP_FAILED);
     }
-    send(ctx, &nh)
+    send(ctx, nh)
 }
 
 /// Return values at or above this are not XDP actions but a request to the
@@ -88,7 +92,7 @@ fn dropped(tenant: u32, reason: usize) -> u32 {
     XDP_DROP
 }
 
-/// XDP_TX when the next hop is behind the interface the packet came in on,
+/// `XDP_TX` when the next hop is behind the interface the packet came in on,
 /// else a redirect to the FIB's egress interface.
 #[inline(always)]
 fn send(ctx: &XdpContext, nh: &NextHop) -> u32 {

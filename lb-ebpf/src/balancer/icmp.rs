@@ -26,7 +26,7 @@ use crate::{
 /// IP header and ports (RFC 792 asks for the header plus 64 bits).
 const QUOTE_LEN: usize = 64;
 
-/// Handles an ICMP or ICMPv6 packet. Not inlined: a separate BPF function
+/// Handles an ICMP or `ICMPv6` packet. Not inlined: a separate BPF function
 /// keeps its stack apart from the main path's.
 #[inline(never)]
 pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
@@ -79,26 +79,22 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
         family: pkt.family,
         _pad: [0; 2],
     };
-    match select::backend(&key, &vip, settings, now, false) {
-        Ok(choice) => {
-            stats::global(global_counter::ICMP_FORWARDED);
-            forward::to_backend(
-                ctx,
-                pkt,
-                vip.tenant_id,
-                choice.id,
-                choice.backend,
-                settings,
-                choice.hash,
-                now,
-                TooBig::Drop,
-            )
-        }
-        Err(_) => {
-            stats::drop(vip.tenant_id, drop_reason::ICMP_NO_BACKEND);
-            XDP_DROP
-        }
-    }
+    let Ok(choice) = select::backend(&key, &vip, settings, now, false) else {
+        stats::drop(vip.tenant_id, drop_reason::ICMP_NO_BACKEND);
+        return XDP_DROP;
+    };
+    stats::global(global_counter::ICMP_FORWARDED);
+    forward::to_backend(
+        ctx,
+        pkt,
+        vip.tenant_id,
+        choice.id,
+        choice.backend,
+        settings,
+        choice.hash,
+        now,
+        TooBig::Drop,
+    )
 }
 
 /// Reads the IP header quoted in an ICMP error: (source, destination,
@@ -135,17 +131,13 @@ fn quoted_header(
 /// is addressed to a VIP, else passed untouched.
 #[inline(always)]
 fn malformed_or_pass(pkt: &Packet) -> u32 {
-    match select::vip_addr_tenant(&pkt.dst, pkt.family) {
-        Some(tenant) => {
-            stats::global(global_counter::MALFORMED);
-            stats::drop(tenant, drop_reason::MALFORMED);
-            XDP_DROP
-        }
-        None => {
-            stats::global(global_counter::PASS_NOT_VIP);
-            XDP_PASS
-        }
+    if let Some(tenant) = select::vip_addr_tenant(&pkt.dst, pkt.family) {
+        stats::global(global_counter::MALFORMED);
+        stats::drop(tenant, drop_reason::MALFORMED);
+        return XDP_DROP;
     }
+    stats::global(global_counter::PASS_NOT_VIP);
+    XDP_PASS
 }
 
 /// Turns `pkt` into an ICMP fragmentation-needed (IPv4) or packet-too-big
@@ -158,17 +150,15 @@ pub fn send_too_big(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> u32 {
     } else {
         too_big_v6(ctx, pkt, mtu)
     };
-    match result {
-        Ok(()) => XDP_TX,
-        Err(()) => {
-            stats::drop(NO_TENANT, drop_reason::ENCAP_FAILED);
-            XDP_DROP
-        }
+    if result.is_ok() {
+        return XDP_TX;
     }
+    stats::drop(NO_TENANT, drop_reason::ENCAP_FAILED);
+    XDP_DROP
 }
 
-/// Swaps the MACs of the L2 header that now starts at offset 0 after the
-/// packet grew by `grown` bytes (the old header sits at `grown`).
+/// Writes the reply's L2 header at offset 0: the original MACs swapped, the
+/// VLAN tag kept.
 #[inline(always)]
 fn reply_l2(
     ctx: &XdpContext,
@@ -340,7 +330,7 @@ fn too_big_v6(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> Result<(), ()> {
     Ok(())
 }
 
-/// Folds a sum to 16 bits without complementing it (a seed for csum_diff).
+/// Folds a sum to 16 bits without complementing it (a seed for `csum_diff`).
 #[inline(always)]
 fn csum_partial(mut sum: u64) -> u64 {
     sum = (sum & 0xffff) + (sum >> 16);

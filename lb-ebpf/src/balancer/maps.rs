@@ -8,9 +8,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, DEFAULT_FLOW_TABLE_ENTRIES, DropCounters, FlowKey, FlowValue, MAX_BACKENDS, MAX_POOLS,
-    MAX_TENANTS, MAX_VIPS, NextHop, PoolInfo, RING_ARENA_ELEMENTS, Settings, TrafficCounters,
-    VipAddrKey, VipInfo, VipKey, global_counter,
+    Backend, BenchTemplate, DEFAULT_FLOW_TABLE_ENTRIES, DropCounters, FlowKey, FlowValue,
+    MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, NextHop, PoolInfo, RING_ARENA_ELEMENTS,
+    Settings, TrafficCounters, VipAddrKey, VipInfo, VipKey, global_counter,
 };
 use lb_ebpf::parse::Packet;
 
@@ -69,6 +69,10 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
 
 #[map(name = "LB_GLOBAL_STATS")]
 pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global_counter::COUNT, 0);
+
+/// Benchmarks only: the frame `lb_bench` restores after each iteration.
+#[map(name = "LB_BENCH")]
+pub static BENCH: Array<BenchTemplate> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch space for the parsed packet: keeps it off the BPF stack,
 /// which the verifier limits to 512 bytes across nested calls.

@@ -24,11 +24,11 @@ pub fn vip(addr: &[u8; 16], family: u8, port: u16, proto: u8) -> Option<VipInfo>
         proto,
         family,
     };
-    if let Some(v) = unsafe { VIPS.get(&key) } {
+    if let Some(v) = unsafe { VIPS.get(key) } {
         return Some(*v);
     }
     key.port = 0;
-    unsafe { VIPS.get(&key) }.copied()
+    unsafe { VIPS.get(key) }.copied()
 }
 
 /// The tenant owning any VIP on `addr`, for packets that carry no port.
@@ -39,7 +39,7 @@ pub fn vip_addr_tenant(addr: &[u8; 16], family: u8) -> Option<u32> {
         family,
         _pad: [0; 3],
     };
-    unsafe { VIP_ADDRS.get(&key) }.copied()
+    unsafe { VIP_ADDRS.get(key) }.copied()
 }
 
 /// The backend chosen for a flow.
@@ -89,7 +89,7 @@ pub fn backend(
         stats::global(global_counter::FLOW_STALE);
     }
 
-    let pool = unsafe { POOLS.get(&vip.pool_id) }
+    let pool = unsafe { POOLS.get(vip.pool_id) }
         .copied()
         .ok_or(drop_reason::NO_BACKEND)?;
     if pool.ring_size == 0 || pool.tenant_id != vip.tenant_id {
@@ -125,7 +125,7 @@ pub fn backend(
         };
         // A full table evicts its least recently used entry; failure to
         // insert only costs stickiness, so the packet still goes out.
-        let _ = FLOWS.insert(key, &value, 0);
+        let _ = FLOWS.insert(key, value, 0);
     }
     Ok(Choice {
         id,

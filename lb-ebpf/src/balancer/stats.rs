@@ -31,10 +31,10 @@ pub fn traffic(map: &PerCpuArray<TrafficCounters>, id: u32, bytes: usize, new_fl
 /// Counts a drop for `tenant` with `reason` (`drop_reason::*`).
 #[inline(always)]
 pub fn drop(tenant: u32, reason: usize) {
-    if let Some(c) = TENANT_DROPS.get_ptr_mut(tenant) {
-        if reason < lb_common::drop_reason::COUNT {
-            unsafe { (*c).by_reason[reason] += 1 };
-        }
+    if let Some(c) = TENANT_DROPS.get_ptr_mut(tenant)
+        && reason < lb_common::drop_reason::COUNT
+    {
+        unsafe { (*c).by_reason[reason] += 1 };
     }
     if let Some(c) = TENANT_STATS.get_ptr_mut(tenant) {
         unsafe { (*c).drops += 1 };

@@ -6,6 +6,10 @@
 #![no_std]
 #![no_main]
 #![allow(
+    clippy::needless_pass_by_value,
+    reason = "#[xdp] entry points take their context by value"
+)]
+#![allow(
     clippy::inline_always,
     reason = "BPF code: helpers must be inlined into the program (the verifier limits calls and stack)"
 )]
@@ -108,8 +112,8 @@ fn decap(ctx: &XdpContext) -> Result<bool, ()> {
     Ok(true)
 }
 
-/// A plain XDP_PASS program. veth delivers frames that its peer sent with
-/// XDP_TX only when it runs an XDP program itself, so test and benchmark
+/// A plain `XDP_PASS` program. veth delivers frames that its peer sent with
+/// `XDP_TX` only when it runs an XDP program itself, so test and benchmark
 /// topologies attach this to every port that receives such frames.
 #[xdp]
 pub fn lb_pass(_ctx: XdpContext) -> u32 {

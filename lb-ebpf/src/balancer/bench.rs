@@ -1,0 +1,55 @@
+//! Wrappers that make `BPF_PROG_TEST_RUN` with `repeat` measure the real
+//! path (see ../shared/toolchain.md): the kernel runs every iteration on the
+//! same buffer without restoring it, so after the balancer encapsulates a
+//! packet the next iteration would see its own output. `lb_bench` runs the
+//! balancer and then puts the template frame back; `lb_bench_null` only puts
+//! it back, so its cost calibrates the restore.
+
+use aya_ebpf::{EbpfContext as _, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::BENCH_FRAME_LEN;
+use lb_ebpf::parse::ptr_at;
+
+use crate::maps::BENCH;
+
+/// Offset of the TCP/UDP source port in the (untagged IPv4 or IPv6) template.
+const SPORT_V4: usize = 14 + 20;
+const SPORT_V6: usize = 14 + 40;
+
+#[inline(always)]
+pub fn restore(ctx: &XdpContext) {
+    let Some(t) = BENCH.get_ptr_mut(0) else {
+        return;
+    };
+    // The balancer only grows the head (encapsulation): shrink it back.
+    let cur = ctx.data_end() - ctx.data();
+    if cur > BENCH_FRAME_LEN {
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_possible_wrap,
+            reason = "at most 40 bytes"
+        )]
+        let grown = (cur - BENCH_FRAME_LEN) as i32;
+        if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), grown) } != 0 {
+            return;
+        }
+    }
+    let Some(frame) = ptr_at::<[u8; BENCH_FRAME_LEN]>(ctx, 0) else {
+        return;
+    };
+    unsafe {
+        *frame = (*t).frame;
+        if (*t).vary_sport != 0 {
+            (*t).counter = (*t).counter.wrapping_add(1);
+            #[expect(clippy::cast_possible_truncation, reason = "a 16-bit port")]
+            let port = ((*t).counter as u16).to_be_bytes();
+            let off = if (*frame)[12] == 0x86 {
+                SPORT_V6
+            } else {
+                SPORT_V4
+            };
+            if let Some(p) = ptr_at::<[u8; 2]>(ctx, off) {
+                *p = port;
+            }
+        }
+    }
+}
