@@ -9,7 +9,19 @@
 //! the cache, as on a node where it was resolved within the last second.
 //! Every run's action is checked, so a figure never comes from a wrong path.
 
-use std::{fs, path::PathBuf, time::Duration};
+#[path = "../tests/common/mod.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with the end-to-end tests, which use all of it"
+)]
+mod common;
+
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use aya::{
     maps::Array,
@@ -21,6 +33,10 @@ use lb::{
     reconcile::Reconciler,
 };
 use lb_common::{BENCH_FRAME_LEN, BenchTemplate, MAP_BENCH, NextHop};
+use lb_tests::{
+    netns::TopologySpec,
+    servers::{Proto, spread},
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
@@ -28,6 +44,8 @@ const XDP_TX: u32 = 3;
 struct Args {
     repeat: u32,
     rounds: usize,
+    /// TCP connections through the namespace topology for the live figure.
+    connections: usize,
     out: Option<PathBuf>,
 }
 
@@ -35,6 +53,7 @@ fn args() -> Args {
     let mut a = Args {
         repeat: 1_000_000,
         rounds: 5,
+        connections: 3000,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -43,6 +62,7 @@ fn args() -> Args {
             "--quick" => {
                 a.repeat = 20_000;
                 a.rounds = 3;
+                a.connections = 200;
             }
             "--repeat" => a.repeat = it.next().and_then(|v| v.parse().ok()).expect("--repeat N"),
             "--rounds" => a.rounds = it.next().and_then(|v| v.parse().ok()).expect("--rounds N"),
@@ -109,7 +129,10 @@ fn set_template(dp: &mut Dataplane, frame: [u8; BENCH_FRAME_LEN], vary_sport: bo
     .expect("writing the template");
 }
 
-#[expect(clippy::too_many_lines, reason = "one linear benchmark script: set up, measure, report")]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one linear benchmark script: set up, measure, report"
+)]
 fn main() {
     let args = args();
     let cfg = config::parse(
@@ -215,10 +238,16 @@ pool = "web"
         new_net / floor
     );
     println!("reference (Katran on this machine kind): established 6.1x, SYN 13.5x");
+    let (live_ns, live_packets) = live(args.connections);
+    println!(
+        "{:<34} {live_ns:>10.1} {:>12}   ({live_packets} packets of {} TCP connections, kernel.bpf_stats)",
+        "balancer under live traffic", "-", args.connections
+    );
     let json = format!(
         "{{\"bench\":\"xdp\",\"repeat\":{r},\"rounds\":{n},\"floor_ns\":{floor:.2},\"restore_ns\":{null:.2},\
          \"established_ns\":{est_net:.2},\"new_flow_ns\":{new_net:.2},\"established_ratio\":{:.3},\
-         \"new_flow_ratio\":{:.3},\"flows_inserted\":{inserted}}}",
+         \"new_flow_ratio\":{:.3},\"flows_inserted\":{inserted},\"live_ns\":{live_ns:.2},\
+         \"live_packets\":{live_packets}}}",
         est_net / floor,
         new_net / floor
     );
@@ -227,4 +256,51 @@ pool = "web"
             .unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
         println!("results written to {}", out.display());
     }
+}
+
+/// The balancer's own cost per packet under live traffic: real TCP
+/// connections through the namespace topology, measured by the kernel
+/// (`BPF_ENABLE_STATS`, the same counters as `kernel.bpf_stats_enabled`).
+fn live(connections: usize) -> (f64, u64) {
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 1);
+    let mut h = common::Harness::start(
+        &TopologySpec::new().with_clients(1).with_tenant("a", 3),
+        &[IpAddr::V4(VIP)],
+        &[(Proto::Tcp, "0.0.0.0:80".parse().expect("addr"))],
+        &|topo| {
+            format!(
+                "[node]\ninterface = \"eth0\"\n[[tenant]]\nname = \"bench\"\n[[tenant.pool]]\nname = \"web\"\n\
+                 backends = [{}]\n[[tenant.l4]]\nvip = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n",
+                common::pool_entries(topo, &["a1", "a2", "a3"], false)
+            )
+        },
+    );
+    let _stats =
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("enabling BPF run-time stats");
+    let prog = h.dp.program("lb_balancer").expect("balancer");
+    let before = prog.info().expect("program info");
+    let counts = spread(
+        &h.topo.client_path(0),
+        SocketAddr::new(VIP.into(), 80),
+        connections,
+        Proto::Tcp,
+    )
+    .expect("live traffic");
+    assert_eq!(counts.values().sum::<usize>(), connections, "{counts:?}");
+    let after =
+        h.dp.program("lb_balancer")
+            .expect("balancer")
+            .info()
+            .expect("program info");
+    let packets = after.run_count() - before.run_count();
+    let ns = after
+        .run_time()
+        .saturating_sub(before.run_time())
+        .as_nanos();
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "nanosecond totals are far below 2^52"
+    )]
+    let per_packet = ns as f64 / packets.max(1) as f64;
+    (per_packet, packets)
 }

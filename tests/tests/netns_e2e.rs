@@ -6,55 +6,22 @@
 //! as `lbd` does, so the tests can change pools between steps. Everything is
 //! removed on drop, also when an assertion fails.
 
+mod common;
+
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-    time::{Duration, Instant},
 };
 
-use lb::{
-    config::{self, Config},
-    dataplane::{AttachMode, Dataplane, LoadOptions},
-    decap::{self, BackendProgram},
-    neighbours,
-    reconcile::Reconciler,
-};
+use common::{Harness, parse, pool_entries, wait_neighbours};
 use lb_tests::{
-    netns::{Topology, TopologySpec, run_in_netns},
-    servers::{LongLived, Proto, TcpNameServer, UdpNameServer, spread},
+    netns::{Topology, TopologySpec},
+    servers::{LongLived, Proto, spread},
 };
 
 const VIP_A: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 1);
 const VIP_B: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 2);
 const VIP_A6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0x100, 0, 0, 0, 0, 0, 1);
-
-/// Removes the link pins of the backends' programs.
-struct LinkDir(PathBuf);
-
-impl Drop for LinkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Harness {
-    // Field order is drop order: the balancer, then servers, pins, namespaces.
-    dp: Dataplane,
-    reconciler: Reconciler,
-    _tcp: Vec<TcpNameServer>,
-    _udp: Vec<UdpNameServer>,
-    _links: LinkDir,
-    topo: Topology,
-}
-
-fn pool_entries(topo: &Topology, names: &[&str], v6: bool) -> String {
-    names
-        .iter()
-        .map(|n| format!("{{ address = \"{}\" }}", topo.backend(n).addr(v6)))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 fn config_text(topo: &Topology, a_backends: &[&str]) -> String {
     format!(
@@ -103,111 +70,23 @@ pool = "web"
     )
 }
 
-fn parse(text: &str) -> Config {
-    config::parse(text, "e2e.toml").unwrap_or_else(|e| panic!("test config invalid: {e}"))
-}
-
-fn backend_addrs(topo: &Topology) -> BTreeSet<IpAddr> {
-    topo.backends()
-        .iter()
-        .flat_map(|b| [b.addr(false), b.addr(true)])
-        .collect()
-}
-
-/// Waits until the LB node has a MAC for every backend address (the XDP
-/// program cannot resolve neighbours itself).
-fn wait_neighbours(topo: &Topology) {
-    let addrs = backend_addrs(topo);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let a = addrs.clone();
-        run_in_netns(&topo.lb_path(), move || neighbours::warm(&a)).expect("warm neighbours");
-        let table = topo
-            .run_ok(topo.lb_ns(), &["ip", "neigh", "show"])
-            .expect("ip neigh");
-        let missing: Vec<_> = addrs
-            .iter()
-            .filter(|a| {
-                !table
-                    .lines()
-                    .any(|l| l.starts_with(&format!("{a} ")) && l.contains("lladdr"))
-            })
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "neighbours not resolved after 10 s: {missing:?}\n{table}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn setup() -> Harness {
-    let topo = Topology::create(
+    Harness::start(
         &TopologySpec::new()
             .with_clients(1)
             .with_tenant("a", 3)
             .with_tenant("b", 3)
             .with_extra_backend("a4"),
+        &[IpAddr::V4(VIP_A), IpAddr::V4(VIP_B), IpAddr::V6(VIP_A6)],
+        &[
+            (Proto::Tcp, "0.0.0.0:80".parse().expect("addr")),
+            (Proto::Tcp, "[::]:80".parse().expect("addr")),
+            // Bound to the VIP so replies leave from it (a wildcard UDP
+            // socket would answer from the backend's own address).
+            (Proto::Udp, SocketAddr::new(VIP_A.into(), 53)),
+        ],
+        &|topo| config_text(topo, &["a1", "a2", "a3"]),
     )
-    .expect("topology");
-    let links = LinkDir(PathBuf::from(format!(
-        "/sys/fs/bpf/{}-links",
-        topo.prefix()
-    )));
-    for (ns, iface) in topo.fabric_ports() {
-        let dir = links.0.clone();
-        run_in_netns(&lb_tests::netns::netns_path(&ns), move || {
-            decap::attach(&dir, BackendProgram::Pass, &iface)
-        })
-        .expect("enter fabric")
-        .expect("attach pass program to a bridge port");
-    }
-    let vips = [IpAddr::V4(VIP_A), IpAddr::V4(VIP_B), IpAddr::V6(VIP_A6)];
-    topo.add_vip_to_backends(&vips).expect("VIPs on backends");
-    let mut tcp = Vec::new();
-    let mut udp = Vec::new();
-    for b in topo.backends() {
-        let dir = links.0.clone();
-        run_in_netns(&b.path(), move || {
-            decap::attach(&dir, BackendProgram::Decap, "eth0")
-        })
-        .expect("enter backend")
-        .expect("attach decap");
-        tcp.push(
-            TcpNameServer::start(&b.path(), "0.0.0.0:80".parse().expect("addr"), &b.name)
-                .expect("tcp server"),
-        );
-        tcp.push(
-            TcpNameServer::start(&b.path(), "[::]:80".parse().expect("addr"), &b.name)
-                .expect("tcp6 server"),
-        );
-        udp.push(
-            UdpNameServer::start(&b.path(), SocketAddr::new(VIP_A.into(), 53), &b.name)
-                .expect("udp server"),
-        );
-    }
-    let cfg = parse(&config_text(&topo, &["a1", "a2", "a3"]));
-    let (dp, reconciler) = run_in_netns(&topo.lb_path(), move || {
-        let mut dp = Dataplane::load(&LoadOptions::default()).expect("load balancer");
-        let mut reconciler = Reconciler::new();
-        reconciler.apply(&cfg, &mut dp).expect("apply config");
-        dp.attach("eth0", AttachMode::Auto)
-            .expect("attach balancer");
-        (dp, reconciler)
-    })
-    .expect("enter LB namespace");
-    wait_neighbours(&topo);
-    Harness {
-        dp,
-        reconciler,
-        _tcp: tcp,
-        _udp: udp,
-        _links: links,
-        topo,
-    }
 }
 
 /// Asserts that `counts` only names backends starting with `prefix`, that
