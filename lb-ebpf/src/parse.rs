@@ -56,8 +56,10 @@ pub struct Packet {
     pub l2_len: usize,
     /// Offset of the L4 header.
     pub l4_off: usize,
-    /// Raw ether type of the IP header (network order), for re-writing L2.
+    /// The VLAN tag's TCI, when the frame carries one.
     pub vlan_tci: Option<u16>,
+    /// The VLAN tag's TPID (802.1Q or 802.1ad), kept when re-writing L2.
+    pub vlan_tpid: u16,
     pub family: u8,
     /// L4 protocol (IPv4 protocol or IPv6 next header).
     pub proto: u8,
@@ -104,6 +106,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut l2_len = EthHdr::LEN;
     let mut vlan_tci = None;
+    let vlan_tpid = ether_type;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         let vlan: *const VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(ParseError::NotIp)?;
         vlan_tci = Some(u16::from_be_bytes(unsafe { (*vlan).tci }));
@@ -111,8 +114,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, ParseError> {
         l2_len += VlanHdr::LEN;
     }
     match ether_type {
-        ETH_P_IP => parse_ipv4(ctx, l2_len, vlan_tci),
-        ETH_P_IPV6 => parse_ipv6(ctx, l2_len, vlan_tci),
+        ETH_P_IP => parse_ipv4(ctx, l2_len, vlan_tci, vlan_tpid),
+        ETH_P_IPV6 => parse_ipv6(ctx, l2_len, vlan_tci, vlan_tpid),
         _ => Err(ParseError::NotIp),
     }
 }
@@ -122,6 +125,7 @@ fn parse_ipv4(
     ctx: &XdpContext,
     l2_len: usize,
     vlan_tci: Option<u16>,
+    vlan_tpid: u16,
 ) -> Result<Packet, ParseError> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l2_len).ok_or(ParseError::BadL3)?;
     let (vihl, tos, tot_len, frags, proto, src4, dst4) = unsafe {
@@ -148,6 +152,7 @@ fn parse_ipv4(
         l2_len,
         l4_off: l2_len + ihl,
         vlan_tci,
+        vlan_tpid,
         family: FAMILY_V4,
         proto,
         src,
@@ -164,6 +169,7 @@ fn parse_ipv6(
     ctx: &XdpContext,
     l2_len: usize,
     vlan_tci: Option<u16>,
+    vlan_tpid: u16,
 ) -> Result<Packet, ParseError> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l2_len).ok_or(ParseError::BadL3)?;
     let (vcf, payload_len, next_hdr, src, dst) = unsafe {
@@ -187,6 +193,7 @@ fn parse_ipv6(
         l2_len,
         l4_off: l2_len + Ipv6Hdr::LEN,
         vlan_tci,
+        vlan_tpid,
         family: FAMILY_V6,
         proto: next_hdr,
         src,

@@ -89,6 +89,9 @@ pub enum DataplaneError {
         "the ring arena is full: no room for a ring of {0} slots (too many pools or pools too large)"
     )]
     ArenaFull(u32),
+    /// A ring must have at least one slot (its size is a prime).
+    #[error("pool {0}: a ring needs at least one slot")]
+    EmptyRing(u32),
     /// File-system or mmap error.
     #[error("{what}: {source}")]
     Io {
@@ -524,6 +527,9 @@ impl Dataplane {
     /// # Errors
     /// When the arena is full or the pool entry cannot be written.
     pub fn write_ring(&mut self, pool_id: u32, tenant_id: u32, ring: &[u32]) -> Result<()> {
+        if ring.is_empty() {
+            return Err(DataplaneError::EmptyRing(pool_id));
+        }
         let size = u32::try_from(ring.len()).map_err(|_| DataplaneError::ArenaFull(u32::MAX))?;
         let old = self.pool(pool_id);
         let offset = self
@@ -815,6 +821,9 @@ impl RingArena {
 
     /// First fit, after returning regions whose grace period is over.
     fn alloc(&mut self, size: u32) -> Option<u32> {
+        if size == 0 {
+            return None;
+        }
         let now = Instant::now();
         let used = &mut self.used;
         self.grace.retain(|(off, at)| {

@@ -12,7 +12,7 @@ use lb_common::{
 };
 use lb_ebpf::{
     csum,
-    parse::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
+    parse::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
 };
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
@@ -131,7 +131,7 @@ fn write_l2(ctx: &XdpContext, pkt: &Packet, nh: &NextHop, family: u8) -> Result<
     if let Some(tci) = pkt.vlan_tci {
         let vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(())?;
         unsafe {
-            (*eth).ether_type = ETH_P_8021Q.to_be();
+            (*eth).ether_type = pkt.vlan_tpid.to_be();
             (*vlan).tci = tci.to_be_bytes();
             (*vlan).ether_type = ip_type.to_be();
         }

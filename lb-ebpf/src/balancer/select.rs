@@ -75,7 +75,16 @@ pub fn backend(
                 && (b.state == BACKEND_UP || b.state == BACKEND_DRAINING)
                 && (settings.flow_idle_ns == 0 || idle <= settings.flow_idle_ns)
             {
-                if idle > LAST_SEEN_GRANULARITY_NS {
+                // Refresh often enough that an active flow never looks idle:
+                // at most every second, and at least four times per timeout.
+                let granularity = if settings.flow_idle_ns != 0
+                    && settings.flow_idle_ns / 4 < LAST_SEEN_GRANULARITY_NS
+                {
+                    settings.flow_idle_ns / 4
+                } else {
+                    LAST_SEEN_GRANULARITY_NS
+                };
+                if idle > granularity {
                     unsafe { (*entry).last_seen_ns = now };
                 }
                 return Ok(Choice {

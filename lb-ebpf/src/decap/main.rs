@@ -27,7 +27,7 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::XdpContext,
 };
-use lb_ebpf::parse::{self, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, ptr_at};
+use lb_ebpf::parse::{self, ETH_P_IP, ETH_P_IPV6, ptr_at};
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
 const IPPROTO_IPIP: u8 = 4;
@@ -102,7 +102,7 @@ fn decap(ctx: &XdpContext) -> Result<bool, ()> {
     if let Some(tci) = pkt.vlan_tci {
         let vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(())?;
         unsafe {
-            (*eth).ether_type = ETH_P_8021Q.to_be();
+            (*eth).ether_type = pkt.vlan_tpid.to_be();
             (*vlan).tci = tci.to_be_bytes();
             (*vlan).ether_type = inner_type.to_be();
         }
