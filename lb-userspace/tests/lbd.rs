@@ -57,8 +57,8 @@ fn check_reports_file_line_and_field() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("lb.toml:13:"),
-        "error should name file and line 13: {err}"
+        err.contains("lb.toml:12:"),
+        "error should name file and line 12: {err}"
     );
     assert!(err.contains("pool"), "error should name the field: {err}");
     assert!(
