@@ -160,6 +160,12 @@ pub struct Backend {
     /// Bumped each time the slot is released, so flow entries made for a
     /// previous occupant of the slot never match the new one.
     pub generation: u32,
+    /// The configured port (host order), 0 when the backend has none. Part
+    /// of the backend's identity in the Maglev permutation, kept here so
+    /// `lbctl --maps` can rebuild a ring without the configuration.
+    pub port: u16,
+    /// The configured weight (0 = draining).
+    pub weight: u16,
     pub family: u8,
     /// `BACKEND_*`.
     pub state: u8,
@@ -398,7 +404,7 @@ const _: () = assert!(size_of::<VipKey>() == 20);
 const _: () = assert!(size_of::<VipInfo>() == 16);
 const _: () = assert!(size_of::<VipAddrKey>() == 20);
 const _: () = assert!(size_of::<PoolInfo>() == 16);
-const _: () = assert!(size_of::<Backend>() == 32);
+const _: () = assert!(size_of::<Backend>() == 36);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowValue>() == 24);
 const _: () = assert!(size_of::<Settings>() == 16);

@@ -288,6 +288,11 @@ pub struct Node {
     pub pin_path: PathBuf,
     /// Unix socket of the admin API.
     pub admin_socket: PathBuf,
+    /// Optional TCP address of the admin API (bearer token required).
+    pub admin_listen: Option<SocketAddr>,
+    /// File holding the bearer token of `admin_listen` (set whenever
+    /// `admin_listen` is).
+    pub admin_token_file: Option<PathBuf>,
     /// Address of the Prometheus `/metrics` endpoint. Always `Some` when
     /// read from a file today (an absent key means the default).
     pub metrics_listen: Option<SocketAddr>,
@@ -378,15 +383,21 @@ pub struct Pool {
 }
 
 /// One entry of a pool's `backends`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct BackendConf {
     /// Where packets are sent.
     pub address: IpAddr,
     /// The port the backend serves; `None` = the VIP's port. In the direct
     /// server return modes it must equal the VIP's port.
+    #[serde(default)]
     pub port: Option<u16>,
     /// Share of new flows, `0..=1000`; 0 = draining (no new flows).
+    #[serde(default = "default_weight")]
     pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
 }
 
 /// A pool's `health = { ... }`.
@@ -514,6 +525,8 @@ struct RawNode {
     admin_socket: Option<PathBuf>,
     // Strings rather than typed values so that a bad value gets a message
     // that says what the value should look like.
+    admin_listen: Option<String>,
+    admin_token_file: Option<PathBuf>,
     metrics_listen: Option<String>,
     state_dir: Option<PathBuf>,
     hash_seed: Option<u32>,
@@ -1023,6 +1036,34 @@ impl Ctx<'_> {
             })?,
         };
 
+        // The TCP admin listener is only ever opened with a token: without
+        // one, anybody who can reach the port could reconfigure the node.
+        let admin_listen = match raw.admin_listen {
+            None => None,
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
+                self.error(
+                    &path.key("admin_listen"),
+                    format!(
+                        "invalid address {s:?}: expected an IP address and a port, like \"127.0.0.1:9465\" \
+                         or \"[::1]:9465\""
+                    ),
+                )
+            })?),
+        };
+        let admin_token_file = match raw.admin_token_file {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(self.error(&path.key("admin_token_file"), "admin_token_file is empty"));
+            }
+            other => other,
+        };
+        if admin_listen.is_some() && admin_token_file.is_none() {
+            return Err(self.error(
+                &path.key("admin_listen"),
+                "admin_listen needs admin_token_file: the file holding the bearer token that TCP \
+                 clients must send, e.g. admin_token_file = \"/etc/lb/admin.token\"",
+            ));
+        }
+
         let flow_table_size = raw.flow_table_size.unwrap_or(DEFAULT_FLOW_TABLE_ENTRIES);
         if !FLOW_TABLE_SIZE_RANGE.contains(&flow_table_size) {
             return Err(self.error(
@@ -1060,6 +1101,8 @@ impl Ctx<'_> {
             forwarding: raw.forwarding.unwrap_or_default(),
             pin_path,
             admin_socket,
+            admin_listen,
+            admin_token_file,
             metrics_listen: Some(metrics_listen),
             state_dir,
             hash_seed: raw.hash_seed.unwrap_or(0),
@@ -1707,6 +1750,7 @@ default_tenant = "acme"     # optional
         assert_eq!(n.forwarding, Forwarding::Ipip);
         assert_eq!(n.pin_path, PathBuf::from("/sys/fs/bpf/lb"));
         assert_eq!(n.admin_socket, PathBuf::from("/run/lb/admin.sock"));
+        assert_eq!((n.admin_listen, n.admin_token_file.as_ref()), (None, None));
         assert_eq!(
             n.metrics_listen,
             Some("127.0.0.1:9464".parse().expect("addr"))
@@ -1752,6 +1796,50 @@ default_tenant = "acme"     # optional
             Some("[::1]:9000".parse().expect("addr"))
         );
         assert_eq!(c.node.state_dir, PathBuf::from("/tmp/lb"));
+    }
+
+    #[test]
+    fn admin_tcp_listener_needs_a_token_file() {
+        let c = ok(&format!(
+            "{NODE}admin_listen = \"127.0.0.1:9465\"\nadmin_token_file = \"/etc/lb/admin.token\"\n"
+        ));
+        assert_eq!(
+            c.node.admin_listen,
+            Some("127.0.0.1:9465".parse().expect("addr"))
+        );
+        assert_eq!(
+            c.node.admin_token_file,
+            Some(PathBuf::from("/etc/lb/admin.token"))
+        );
+        // A token file alone is harmless (the listener is off).
+        let c = ok(&format!(
+            "{NODE}admin_token_file = \"/etc/lb/admin.token\"\n"
+        ));
+        assert_eq!(c.node.admin_listen, None);
+        assert_err(
+            &format!("{NODE}admin_listen = \"127.0.0.1:9465\"\n"),
+            3,
+            "node.admin_listen",
+            "admin_listen needs admin_token_file",
+        );
+        assert_err(
+            &format!("{NODE}admin_listen = \"localhost\"\nadmin_token_file = \"/t\"\n"),
+            3,
+            "node.admin_listen",
+            "invalid address \"localhost\"",
+        );
+        assert_err(
+            &format!("{NODE}admin_listen = \"[::1]:9465\"\nadmin_token_file = \"\"\n"),
+            4,
+            "node.admin_token_file",
+            "empty",
+        );
+        assert_err(
+            &format!("{NODE}admin_listen = 9465\n"),
+            3,
+            "node.admin_listen",
+            "expected a string",
+        );
     }
 
     #[test]

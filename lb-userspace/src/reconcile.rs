@@ -11,12 +11,13 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    path::Path,
 };
 
 use lb_common::{
-    BACKEND_DRAINING, BACKEND_UNUSED, BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6, FORWARD_IPIP,
-    FORWARD_L2DSR, MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, Settings, VipAddrKey, VipInfo,
-    VipKey,
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6,
+    FORWARD_IPIP, FORWARD_L2DSR, MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, Settings,
+    VipAddrKey, VipInfo, VipKey,
 };
 
 use crate::{
@@ -108,6 +109,14 @@ impl<K: Ord + Clone> IdSpace<K> {
         Ok(id)
     }
 
+    /// Records a known assignment (read back from disk).
+    fn insert(&mut self, key: K, id: u32) {
+        if id >= self.first && id < self.max && !self.used.contains(&id) {
+            self.used.insert(id);
+            self.by_key.insert(key, id);
+        }
+    }
+
     /// Releases every id whose key is not in `keep`; returns the released ids.
     fn retain(&mut self, keep: &BTreeSet<K>) -> Vec<u32> {
         let gone: Vec<K> = self
@@ -125,7 +134,8 @@ impl<K: Ord + Clone> IdSpace<K> {
     }
 }
 
-type BackendKey = (String, String, IpAddr, u16);
+/// A backend's identity: (tenant, pool, address, configured port or 0).
+pub type BackendKey = (String, String, IpAddr, u16);
 
 /// Id assignment for every object kind.
 #[derive(Debug, Clone)]
@@ -190,6 +200,131 @@ impl Ids {
     }
 }
 
+impl Ids {
+    /// (tenant, pool) names by pool id.
+    #[must_use]
+    pub fn pool_names(&self) -> BTreeMap<u32, (String, String)> {
+        self.pools
+            .by_key
+            .iter()
+            .map(|(k, v)| (*v, k.clone()))
+            .collect()
+    }
+
+    /// Backend identities by backend id.
+    #[must_use]
+    pub fn backend_keys(&self) -> BTreeMap<u32, BackendKey> {
+        self.backends
+            .by_key
+            .iter()
+            .map(|(k, v)| (*v, k.clone()))
+            .collect()
+    }
+
+    /// VIP keys by VIP id.
+    #[must_use]
+    pub fn vip_keys(&self) -> BTreeMap<u32, VipKey> {
+        self.vips.by_key.iter().map(|(k, v)| (*v, *k)).collect()
+    }
+
+    /// Writes the assignment to `path` (atomically: a temporary file renamed
+    /// over it), so the next `lbd` and `lbctl --maps` use the same ids.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let file = IdsFile {
+            tenants: self
+                .tenants
+                .by_key
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            pools: self
+                .pools
+                .by_key
+                .iter()
+                .map(|((t, p), v)| (t.clone(), p.clone(), *v))
+                .collect(),
+            vips: self
+                .vips
+                .by_key
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        ip_from_bytes(&k.addr, k.family),
+                        u16::from_be(k.port),
+                        k.proto,
+                        *v,
+                    )
+                })
+                .collect(),
+            backends: self
+                .backends
+                .by_key
+                .iter()
+                .map(|((t, p, a, port), v)| (t.clone(), p.clone(), *a, *port, *v))
+                .collect(),
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Reads an assignment written by [`Ids::save`]; a missing file gives an
+    /// empty assignment.
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read or parsed.
+    pub fn load(path: &Path) -> std::io::Result<Self> {
+        let text = match std::fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e),
+        };
+        let file: IdsFile = serde_json::from_slice(&text)
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+        let mut ids = Self::default();
+        for (name, id) in file.tenants {
+            ids.tenants.insert(name, id);
+        }
+        for (t, p, id) in file.pools {
+            ids.pools.insert((t, p), id);
+        }
+        for (addr, port, proto, id) in file.vips {
+            let (addr, family) = addr_bytes(addr);
+            let key = VipKey {
+                addr,
+                port: port.to_be(),
+                proto,
+                family,
+            };
+            ids.vips.insert(key, id);
+        }
+        for (t, p, a, port, id) in file.backends {
+            ids.backends.insert((t, p, a, port), id);
+        }
+        Ok(ids)
+    }
+}
+
+/// The on-disk form of [`Ids`] (`state_dir/ids.json`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct IdsFile {
+    tenants: Vec<(String, u32)>,
+    pools: Vec<(String, String, u32)>,
+    /// (address, port, protocol number, id)
+    vips: Vec<(IpAddr, u16, u8, u32)>,
+    /// (tenant, pool, address, port, id)
+    backends: Vec<(String, String, IpAddr, u16, u32)>,
+}
+
 /// What one apply changed, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -226,6 +361,12 @@ impl Reconciler {
         Self::default()
     }
 
+    /// A reconciler that continues an earlier id assignment (see [`Ids::load`]).
+    #[must_use]
+    pub fn with_ids(ids: Ids) -> Self {
+        Self { ids }
+    }
+
     /// The current id assignment.
     #[must_use]
     pub fn ids(&self) -> &Ids {
@@ -239,13 +380,28 @@ impl Reconciler {
     /// # Errors
     /// When a map write fails or the maps are full; the maps may then be
     /// partly updated, and a later apply completes the job.
+    pub fn apply(
+        &mut self,
+        config: &Config,
+        dp: &mut Dataplane,
+    ) -> Result<ApplyReport, ReconcileError> {
+        self.apply_with_health(config, &BTreeSet::new(), dp)
+    }
+
+    /// [`Reconciler::apply`], with the backends that failed their health
+    /// checks (`down`): they are marked down (flow-table hits on them are
+    /// re-steered) and left out of their pool's ring.
+    ///
+    /// # Errors
+    /// As [`Reconciler::apply`].
     #[expect(
         clippy::too_many_lines,
         reason = "one pass in the order the writes must happen: ids, backends, rings, VIPs, removals"
     )]
-    pub fn apply(
+    pub fn apply_with_health(
         &mut self,
         config: &Config,
+        down: &BTreeSet<BackendKey>,
         dp: &mut Dataplane,
     ) -> Result<ApplyReport, ReconcileError> {
         let mut report = ApplyReport::default();
@@ -285,24 +441,29 @@ impl Reconciler {
                     let port = b.port.unwrap_or(0);
                     let bkey = (t.name.clone(), p.name.clone(), b.address, port);
                     let id = self.ids.backends.get_or_alloc(&bkey, "backends")?;
-                    keep_backends.insert(bkey);
                     let (addr, family) = addr_bytes(b.address);
+                    let state = if b.weight == 0 {
+                        BACKEND_DRAINING
+                    } else if down.contains(&bkey) {
+                        BACKEND_DOWN
+                    } else {
+                        BACKEND_UP
+                    };
                     let value = Backend {
                         addr,
                         tenant_id,
                         pool_id,
                         generation: 0,
+                        port,
+                        weight: u16::try_from(b.weight).unwrap_or(u16::MAX),
                         family,
-                        state: if b.weight > 0 {
-                            BACKEND_UP
-                        } else {
-                            BACKEND_DRAINING
-                        },
+                        state,
                         _pad: [0; 2],
                     };
                     let mut identity = addr.to_vec();
                     identity.push(family);
                     identity.extend_from_slice(&port.to_be_bytes());
+                    keep_backends.insert(bkey);
                     backends.push((id, value, b.weight, identity));
                 }
                 pools.push(DesiredPool {

@@ -272,6 +272,8 @@ fn backend(id: u32, addr: IpAddr, state: u8, generation: u32) -> Backend {
         tenant_id,
         pool_id,
         generation,
+        port: 0,
+        weight: 1,
         family,
         state,
         _pad: [0; 2],
