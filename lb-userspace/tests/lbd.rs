@@ -68,6 +68,13 @@ fn check_reports_file_line_and_field() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn the_example_production_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/lb.example.toml");
+    let out = lbd(&["--config", example, "--check"]);
+    assert!(out.status.success(), "packaging/lb.example.toml: {out:?}");
+}
+
 /// lbd run under `nsenter --net`, stopped with SIGTERM on drop.
 struct Daemon(Child);
 
