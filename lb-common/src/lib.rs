@@ -22,6 +22,8 @@
 )]
 
 pub mod hash;
+pub mod loadgen;
 mod maps;
 
+pub use loadgen::*;
 pub use maps::*;

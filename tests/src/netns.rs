@@ -53,6 +53,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 
+mod line;
+pub use line::{
+    LINE_GEN_MAC, LINE_GEN_V4, LINE_GEN_V6, LINE_LB_MAC, LINE_LB_V4, LINE_LB_V6, LINE_MTU,
+    LineTopology, Side, line_v4, line_v6, napi_threads, pin_thread, set_fifo, thread_cpu_ns,
+};
+
 /// Where iproute2 keeps named namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
 /// Prefix of every namespace this module creates (followed by the pid).

@@ -52,6 +52,15 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// Packets per second through the balancer (ipip, l2dsr) next to an
+    /// `XDP_TX` ceiling and nftables DNAT, and ns/packet inside the
+    /// balancer for 1k, 100k and 1M live flows; live-frames generator in
+    /// network namespaces. Writes results/bench-l4.{json,md,svg}.
+    L4 {
+        /// Tiny counts (a smoke run, under a minute: the figures are noisy).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +76,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             bootstrap()?;
             bench_xdp(quick, "results/bench-xdp.json")
+        }
+        Task::Bench {
+            bench: Bench::L4 { quick },
+        } => {
+            bootstrap()?;
+            bench_l4(quick, "results/bench-l4.json")
         }
     }
 }
@@ -125,6 +140,28 @@ fn bench_xdp(quick: bool, out: &str) -> anyhow::Result<()> {
         cmd.arg("--quick");
     }
     run("bench xdp", &mut cmd)
+}
+
+/// Runs the L4 benchmark (an example of the tests crate, like `bench_xdp`);
+/// it writes its JSON to `out` and the markdown report and chart next to it.
+fn bench_l4(quick: bool, out: &str) -> anyhow::Result<()> {
+    let out = root().join(out);
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--example",
+        "bench_l4",
+        "--",
+    ])
+    .arg("--out")
+    .arg(&out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run("bench l4", &mut cmd)
 }
 
 fn ci() -> anyhow::Result<()> {
@@ -190,6 +227,30 @@ fn ci() -> anyhow::Result<()> {
     ] {
         if !json.contains(key) {
             bail!("bench xdp smoke run: {key} missing from its results: {json}");
+        }
+    }
+    bench_l4(true, "target/bench-smoke/bench-l4.json")?;
+    let json = std::fs::read_to_string(root().join("target/bench-smoke/bench-l4.json"))
+        .context("reading the bench l4 smoke results")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&json).context("bench l4 smoke run: its results are not JSON")?;
+    let rows = |key: &str| {
+        v.get(key)
+            .and_then(serde_json::Value::as_array)
+            .map_or(0, Vec::len)
+    };
+    if rows("forwarding") != 4 || rows("ns_per_packet") < 3 {
+        bail!("bench l4 smoke run: forwarding or ns_per_packet rows missing: {json}");
+    }
+    for key in ["ipip_vs_ceiling", "ipip_vs_nftables", "l2dsr_vs_ceiling"] {
+        if !v["ratios"][key].is_number() {
+            bail!("bench l4 smoke run: ratio {key} missing: {json}");
+        }
+    }
+    for file in ["bench-l4.md", "bench-l4.svg"] {
+        let path = root().join("target/bench-smoke").join(file);
+        if !path.is_file() {
+            bail!("bench l4 smoke run: {} was not written", path.display());
         }
     }
     println!("==> ci: all checks passed");
