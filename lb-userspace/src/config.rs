@@ -1036,33 +1036,8 @@ impl Ctx<'_> {
             })?,
         };
 
-        // The TCP admin listener is only ever opened with a token: without
-        // one, anybody who can reach the port could reconfigure the node.
-        let admin_listen = match raw.admin_listen {
-            None => None,
-            Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
-                self.error(
-                    &path.key("admin_listen"),
-                    format!(
-                        "invalid address {s:?}: expected an IP address and a port, like \"127.0.0.1:9465\" \
-                         or \"[::1]:9465\""
-                    ),
-                )
-            })?),
-        };
-        let admin_token_file = match raw.admin_token_file {
-            Some(p) if p.as_os_str().is_empty() => {
-                return Err(self.error(&path.key("admin_token_file"), "admin_token_file is empty"));
-            }
-            other => other,
-        };
-        if admin_listen.is_some() && admin_token_file.is_none() {
-            return Err(self.error(
-                &path.key("admin_listen"),
-                "admin_listen needs admin_token_file: the file holding the bearer token that TCP \
-                 clients must send, e.g. admin_token_file = \"/etc/lb/admin.token\"",
-            ));
-        }
+        let (admin_listen, admin_token_file) =
+            self.admin_tcp(raw.admin_listen, raw.admin_token_file, path)?;
 
         let flow_table_size = raw.flow_table_size.unwrap_or(DEFAULT_FLOW_TABLE_ENTRIES);
         if !FLOW_TABLE_SIZE_RANGE.contains(&flow_table_size) {
@@ -1109,6 +1084,43 @@ impl Ctx<'_> {
             flow_table_size,
             flow_idle_timeout,
         })
+    }
+
+    /// `admin_listen` and `admin_token_file`. The TCP admin listener is only
+    /// ever opened with a token: without one, anybody who can reach the port
+    /// could reconfigure the node.
+    fn admin_tcp(
+        &self,
+        listen: Option<String>,
+        token_file: Option<PathBuf>,
+        path: &FieldPath,
+    ) -> Result<(Option<SocketAddr>, Option<PathBuf>), ConfigError> {
+        let admin_listen = match listen {
+            None => None,
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|_| {
+                self.error(
+                    &path.key("admin_listen"),
+                    format!(
+                        "invalid address {s:?}: expected an IP address and a port, like \"127.0.0.1:9465\" \
+                         or \"[::1]:9465\""
+                    ),
+                )
+            })?),
+        };
+        let admin_token_file = match token_file {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(self.error(&path.key("admin_token_file"), "admin_token_file is empty"));
+            }
+            other => other,
+        };
+        if admin_listen.is_some() && admin_token_file.is_none() {
+            return Err(self.error(
+                &path.key("admin_listen"),
+                "admin_listen needs admin_token_file: the file holding the bearer token that TCP \
+                 clients must send, e.g. admin_token_file = \"/etc/lb/admin.token\"",
+            ));
+        }
+        Ok((admin_listen, admin_token_file))
     }
 
     fn pool(&self, raw: RawPool, path: &FieldPath) -> Result<Pool, ConfigError> {

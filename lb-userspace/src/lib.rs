@@ -1,11 +1,15 @@
 //! lb's userspace: configuration, the data plane (the one writer of the BPF
 //! maps), Maglev, and what `lbd` and `lbctl` share.
 
+pub mod admin;
+pub mod api;
+pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod decap;
 pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod neighbours;
 pub mod objects;
 pub mod reconcile;
