@@ -1,21 +1,26 @@
-//! `lbd`: loads the XDP balancer, programs its maps from `lb.toml`, and keeps
-//! running until SIGTERM or SIGINT. The program stays attached and the maps
-//! stay pinned when it exits, so traffic keeps flowing across restarts;
+//! `lbd`: loads the XDP balancer, keeps its maps equal to `lb.toml` plus the
+//! runtime overrides plus the backends' health, and serves the admin API,
+//! until SIGTERM or SIGINT. The program stays attached and the maps stay
+//! pinned when it exits, so traffic keeps flowing across restarts;
 //! `lbd --config FILE --cleanup` removes them.
 
 use std::{
-    collections::BTreeSet, fs, net::IpAddr, path::PathBuf, process::ExitCode, time::Duration,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use lb::{
-    config::{self, Config, XdpMode},
-    dataplane::{self, AttachMode, Dataplane, LoadOptions},
-    neighbours,
-    reconcile::Reconciler,
+    api::Command,
+    config::{self},
+    daemon::Daemon,
+    dataplane,
 };
-use tracing::info;
+use notify::Watcher as _;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 /// lb's daemon: programs the XDP balancer from a configuration file.
 #[derive(Debug, Parser)]
@@ -43,8 +48,11 @@ enum LogFormat {
     Json,
 }
 
-/// How often the backends' neighbour entries are refreshed (see `lb::neighbours`).
+/// How often the MACs of backends without health checks are refreshed.
 const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(10);
+/// Editors write a file in several steps: reload once it has been quiet
+/// this long.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -85,7 +93,18 @@ fn main() -> ExitCode {
             }
         };
     }
-    match run(&config) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&args.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -106,82 +125,72 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn run(config: &Config) -> anyhow::Result<()> {
-    let node = &config.node;
-    enable_forwarding(&node.interface)?;
-    let mut dp = Dataplane::load(&LoadOptions {
-        pin_path: Some(node.pin_path.clone()),
-        flow_table_size: node.flow_table_size,
-    })?;
-    let mut reconciler = Reconciler::new();
-    let report = reconciler.apply(config, &mut dp)?;
-    info!(?report, "maps programmed");
-    let backends = backend_addresses(config);
-    neighbours::warm(&backends);
-    let mode = match node.xdp_mode {
-        XdpMode::Auto => AttachMode::Auto,
-        XdpMode::Native => AttachMode::Native,
-        XdpMode::Generic => AttachMode::Generic,
-    };
-    dp.attach(&node.interface, mode)?;
-    info!(
-        interface = %node.interface,
-        pin_path = %node.pin_path.display(),
-        tenants = config.tenants.len(),
-        "balancer attached"
-    );
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut tick = tokio::time::interval(NEIGHBOUR_REFRESH);
-        loop {
-            tokio::select! {
-                _ = term.recv() => break,
-                _ = int.recv() => break,
-                _ = tick.tick() => neighbours::warm(&backends),
-            }
+/// Watches the configuration file's directory (editors replace files) and
+/// sends a unit for every event that touches the file.
+fn watch(path: &Path) -> anyhow::Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let file = path.file_name().map(ToOwned::to_owned);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event.paths.iter().any(|p| p.file_name() == file.as_deref())
+        {
+            let _ = tx.send(());
         }
-        anyhow::Ok(())
-    })?;
+    })
+    .context("starting the configuration file watcher")?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .with_context(|| format!("watching {}", dir.display()))?;
+    Ok((watcher, rx))
+}
+
+async fn run(config_path: &Path) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let mut daemon = Daemon::start(config_path, health_tx)?;
+    let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
+    lb::admin::spawn(daemon.config(), commands_tx.clone())?;
+    lb::metrics::spawn(daemon.config(), commands_tx)?;
+    let (_watcher, mut changes) = watch(config_path)?;
+    let mut tick = tokio::time::interval(NEIGHBOUR_REFRESH);
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading");
+                daemon.reload();
+            }
+            Some(()) = changes.recv() => {
+                // Let the editor finish writing, then reload once.
+                tokio::time::sleep(RELOAD_DEBOUNCE).await;
+                while changes.try_recv().is_ok() {}
+                info!(config = %config_path.display(), "configuration file changed: reloading");
+                daemon.reload();
+            }
+            Some(cmd) = commands.recv() => {
+                let response = daemon.handle(cmd.request);
+                if cmd.reply.send(response).is_err() {
+                    warn!("an admin client went away before its answer");
+                }
+            }
+            Some(event) = health_rx.recv() => daemon.on_health(&event),
+            _ = tick.tick() => daemon.warm_neighbours(),
+        }
+    }
+    daemon.shutdown();
     info!(
-        pin_path = %node.pin_path.display(),
+        health = ?daemon.health_summary(),
         "stopping; the balancer stays attached and keeps forwarding (`lbd --cleanup` removes it)"
     );
     Ok(())
-}
-
-/// `bpf_fib_lookup` answers only on interfaces that forward.
-fn enable_forwarding(interface: &str) -> anyhow::Result<()> {
-    for path in [
-        format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"),
-        format!("/proc/sys/net/ipv6/conf/{interface}/forwarding"),
-    ] {
-        match fs::read_to_string(&path) {
-            Ok(v) if v.trim() == "1" => {}
-            Ok(_) => {
-                fs::write(&path, "1")
-                    .with_context(|| format!("enabling forwarding: writing 1 to {path}"))?;
-                info!(%path, "enabled forwarding (needed for the FIB lookups of the balancer)");
-            }
-            Err(e) => anyhow::bail!(
-                "interface {interface}: cannot read {path}: {e} (does the interface exist in this network namespace?)"
-            ),
-        }
-    }
-    Ok(())
-}
-
-fn backend_addresses(config: &Config) -> BTreeSet<IpAddr> {
-    config
-        .tenants
-        .iter()
-        .flat_map(|t| t.pools.iter())
-        .flat_map(|p| p.backends.iter().map(|b| b.address))
-        .collect()
 }
