@@ -27,8 +27,8 @@ use crate::{
     reconcile::{ApplyReport, BackendKey, Ids, Reconciler},
 };
 
-/// File names under `node.state_dir`.
-const IDS_FILE: &str = "ids.json";
+/// The id assignment's file under `node.state_dir` (read by `lbctl --maps`).
+pub const IDS_FILE: &str = "ids.json";
 
 /// The daemon's state.
 pub struct Daemon {
@@ -369,9 +369,9 @@ impl Daemon {
 
     /// Replaces the override list (validated: nothing may be dropped),
     /// persists it and applies the result.
-    fn set_overrides(&mut self, list: Vec<Override>) -> Result<(), ApiError> {
+    fn set_overrides(&mut self, list: &[Override]) -> Result<(), ApiError> {
         let label = self.label();
-        let (config, kept, dropped) = overrides::effective(&self.file_text, &label, &list)
+        let (config, kept, dropped) = overrides::effective(&self.file_text, &label, list)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         if let Some(why) = dropped.into_iter().next() {
             return Err(ApiError::bad_request(why));
@@ -459,6 +459,11 @@ impl Daemon {
     }
 
     /// Answers one admin request.
+    ///
+    /// # Errors
+    /// An [`ApiError`] (status and message for the client) when the request
+    /// names something unknown or would make the configuration invalid;
+    /// nothing changes then.
     pub fn handle(&mut self, request: Request) -> Response {
         let json = |v: Result<serde_json::Value, serde_json::Error>| {
             v.map_err(|e| ApiError::internal(e.to_string()))
@@ -487,39 +492,8 @@ impl Daemon {
                 };
                 json(serde_json::to_value(detail))
             }
-            Request::AddTenant { toml } => {
-                let name = tenant_name(&toml)?;
-                if self.config.tenant(&name).is_some() {
-                    return Err(ApiError::conflict(format!(
-                        "tenant {name:?} already exists"
-                    )));
-                }
-                let mut list = self.overrides.clone();
-                list.retain(|o| !matches!(o, Override::RemoveTenant { name: n } if *n == name));
-                list.push(Override::AddTenant {
-                    name: name.clone(),
-                    toml,
-                });
-                self.set_overrides(list)?;
-                Ok(serde_json::json!({ "added": name }))
-            }
-            Request::RemoveTenant { name } => {
-                if self.config.tenant(&name).is_none() {
-                    return Err(ApiError::not_found(format!("no tenant {name:?}")));
-                }
-                let mut list = self.overrides.clone();
-                let added_at_runtime = list
-                    .iter()
-                    .any(|o| matches!(o, Override::AddTenant { name: n, .. } if *n == name));
-                // Forget every override about the tenant; a tenant from the
-                // file needs an explicit removal.
-                list.retain(|o| !names_tenant(o, &name));
-                if !added_at_runtime {
-                    list.push(Override::RemoveTenant { name: name.clone() });
-                }
-                self.set_overrides(list)?;
-                Ok(serde_json::json!({ "removed": name }))
-            }
+            Request::AddTenant { toml } => self.add_tenant(toml),
+            Request::RemoveTenant { name } => self.remove_tenant(&name),
             Request::ListVips => json(serde_json::to_value(inspect::vips(&self.dp, self.ids()))),
             Request::ListPools => json(serde_json::to_value(inspect::pools(&self.dp, self.ids()))),
             Request::ShowPool { tenant, pool } => json(serde_json::to_value(inspect::pool(
@@ -538,46 +512,8 @@ impl Daemon {
                 tenant,
                 pool,
                 backend,
-            } => {
-                let sel = BackendSelector {
-                    tenant: tenant.clone(),
-                    pool: pool.clone(),
-                    address: backend.address,
-                    port: backend.port,
-                };
-                if self.find_backend(&sel).is_ok() {
-                    return Err(ApiError::conflict(format!(
-                        "{tenant}/{pool} already has backend {}",
-                        inspect::show(backend.address, backend.port)
-                    )));
-                }
-                let mut list = self.overrides.clone();
-                list.retain(|o| !matches!(o, Override::RemoveBackend { backend: b } if *b == sel));
-                list.push(Override::AddBackend {
-                    tenant,
-                    pool,
-                    backend,
-                });
-                self.set_overrides(list)?;
-                Ok(serde_json::json!({ "added": sel }))
-            }
-            Request::RemoveBackend { backend: sel } => {
-                self.find_backend(&sel)?;
-                let mut list = self.overrides.clone();
-                let added_at_runtime = list.iter().any(|o| {
-                    matches!(o, Override::AddBackend { tenant, pool, backend }
-                        if *tenant == sel.tenant && *pool == sel.pool
-                            && backend.address == sel.address && backend.port == sel.port)
-                });
-                list.retain(|o| !names_backend(o, &sel));
-                if !added_at_runtime {
-                    list.push(Override::RemoveBackend {
-                        backend: sel.clone(),
-                    });
-                }
-                self.set_overrides(list)?;
-                Ok(serde_json::json!({ "removed": sel }))
-            }
+            } => self.add_backend(tenant, pool, backend),
+            Request::RemoveBackend { backend: sel } => self.remove_backend(&sel),
             Request::DrainBackend { backend: sel } => self.set_weight(&sel, Some(0)),
             Request::EnableBackend { backend: sel } => self.set_weight(&sel, None),
             Request::Stats => json(serde_json::to_value(inspect::stats(
@@ -623,10 +559,94 @@ impl Daemon {
             }
             Request::ClearOverrides => {
                 let n = self.overrides.len();
-                self.set_overrides(Vec::new())?;
+                self.set_overrides(&[])?;
                 Ok(serde_json::json!({ "cleared": n }))
             }
         }
+    }
+
+    fn add_tenant(&mut self, toml: String) -> Response {
+        let name = tenant_name(&toml)?;
+        if self.config.tenant(&name).is_some() {
+            return Err(ApiError::conflict(format!(
+                "tenant {name:?} already exists"
+            )));
+        }
+        let mut list = self.overrides.clone();
+        list.retain(|o| !matches!(o, Override::RemoveTenant { name: n } if *n == name));
+        list.push(Override::AddTenant {
+            name: name.clone(),
+            toml,
+        });
+        self.set_overrides(&list)?;
+        Ok(serde_json::json!({ "added": name }))
+    }
+
+    fn remove_tenant(&mut self, name: &str) -> Response {
+        if self.config.tenant(name).is_none() {
+            return Err(ApiError::not_found(format!("no tenant {name:?}")));
+        }
+        let mut list = self.overrides.clone();
+        let added_at_runtime = list
+            .iter()
+            .any(|o| matches!(o, Override::AddTenant { name: n, .. } if n == name));
+        // Forget every override about the tenant; a tenant from the file
+        // needs an explicit removal.
+        list.retain(|o| !names_tenant(o, name));
+        if !added_at_runtime {
+            list.push(Override::RemoveTenant {
+                name: name.to_string(),
+            });
+        }
+        self.set_overrides(&list)?;
+        Ok(serde_json::json!({ "removed": name }))
+    }
+
+    fn add_backend(
+        &mut self,
+        tenant: String,
+        pool: String,
+        backend: crate::config::BackendConf,
+    ) -> Response {
+        let sel = BackendSelector {
+            tenant: tenant.clone(),
+            pool: pool.clone(),
+            address: backend.address,
+            port: backend.port,
+        };
+        if self.find_backend(&sel).is_ok() {
+            return Err(ApiError::conflict(format!(
+                "{tenant}/{pool} already has backend {}",
+                inspect::show(backend.address, backend.port)
+            )));
+        }
+        let mut list = self.overrides.clone();
+        list.retain(|o| !matches!(o, Override::RemoveBackend { backend: b } if *b == sel));
+        list.push(Override::AddBackend {
+            tenant,
+            pool,
+            backend,
+        });
+        self.set_overrides(&list)?;
+        Ok(serde_json::json!({ "added": sel }))
+    }
+
+    fn remove_backend(&mut self, sel: &BackendSelector) -> Response {
+        self.find_backend(sel)?;
+        let mut list = self.overrides.clone();
+        let added_at_runtime = list.iter().any(|o| {
+            matches!(o, Override::AddBackend { tenant, pool, backend }
+                if *tenant == sel.tenant && *pool == sel.pool
+                    && backend.address == sel.address && backend.port == sel.port)
+        });
+        list.retain(|o| !names_backend(o, sel));
+        if !added_at_runtime {
+            list.push(Override::RemoveBackend {
+                backend: sel.clone(),
+            });
+        }
+        self.set_overrides(&list)?;
+        Ok(serde_json::json!({ "removed": sel }))
     }
 
     /// Drain (`Some(0)`) or enable (`None`: back to the file's weight, or 1
@@ -657,7 +677,7 @@ impl Daemon {
             }),
             None => {}
         }
-        self.set_overrides(list)?;
+        self.set_overrides(&list)?;
         let info = inspect::backend(&self.dp, self.ids(), &self.health_detail(), sel)?;
         serde_json::to_value(info).map_err(|e| ApiError::internal(e.to_string()))
     }

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod decap;
 pub mod health;

@@ -131,7 +131,10 @@ fn watch(path: &Path) -> anyhow::Result<(notify::RecommendedWatcher, mpsc::Unbou
     let (tx, rx) = mpsc::unbounded_channel();
     let file = path.file_name().map(ToOwned::to_owned);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Only writes, creations, renames and removals: reading the file
+        // (which every reload does) must not trigger another reload.
         if let Ok(event) = event
+            && is_change(event.kind)
             && event.paths.iter().any(|p| p.file_name() == file.as_deref())
         {
             let _ = tx.send(());
@@ -146,6 +149,17 @@ fn watch(path: &Path) -> anyhow::Result<(notify::RecommendedWatcher, mpsc::Unbou
         .watch(dir, notify::RecursiveMode::NonRecursive)
         .with_context(|| format!("watching {}", dir.display()))?;
     Ok((watcher, rx))
+}
+
+fn is_change(kind: notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    match kind {
+        EventKind::Create(_)
+        | EventKind::Remove(_)
+        | EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Modify(m) => !matches!(m, ModifyKind::Metadata(_)),
+        _ => false,
+    }
 }
 
 async fn run(config_path: &Path) -> anyhow::Result<()> {
