@@ -60,14 +60,15 @@ pub const MAX_POOLS: u32 = 65_536;
 /// Backend ids are indexes into [`MAP_BACKENDS`] and the per-backend arrays.
 pub const MAX_BACKENDS: u32 = 65_536;
 /// Ring slots (backend ids, `u32`) in the arena shared by every pool's
-/// Maglev ring (16 MiB). Each pool needs `ring_size` slots, twice while its
-/// ring is replaced.
+/// Maglev ring (64 MiB: e.g. 10,000 pools of 1021 slots, or 250 pools of
+/// 65537). Each pool needs `ring_size` slots, twice while its ring is
+/// replaced.
 ///
 /// The kernel rounds array elements up to 8 bytes, so the map is an array of
 /// `u64` holding two slots each: slot `s` is the low (`s` even) or high half
 /// of element `s / 2`. In memory (little endian) that is exactly a packed
 /// `u32` array, which is how `lbd` writes it through `mmap`.
-pub const RING_ARENA_ENTRIES: u32 = 1 << 22;
+pub const RING_ARENA_ENTRIES: u32 = 1 << 24;
 /// Elements of the `LB_RINGS` map (two ring slots each).
 pub const RING_ARENA_ELEMENTS: u32 = RING_ARENA_ENTRIES / 2;
 /// Default flow-table capacity; `node.flow_table_size` overrides it.

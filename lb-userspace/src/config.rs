@@ -2144,19 +2144,21 @@ default_tenant = "acme"     # optional
 
     #[test]
     fn rings_must_fit_the_arena() {
-        // Five rings of 655373 slots fit with room to replace one; six do not.
+        // As many rings of 655373 slots as fit with room to replace one;
+        // one more does not.
+        let fit = (RING_ARENA_ENTRIES / 655_373 - 1) as usize;
         let pools = |n: usize| {
             let pool = |i| format!("[[tenant.pool]]\nname = \"p{i}\"\nring_size = 655373\n");
             (0..n).map(pool).collect::<Vec<_>>().concat()
         };
-        let text = format!("{NODE}[[tenant]]\nname = \"big\"\n{}", pools(6));
+        let text = format!("{NODE}[[tenant]]\nname = \"big\"\n{}", pools(fit + 1));
         assert_err(
             &text,
-            5 + 5 * 3 + 2,
-            "tenant[0] (\"big\").pool[5] (\"p5\").ring_size",
-            "more than the 4194304 the data plane holds",
+            5 + fit * 3 + 2,
+            &format!("tenant[0] (\"big\").pool[{fit}] (\"p{fit}\").ring_size"),
+            &format!("more than the {RING_ARENA_ENTRIES} the data plane holds"),
         );
-        ok(&format!("{NODE}[[tenant]]\nname = \"big\"\n{}", pools(5)));
+        ok(&format!("{NODE}[[tenant]]\nname = \"big\"\n{}", pools(fit)));
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub fn ip_from_bytes(addr: &[u8; 16], family: u8) -> IpAddr {
 struct IdSpace<K: Ord> {
     by_key: BTreeMap<K, u32>,
     used: BTreeSet<u32>,
+    /// Released ids below `next`, reused lowest first.
+    free: BTreeSet<u32>,
+    /// Every id at or above this is unused.
+    next: u32,
     first: u32,
     max: u32,
 }
@@ -82,28 +86,30 @@ impl<K: Ord + Clone> IdSpace<K> {
         Self {
             by_key: BTreeMap::new(),
             used: BTreeSet::new(),
+            free: BTreeSet::new(),
+            next: first,
             first,
             max,
         }
     }
 
+    /// The key's id, or the lowest unused one (O(log n): thousands of
+    /// tenants and backends are allocated in one apply).
     fn get_or_alloc(&mut self, key: &K, what: &'static str) -> Result<u32, ReconcileError> {
         if let Some(id) = self.by_key.get(key) {
             return Ok(*id);
         }
-        let mut id = self.first;
-        for &u in self.used.range(self.first..) {
-            if u != id {
-                break;
-            }
-            id += 1;
-        }
-        if id >= self.max {
+        let id = if let Some(id) = self.free.pop_first() {
+            id
+        } else if self.next < self.max {
+            self.next += 1;
+            self.next - 1
+        } else {
             return Err(ReconcileError::Capacity {
                 what,
                 max: self.max,
             });
-        }
+        };
         self.used.insert(id);
         self.by_key.insert(key.clone(), id);
         Ok(id)
@@ -111,10 +117,20 @@ impl<K: Ord + Clone> IdSpace<K> {
 
     /// Records a known assignment (read back from disk).
     fn insert(&mut self, key: K, id: u32) {
-        if id >= self.first && id < self.max && !self.used.contains(&id) {
-            self.used.insert(id);
-            self.by_key.insert(key, id);
+        if id < self.first || id >= self.max || self.used.contains(&id) {
+            return;
         }
+        // Ids skipped between the old watermark and this one are free.
+        while self.next < id {
+            self.free.insert(self.next);
+            self.next += 1;
+        }
+        if self.next == id {
+            self.next += 1;
+        }
+        self.free.remove(&id);
+        self.used.insert(id);
+        self.by_key.insert(key, id);
     }
 
     /// Releases every id whose key is not in `keep`; returns the released ids.
@@ -125,12 +141,12 @@ impl<K: Ord + Clone> IdSpace<K> {
             .filter(|k| !keep.contains(k))
             .cloned()
             .collect();
-        gone.iter()
-            .filter_map(|k| self.by_key.remove(k))
-            .inspect(|id| {
-                self.used.remove(id);
-            })
-            .collect()
+        let released: Vec<u32> = gone.iter().filter_map(|k| self.by_key.remove(k)).collect();
+        for id in &released {
+            self.used.remove(id);
+            self.free.insert(*id);
+        }
+        released
     }
 }
 
@@ -352,7 +368,16 @@ struct DesiredPool {
 #[derive(Debug, Default)]
 pub struct Reconciler {
     ids: Ids,
+    /// Whether every backend slot was checked for leftovers once.
+    scanned: bool,
+    /// What each pool's published ring was built from (members, ring size,
+    /// seed): an apply that finds the same inputs skips the Maglev build.
+    ring_inputs: BTreeMap<u32, RingInputs>,
 }
+
+/// The inputs of one ring: (id, identity key, weight) of the members, the
+/// ring size and the hash seed.
+type RingInputs = (Vec<(u32, Vec<u8>, u32)>, u32, u32);
 
 impl Reconciler {
     /// A reconciler with no ids assigned yet.
@@ -364,7 +389,11 @@ impl Reconciler {
     /// A reconciler that continues an earlier id assignment (see [`Ids::load`]).
     #[must_use]
     pub fn with_ids(ids: Ids) -> Self {
-        Self { ids }
+        Self {
+            ids,
+            scanned: false,
+            ring_inputs: BTreeMap::new(),
+        }
     }
 
     /// The current id assignment.
@@ -535,11 +564,26 @@ impl Reconciler {
                     report.backends_written += 1;
                 }
             }
-            let members: Vec<RingBackend<'_>> = pool
-                .backends
+            let inputs: RingInputs = (
+                pool.backends
+                    .iter()
+                    .filter(|(_, v, _, _)| v.state == BACKEND_UP)
+                    .map(|(id, _, weight, key)| (*id, key.clone(), *weight))
+                    .collect(),
+                pool.ring_size,
+                config.node.hash_seed,
+            );
+            let published = dp
+                .pool(pool.id)
+                .is_some_and(|p| p.tenant_id == pool.tenant_id);
+            if published && self.ring_inputs.get(&pool.id) == Some(&inputs) {
+                // Built from the same inputs last time: the ring is the same.
+                continue;
+            }
+            let members: Vec<RingBackend<'_>> = inputs
+                .0
                 .iter()
-                .filter(|(_, v, _, _)| v.state == BACKEND_UP)
-                .map(|(id, _, weight, key)| RingBackend {
+                .map(|(id, key, weight)| RingBackend {
                     id: *id,
                     key,
                     weight: *weight,
@@ -552,42 +596,44 @@ impl Reconciler {
                     source,
                 },
             )?;
-            let unchanged = dp
-                .pool(pool.id)
-                .is_some_and(|p| p.tenant_id == pool.tenant_id)
-                && dp.ring(pool.id).as_deref() == Some(ring.as_slice());
-            if !unchanged {
+            if !(published && dp.ring(pool.id).as_deref() == Some(ring.as_slice())) {
                 dp.write_ring(pool.id, pool.tenant_id, &ring)?;
                 report.rings_written += 1;
             }
+            self.ring_inputs.insert(pool.id, inputs);
         }
+        let current_vips: BTreeMap<VipKey, VipInfo> = dp.vips().into_iter().collect();
         for (key, info) in &vips {
-            if dp.vips().iter().all(|(k, v)| k != key || v != info) {
+            if current_vips.get(key) != Some(info) {
                 dp.set_vip(key, info)?;
                 report.vips_written += 1;
             }
         }
+        let current_addrs: BTreeMap<VipAddrKey, u32> = dp.vip_addrs().into_iter().collect();
         for (key, tenant) in &vip_addrs {
-            dp.set_vip_addr(key, *tenant)?;
+            if current_addrs.get(key) != Some(tenant) {
+                dp.set_vip_addr(key, *tenant)?;
+            }
         }
 
         // Removals: VIPs first (no new packets reach the pools), then pools,
         // then backend slots, then the flows of removed tenants.
-        for (key, _) in dp.vips() {
-            if !vips.contains_key(&key) {
-                dp.remove_vip(&key)?;
+        for key in current_vips.keys() {
+            if !vips.contains_key(key) {
+                dp.remove_vip(key)?;
                 report.vips_removed += 1;
             }
         }
-        for (key, _) in dp.vip_addrs() {
-            if !vip_addrs.contains_key(&key) {
-                dp.remove_vip_addr(&key)?;
+        for key in current_addrs.keys() {
+            if !vip_addrs.contains_key(key) {
+                dp.remove_vip_addr(key)?;
             }
         }
         self.ids.vips.retain(&keep_vips);
         let desired_pools: BTreeSet<u32> = pools.iter().map(|p| p.id).collect();
         for (id, _) in dp.pools() {
             if !desired_pools.contains(&id) {
+                self.ring_inputs.remove(&id);
                 dp.remove_pool(id)?;
                 report.pools_removed += 1;
             }
@@ -597,8 +643,17 @@ impl Reconciler {
             .iter()
             .flat_map(|p| p.backends.iter().map(|(id, ..)| *id))
             .collect();
-        self.ids.backends.retain(&keep_backends);
-        for id in 0..dp.backend_capacity() {
+        let released = self.ids.backends.retain(&keep_backends);
+        // The first apply of a process scans every slot (the maps may hold
+        // backends of an earlier configuration); later ones only the slots
+        // this apply released.
+        let candidates: Vec<u32> = if self.scanned {
+            released
+        } else {
+            (0..dp.backend_capacity()).collect()
+        };
+        self.scanned = true;
+        for id in candidates {
             if desired_backends.contains(&id) {
                 continue;
             }

@@ -61,6 +61,14 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// Control-plane costs: Maglev build (M=65537 and 655373, 1000
+    /// backends), ring write, applying and reloading 10,000 tenants (peak
+    /// memory), health failure to removal.
+    Control {
+        /// 200 tenants instead of 10,000 (a smoke run).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -82,6 +90,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             bootstrap()?;
             bench_l4(quick, "results/bench-l4.json")
+        }
+        Task::Bench {
+            bench: Bench::Control { quick },
+        } => {
+            bootstrap()?;
+            bench_control(quick, "results/bench-control.json")
         }
     }
 }
@@ -140,6 +154,30 @@ fn bench_xdp(quick: bool, out: &str) -> anyhow::Result<()> {
         cmd.arg("--quick");
     }
     run("bench xdp", &mut cmd)
+}
+
+/// Runs the control-plane benchmark (an example of the tests crate).
+fn bench_control(quick: bool, out: &str) -> anyhow::Result<()> {
+    let out = root().join(out);
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--example",
+        "bench_control",
+        "--",
+    ])
+    .arg("--out")
+    .arg(&out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run("bench control", &mut cmd)
 }
 
 /// Runs the L4 benchmark (an example of the tests crate, like `bench_xdp`);
@@ -227,6 +265,21 @@ fn ci() -> anyhow::Result<()> {
     ] {
         if !json.contains(key) {
             bail!("bench xdp smoke run: {key} missing from its results: {json}");
+        }
+    }
+    bench_control(true, "target/bench-smoke/bench-control.json")?;
+    let json = std::fs::read_to_string(root().join("target/bench-smoke/bench-control.json"))
+        .context("reading the bench control smoke results")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&json).context("bench control smoke run: its results are not JSON")?;
+    for key in [
+        "maglev_65537_ms",
+        "first_apply_ms",
+        "reload_apply_ms",
+        "health_removal_s",
+    ] {
+        if !v[key].is_number() {
+            bail!("bench control smoke run: {key} missing: {json}");
         }
     }
     bench_l4(true, "target/bench-smoke/bench-l4.json")?;
