@@ -202,59 +202,9 @@ fn bench_l4(quick: bool, out: &str) -> anyhow::Result<()> {
     run("bench l4", &mut cmd)
 }
 
-fn ci() -> anyhow::Result<()> {
-    bootstrap()?;
-    run("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
-    run(
-        "clippy (userspace, all targets)",
-        cargo().args([
-            "clippy",
-            "--workspace",
-            "--exclude",
-            "lb-ebpf",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
-    )?;
-    run(
-        "clippy (eBPF programs, bpfel target)",
-        Command::new("rustup")
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "clippy",
-                "-p",
-                "lb-ebpf",
-                "--release",
-            ])
-            .args([
-                "--target",
-                "bpfel-unknown-none",
-                "-Z",
-                "build-std=core",
-                "--bins",
-            ])
-            .args(["--", "-D", "warnings"])
-            .env_remove("RUSTC")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
-    )?;
-    // The namespace and test-run tests need root (BPF, netns): CI runs as root.
-    run(
-        "tests (unit, BPF_PROG_TEST_RUN, network namespaces)",
-        cargo().args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "lb-ebpf",
-            "--",
-            "--test-threads=1",
-        ]),
-    )?;
-    // Smoke run of every benchmark: completes and writes well-formed results
-    // (no timing assertions).
+/// Smoke run of every benchmark: each completes and writes well-formed
+/// results (no timing assertions).
+fn bench_smoke() -> anyhow::Result<()> {
     bench_xdp(true, "target/bench-smoke/bench-xdp.json")?;
     let json = std::fs::read_to_string(root().join("target/bench-smoke/bench-xdp.json"))
         .context("reading the bench smoke results")?;
@@ -306,6 +256,61 @@ fn ci() -> anyhow::Result<()> {
             bail!("bench l4 smoke run: {} was not written", path.display());
         }
     }
+    Ok(())
+}
+
+fn ci() -> anyhow::Result<()> {
+    bootstrap()?;
+    run("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "clippy (userspace, all targets)",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "clippy (eBPF programs, bpfel target)",
+        Command::new("rustup")
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "clippy",
+                "-p",
+                "lb-ebpf",
+                "--release",
+            ])
+            .args([
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--bins",
+            ])
+            .args(["--", "-D", "warnings"])
+            .env_remove("RUSTC")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+    )?;
+    // The namespace and test-run tests need root (BPF, netns): CI runs as root.
+    run(
+        "tests (unit, BPF_PROG_TEST_RUN, network namespaces)",
+        cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--",
+            "--test-threads=1",
+        ]),
+    )?;
+    bench_smoke()?;
     println!("==> ci: all checks passed");
     Ok(())
 }
