@@ -733,6 +733,12 @@ pub fn cleanup(pin_path: &Path) -> io::Result<Vec<PathBuf>> {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default();
+        if name.starts_with("link_xdp_") {
+            // Detach now: the link itself is freed asynchronously after its
+            // last reference goes, so unlinking alone could leave the
+            // program running for a moment after `--cleanup` returns.
+            detach_pinned_link(&path)?;
+        }
         let ours = name.starts_with("link_xdp_") || ALL_MAPS.contains(&name);
         if ours {
             // Unlinking the pin of a link detaches the program once no
@@ -744,6 +750,76 @@ pub fn cleanup(pin_path: &Path) -> io::Result<Vec<PathBuf>> {
     // Leave the directory if something else lives there.
     let _ = fs::remove_dir(pin_path);
     Ok(removed)
+}
+
+/// Detaches the BPF link pinned at `path` from its hook right away
+/// (`BPF_LINK_DETACH`), whoever else holds it; the pin stays until removed.
+///
+/// # Errors
+/// When the pin cannot be opened or the kernel refuses the detach.
+pub fn detach_pinned_link(path: &Path) -> io::Result<()> {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+
+    /// `union bpf_attr` for `BPF_OBJ_GET`.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    /// `union bpf_attr` for `BPF_LINK_DETACH`.
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+        _pad: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+
+    let name = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let get = ObjGet {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: the bpf syscall with a correctly laid out attribute block that
+    // lives across the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &raw const get,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(io::Error::other)?;
+    let detach = LinkDetach {
+        link_fd: u32::try_from(fd).map_err(io::Error::other)?,
+        _pad: 0,
+    };
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            &raw const detach,
+            std::mem::size_of::<LinkDetach>(),
+        )
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: closing the fd BPF_OBJ_GET gave us.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(err);
+    }
+    Ok(())
 }
 
 /// The memory-mapped ring arena and its allocator.

@@ -110,6 +110,8 @@ pub fn detach(dir: &Path, program: BackendProgram, iface: &str) -> anyhow::Resul
             pin.display()
         );
     }
+    crate::dataplane::detach_pinned_link(&pin)
+        .with_context(|| format!("detaching the link pinned at {}", pin.display()))?;
     fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
     Ok(pin)
 }
