@@ -1,0 +1,217 @@
+//! Reconcile against the real maps (loaded privately, not attached), with
+//! packets run through the balancer by `BPF_PROG_TEST_RUN`:
+//!
+//! - removing a tenant leaves nothing of it in the maps (VIPs, VIP
+//!   addresses, pools, backend slots, counters, flow-table entries), and a
+//!   VIP re-created for another tenant never reaches the old tenant's
+//!   backends, not even through a flow the old tenant had established;
+//! - a re-apply of the same configuration writes nothing;
+//! - pinned maps of another layout version are refused with what to do.
+
+use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, path::PathBuf};
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb::{
+    config,
+    dataplane::{Dataplane, DataplaneError, LoadOptions},
+    reconcile::Reconciler,
+};
+use lb_common::{BACKEND_UNUSED, NextHop, Settings};
+
+const XDP_TX: u32 = 3;
+
+fn config(tenants: &[(&str, &str, [&str; 2])]) -> config::Config {
+    let mut s = String::from("[node]\ninterface = \"eth0\"\n");
+    for (name, vip, backends) in tenants {
+        let _ = write!(
+            s,
+            "[[tenant]]\nname = \"{name}\"\n[[tenant.pool]]\nname = \"web\"\nring_size = 257\n\
+             backends = [{{ address = \"{}\" }}, {{ address = \"{}\" }}]\n\
+             [[tenant.l4]]\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n",
+            backends[0], backends[1]
+        );
+    }
+    config::parse(&s, "reconcile.toml").unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+fn seed_nexthops(dp: &mut Dataplane) {
+    for id in 0..16 {
+        dp.set_nexthop(
+            id,
+            &NextHop {
+                expires_ns: u64::MAX,
+                src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ifindex: 1,
+                mtu: 9000,
+                dmac: [2, 0, 0, 0, 0, 2],
+                smac: [2, 0, 0, 0, 0, 1],
+                ..NextHop::default()
+            },
+        )
+        .expect("next hop");
+    }
+}
+
+/// Runs a SYN from `client_port` to `vip:80`; returns the action and the
+/// outer destination address when encapsulated.
+fn send(dp: &mut Dataplane, vip: Ipv4Addr, client_port: u16) -> (u32, Option<Ipv4Addr>) {
+    let mut pkt = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 1])
+        .ipv4([198, 51, 100, 7], vip.octets(), 64)
+        .tcp(client_port, 80, 1, 64240)
+        .syn()
+        .write(&mut pkt, &[])
+        .expect("packet");
+    let mut out = vec![0u8; 256];
+    let prog = dp.program("lb_balancer").expect("program");
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(&pkt),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .expect("test run");
+    let outer =
+        (r.return_value == XDP_TX).then(|| Ipv4Addr::new(out[30], out[31], out[32], out[33]));
+    (r.return_value, outer)
+}
+
+#[test]
+fn removing_a_tenant_leaves_nothing_and_its_vip_reused_never_reaches_it() {
+    let vip: Ipv4Addr = "203.0.113.10".parse().expect("ip");
+    let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
+    let mut r = Reconciler::new();
+    let both = config(&[
+        ("old", "203.0.113.10", ["10.0.1.1", "10.0.1.2"]),
+        ("keep", "203.0.113.20", ["10.0.2.1", "10.0.2.2"]),
+    ]);
+    r.apply(&both, &mut dp).expect("apply");
+    seed_nexthops(&mut dp);
+    let old_id = r.ids().tenant("old").expect("old id");
+    let old_pool = r.ids().pool("old", "web").expect("old pool");
+    let old_backends: Vec<u32> = ["10.0.1.1", "10.0.1.2"]
+        .iter()
+        .map(|a| {
+            r.ids()
+                .backend("old", "web", a.parse().expect("ip"), 0)
+                .expect("id")
+        })
+        .collect();
+    // Traffic of the old tenant: counters and flow-table entries.
+    for port in 40_000..40_020 {
+        let (action, outer) = send(&mut dp, vip, port);
+        assert_eq!(action, XDP_TX);
+        assert!(
+            outer.is_some_and(|o| o.octets()[..3] == [10, 0, 1]),
+            "{outer:?}"
+        );
+    }
+    assert!(dp.tenant_stats(old_id).packets >= 20);
+    assert!(dp.flows().iter().any(|(_, v)| v.tenant_id == old_id));
+
+    // Remove "old"; a new tenant takes over its VIP with other backends.
+    let after = config(&[
+        ("keep", "203.0.113.20", ["10.0.2.1", "10.0.2.2"]),
+        ("new", "203.0.113.10", ["10.0.3.1", "10.0.3.2"]),
+    ]);
+    let report = r.apply(&after, &mut dp).expect("apply");
+    assert!(report.flows_removed >= 20, "{report:?}");
+    assert!(
+        dp.flows().iter().all(|(_, v)| v.tenant_id != old_id),
+        "old flows remain"
+    );
+    assert_eq!(dp.tenant_stats(old_id).packets, 0, "old counters remain");
+    assert!(dp.pool(old_pool).is_none() || r.ids().pool("new", "web") == Some(old_pool));
+    for id in &old_backends {
+        let b = dp.backend(*id).expect("slot");
+        let new_ids: BTreeSet<u32> = ["10.0.3.1", "10.0.3.2"]
+            .iter()
+            .filter_map(|a| r.ids().backend("new", "web", a.parse().expect("ip"), 0))
+            .collect();
+        assert!(
+            b.state == BACKEND_UNUSED || new_ids.contains(id),
+            "slot {id} of the old tenant still in use: {b:?}"
+        );
+    }
+    let names = r.ids().tenant_names();
+    assert!(!names.values().any(|n| n == "old"));
+    for (_, info) in dp.vips() {
+        assert_ne!(
+            info.tenant_id, old_id,
+            "a VIP of the old tenant remains: {info:?}"
+        );
+    }
+    // The same client ports (the old flows' 5-tuples) and new ones reach
+    // only the new tenant's backends.
+    for port in 40_000..40_060 {
+        let (action, outer) = send(&mut dp, vip, port);
+        assert_eq!(action, XDP_TX, "port {port}");
+        let outer = outer.expect("encapsulated");
+        assert_eq!(
+            outer.octets()[..3],
+            [10, 0, 3],
+            "port {port} reached {outer}"
+        );
+    }
+
+    // A re-apply of the same configuration writes nothing.
+    let report = r.apply(&after, &mut dp).expect("apply");
+    assert_eq!(
+        report,
+        lb::reconcile::ApplyReport::default(),
+        "a no-op apply wrote: {report:?}"
+    );
+}
+
+#[test]
+fn pinned_maps_of_another_layout_are_refused() {
+    let pins = PathBuf::from(format!("/sys/fs/bpf/lb-layout-test-{}", std::process::id()));
+    let cleanup = || {
+        let _ = lb::dataplane::cleanup(&pins);
+    };
+    cleanup();
+    {
+        let mut dp = Dataplane::load(&LoadOptions {
+            pin_path: Some(pins.clone()),
+            ..LoadOptions::default()
+        })
+        .expect("load with pins");
+        dp.set_settings(Settings::default()).expect("settings");
+    }
+    // Adopting our own layout works.
+    Dataplane::load(&LoadOptions {
+        pin_path: Some(pins.clone()),
+        ..LoadOptions::default()
+    })
+    .expect("adopting pins of the same layout");
+    // Pretend an older binary wrote them.
+    {
+        let dp = Dataplane::open_pinned(&pins).expect("open");
+        let mut s = dp.settings().expect("settings");
+        s.layout_version = 99;
+        drop(dp);
+        let mut map: aya::maps::Array<aya::maps::MapData, Settings> =
+            aya::maps::Map::from_map_data(
+                aya::maps::MapData::from_pin(pins.join(lb_common::MAP_SETTINGS)).expect("pin"),
+            )
+            .expect("map")
+            .try_into()
+            .expect("array");
+        map.set(0, s, 0).expect("write");
+    }
+    let err = Dataplane::load(&LoadOptions {
+        pin_path: Some(pins.clone()),
+        ..LoadOptions::default()
+    })
+    .err()
+    .expect("another layout must be refused");
+    assert!(
+        matches!(err, DataplaneError::Layout { found: 99, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("--cleanup"),
+        "the error says what to do: {err}"
+    );
+    cleanup();
+}
