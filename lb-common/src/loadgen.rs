@@ -79,12 +79,9 @@ pub struct GenConfig {
     /// XDP action for every frame: `XDP_TX` (out to the veth peer) or
     /// `XDP_PASS` (into the interface's own stack).
     pub action: u32,
-    /// Pacing: at most this many frames back to back (a burst) above the
-    /// rate; at least 1.
-    pub burst: u32,
+    pub _pad: u32,
     /// Pacing: picoseconds between frames (`10^12 / rate`); 0 sends every
-    /// frame. A paced run drops (`XDP_DROP`, never sent) the frames it
-    /// offers too early, which costs the generator little.
+    /// frame as fast as the kernel runs the program.
     pub interval_ps: u64,
 }
 
@@ -100,7 +97,7 @@ impl Default for GenConfig {
             ip_sum: 0,
             l4_sum: 0,
             action: 0,
-            burst: 1,
+            _pad: 0,
             interval_ps: 0,
         }
     }
@@ -121,9 +118,9 @@ pub struct GenState {
     /// Frames written (and sent with the configured action).
     pub frames: u64,
     /// Pacing: when the next frame is due, in picoseconds of
-    /// `bpf_ktime_get_ns` (the theoretical arrival time of GCRA).
+    /// `bpf_ktime_get_ns`.
     pub next_ps: u64,
-    /// Pacing: frames offered too early and dropped instead of sent.
+    /// Pacing: frames dropped because their slot was too far away.
     pub skipped: u64,
 }
 

@@ -24,9 +24,6 @@ use lb_common::{
 pub const XDP_TX: u32 = 3;
 /// Frames per live-frames batch (the kernel's default).
 const BATCH: u32 = 64;
-/// Paced runs send bursts of up to this many frames (one batch, one NAPI
-/// poll's worth), like a NIC's interrupt moderation would deliver them.
-const BURST: u32 = 64;
 /// Largest frame: a page minus the kernel's headroom and tailroom, and
 /// within the line's MTU.
 pub const MAX_FRAME: usize = 1514;
@@ -192,14 +189,13 @@ impl Generator {
         Ok(())
     }
 
-    /// Paces the program to `rate` frames per second in bursts of at most
-    /// [`BURST`] (`None`: every frame goes).
+    /// Paces the program to `rate` frames per second (`None`: every frame
+    /// goes as fast as the kernel runs it).
     fn set_rate(&mut self, rate: Option<u64>) -> Result<()> {
         let interval_ps = rate.map_or(0, |r| 1_000_000_000_000 / r.max(1));
         if interval_ps != self.cfg.interval_ps {
             let mut cfg = self.cfg;
             cfg.interval_ps = interval_ps;
-            cfg.burst = BURST;
             self.write_config(cfg)?;
         }
         Ok(())
@@ -269,12 +265,21 @@ impl Generator {
 
     /// Frames the program wrote, summed over CPUs.
     pub fn frames_written(&self) -> Result<u64> {
+        Ok(self.state()?.0)
+    }
+
+    /// `(frames written, frames dropped by pacing)`, summed over CPUs.
+    pub fn state(&self) -> Result<(u64, u64)> {
         let map: PerCpuArray<_, GenState> = self
             .ebpf
             .map(MAP_GEN_STATE)
             .context("LB_GEN_STATE")?
             .try_into()?;
-        Ok(map.get(&0, 0)?.iter().map(|s| s.frames).sum())
+        let v = map.get(&0, 0)?;
+        Ok((
+            v.iter().map(|s| s.frames).sum(),
+            v.iter().map(|s| s.skipped).sum(),
+        ))
     }
 
     /// The sink's counters (`sink_counter::*`), summed over CPUs.
@@ -361,7 +366,12 @@ impl Generator {
                 clippy::cast_sign_loss,
                 reason = "a positive iteration count far below 2^53"
             )]
-            let mut n = ((secs * 1e9 / ns_per_iteration) as u64).max(4096);
+            let mut n = match limits.rate {
+                // Paced, each run waits for its slot: size by the rate.
+                #[expect(clippy::cast_precision_loss, reason = "rates below 2^52")]
+                Some(rate) => ((secs * rate as f64) as u64).max(64),
+                None => ((secs * 1e9 / ns_per_iteration) as u64).max(4096),
+            };
             if limits.rate.is_none() {
                 n = n.min(left);
             }

@@ -13,6 +13,10 @@ pub struct Machine {
     pub cpu: String,
     pub cores: usize,
     pub date: String,
+    /// `/proc/loadavg` when the bench started and ended: other work on a
+    /// shared machine makes every figure worse.
+    pub load_start: String,
+    pub load_end: String,
 }
 
 impl Machine {
@@ -41,7 +45,14 @@ impl Machine {
             cpu,
             cores,
             date,
+            load_start: loadavg(),
+            load_end: String::new(),
         }
+    }
+
+    /// Records the load average at the end of the run.
+    pub fn finish(&mut self) {
+        self.load_end = loadavg();
     }
 
     pub fn label(&self) -> String {
@@ -86,6 +97,10 @@ pub struct Load {
     pub lb_busy: f64,
     /// LB NAPI-thread CPU time per packet the LB handled.
     pub lb_ns_per_packet: f64,
+    /// Packets the LB handled per time its NAPI thread slept and was woken
+    /// again: every wake-up costs a context switch (microseconds in this
+    /// VM), which a busier LB spreads over more packets.
+    pub lb_packets_per_wakeup: f64,
     /// Share of the window the LB's CPU ran something else (other
     /// processes on a shared machine: they share its caches too).
     pub lb_core_other: f64,
@@ -108,6 +123,7 @@ impl Load {
             "lost_after_lb": round(self.lost_after_lb, 4),
             "lb_busy": round(self.lb_busy, 3),
             "lb_ns_per_packet": round(self.lb_ns_per_packet, 1),
+            "lb_packets_per_wakeup": round(self.lb_packets_per_wakeup, 1),
             "lb_core_other_busy": round(self.lb_core_other, 3),
             "lb_core_steal": round(self.lb_core_steal, 3),
             "sink_busy": round(self.sink_busy, 3),
@@ -179,9 +195,10 @@ impl Results {
         self.forwarding.iter().find(|f| f.name == name)
     }
 
-    /// `(label, capacity ratio, forwarded-rate ratio)` of each balancer mode
-    /// against the ceiling and against nftables.
-    pub fn ratios(&self) -> Vec<(String, String, f64, f64)> {
+    /// Each balancer mode against the ceiling and against nftables:
+    /// `(mode, peer, capacity ratio from the paced windows, LB-core cost
+    /// ratio unpaced, max forwarded-rate ratio)`.
+    pub fn ratios(&self) -> Vec<(String, String, f64, f64, f64)> {
         let mut out = Vec::new();
         for mode in ["balancer_ipip", "balancer_l2dsr"] {
             for peer in ["xdp_tx_ceiling", "nftables_dnat"] {
@@ -190,6 +207,7 @@ impl Results {
                         mode.to_owned(),
                         peer.to_owned(),
                         a.capacity_pps() / b.capacity_pps(),
+                        b.max.lb_ns_per_packet / a.max.lb_ns_per_packet,
                         a.max.forwarded_pps / b.max.forwarded_pps,
                     ));
                 }
@@ -203,7 +221,7 @@ impl Results {
         let ratios: serde_json::Map<String, Value> = self
             .ratios()
             .into_iter()
-            .flat_map(|(a, b, cap, pps)| {
+            .flat_map(|(a, b, cap, unpaced, pps)| {
                 let short = |s: &str| {
                     s.trim_start_matches("balancer_")
                         .replace("xdp_tx_ceiling", "ceiling")
@@ -213,6 +231,10 @@ impl Results {
                     (
                         format!("{}_vs_{}", short(&a), short(&b)),
                         json!(round(cap, 3)),
+                    ),
+                    (
+                        format!("{}_vs_{}_unpaced_cost", short(&a), short(&b)),
+                        json!(round(unpaced, 3)),
                     ),
                     (
                         format!("{}_vs_{}_forwarded_pps", short(&a), short(&b)),
@@ -229,6 +251,8 @@ impl Results {
                 "cores": self.machine.cores,
                 "kernel": self.machine.kernel,
                 "date": self.machine.date,
+                "loadavg_start": self.machine.load_start,
+                "loadavg_end": self.machine.load_end,
             },
             "placement": {
                 "generator_cpu": p.generator_cpu,
@@ -268,6 +292,13 @@ impl Results {
     }
 }
 
+/// The 1-, 5- and 15-minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn round(v: f64, digits: i32) -> f64 {
     let m = 10f64.powi(digits);
     if v.is_finite() {
@@ -298,35 +329,37 @@ fn forwarding_table(r: &Results) -> String {
     let ceiling = r.get("xdp_tx_ceiling").map(Forwarded::capacity_pps);
     let _ = writeln!(
         s,
-        "| in the LB's place | max forwarded, Mpps | LB core busy | lost before / after the LB \
-         | paced at, Mpps | LB core busy (other) | LB ns/packet | LB capacity, Mpps per core | vs ceiling |"
+        "| in the LB's place | max forwarded, Mpps | LB core busy | LB ns/packet | packets per wake-up \
+         | lost before / after the LB | paced at, Mpps | LB core busy (other) | LB ns/packet \
+         | packets per wake-up | LB capacity, Mpps per core | vs ceiling |"
     );
     let _ = writeln!(
         s,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for f in &r.forwarding {
         let m = &f.max;
-        let (rate, busy, ns) = f.paced.as_ref().map_or_else(
-            || ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        let paced = f.paced.as_ref().map_or_else(
+            || "- | - | - | -".to_owned(),
             |p| {
-                (
+                format!(
+                    "{} | {} ({}) | {:.1} | {:.0}",
                     mpps(p.forwarded_pps),
-                    format!(
-                        "{} ({})",
-                        pct(p.lb_busy),
-                        pct(p.lb_core_other + p.lb_core_steal)
-                    ),
-                    format!("{:.1}", p.lb_ns_per_packet),
+                    pct(p.lb_busy),
+                    pct(p.lb_core_other + p.lb_core_steal),
+                    p.lb_ns_per_packet,
+                    p.lb_packets_per_wakeup
                 )
             },
         );
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} / {} | {rate} | {busy} | {ns} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.0} | {} / {} | {paced} | {} | {} |",
             f.label,
             mpps(m.forwarded_pps),
             pct(m.lb_busy),
+            m.lb_ns_per_packet,
+            m.lb_packets_per_wakeup,
             pct(m.lost_before_lb),
             pct(m.lost_after_lb),
             mpps(f.capacity_pps()),
@@ -361,10 +394,11 @@ fn ns_table(r: &Results) -> String {
 
 fn ratio_lines(r: &Results) -> String {
     let mut s = String::new();
-    for (a, b, cap, pps) in r.ratios() {
+    for (a, b, cap, unpaced, pps) in r.ratios() {
         let _ = writeln!(
             s,
-            "- {a} / {b}: **{cap:.2}x** on LB capacity (forwarded rate: {pps:.2}x)"
+            "- {a} / {b}: **{cap:.2}x** on LB capacity (paced); {unpaced:.2}x on LB-core cost per \
+             packet unpaced; {pps:.2}x on max forwarded rate"
         );
     }
     s
@@ -431,14 +465,17 @@ fn markdown(r: &Results, svg_name: &str) -> String {
     let _ = writeln!(s, "# L4 benchmark: `cargo xtask bench l4`\n");
     let _ = writeln!(
         s,
-        "Machine: **{}**. Run: {}{}.\n",
+        "Machine: **{}**. Run: {}{}. Load average at start / end: {} / {} (other work on \
+         the machine raises every per-packet figure).\n",
         r.machine.label(),
         r.machine.date,
         if r.quick {
             " (`--quick`: tiny counts, not representative)"
         } else {
             ""
-        }
+        },
+        r.machine.load_start,
+        r.machine.load_end,
     );
     let _ = writeln!(s, "![L4 benchmark chart]({svg_name})\n");
     if let Some(f) = r.forwarding.first() {
@@ -492,8 +529,13 @@ fn markdown(r: &Results, svg_name: &str) -> String {
          forwarded packets per second of that CPU time, the comparable figure when the generator \
          saturates its core first (two cores: it usually does), and the ratios use it. It is \
          measured paced, at 70% of the slowest XDP candidate's unpaced maximum (nftables at 70% \
-         of its own), in bursts of 64 frames, so no candidate runs overloaded (an overloaded \
-         veth ring, hammered by the generator, makes the receiver slower). **(other)** is the \
+         of its own): each generated frame waits for its time slot and the kernel flushes them \
+         to the LB 64 at a time, so no candidate runs overloaded (a veth ring kept full by the \
+         generator makes the receiver slower) and the LB still polls batches. **Packets per \
+         wake-up** is how many packets the LB's NAPI thread handled per time it ran dry, slept \
+         and was woken: each wake-up is a context switch of some microseconds in this VM, which \
+         a saturated LB (the balancer unpaced) hardly pays and a half-idle one (the ceiling) \
+         pays often, so compare candidates at similar packets per wake-up. **(other)** is the \
          share of the LB core that went to anything else (other processes, hypervisor steal): \
          on a shared machine they also evict the LB's caches, which raises its ns/packet.\n\
          - `kernel.bpf_stats_enabled` was `{stats}` when the bench started.\n",
@@ -547,7 +589,7 @@ fn svg(r: &Results) -> String {
         let fwd = f.max.forwarded_pps / max * BAR_W;
         let _ = writeln!(
             body,
-            r##"<text x="{}" y="{}" font-size="12" text-anchor="end">{}</text><rect x="{LEFT}" y="{y}" width="{cap:.1}" height="11" fill="#2f6db5"/><rect x="{LEFT}" y="{}" width="{fwd:.1}" height="9" fill="#9dbbe0"/><text x="{}" y="{}" font-size="11">{} / {}</text>"##,
+            r##"<text x="{}" y="{}" font-size="12" text-anchor="end">{}</text><rect x="{LEFT}" y="{y}" width="{cap:.1}" height="11" fill="#2f6db5"/><rect x="{LEFT}" y="{}" width="{fwd:.1}" height="9" fill="#9dbbe0"/><text x="{:.1}" y="{}" font-size="11">{} / {}</text>"##,
             LEFT - 8.0,
             y + 14.0,
             esc(f.label),
@@ -582,7 +624,7 @@ fn svg(r: &Results) -> String {
         };
         let _ = writeln!(
             body,
-            r#"<text x="{}" y="{}" font-size="12" text-anchor="end">{}</text><rect x="{LEFT}" y="{y}" width="{w:.1}" height="14" fill="{color}"/><text x="{}" y="{}" font-size="11">{:.1} ns</text>"#,
+            r#"<text x="{}" y="{}" font-size="12" text-anchor="end">{}</text><rect x="{LEFT}" y="{y}" width="{w:.1}" height="14" fill="{color}"/><text x="{:.1}" y="{}" font-size="11">{:.1} ns</text>"#,
             LEFT - 8.0,
             y + 12.0,
             esc(&label),
