@@ -23,8 +23,11 @@
 //! off) so builds sharing the machine do not preempt them. The generator
 //! usually saturates CPU 0 before the LB saturates CPU 1, so besides the
 //! forwarded rate the bench reports the LB core's busy time (its NAPI
-//! thread's CPU time) and the LB's capacity: forwarded packets per
-//! LB-core-second. Ratios are taken on that capacity.
+//! thread's CPU time) and the LB's capacity: packets it handled per
+//! LB-core-second. Each candidate runs twice: unpaced (the most it
+//! forwards) and paced below every candidate's maximum (so none pays for an
+//! overloaded ring); the capacity ratios come from the paced windows. Each
+//! window also counts the LB thread's wake-ups and what else ran on its CPU.
 //!
 //! The per-packet cost inside the balancer comes from the kernel's BPF
 //! run-time statistics, enabled only for those windows (they add two clock
