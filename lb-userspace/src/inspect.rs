@@ -165,18 +165,25 @@ pub fn backend(
     health: &HealthDetail,
     sel: &BackendSelector,
 ) -> Result<BackendInfo, ApiError> {
-    let port = sel.port.unwrap_or(0);
-    let id = ids
-        .backend(&sel.tenant, &sel.pool, sel.address, port)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no backend {} in {}/{}",
-                sel.address, sel.tenant, sel.pool
-            ))
-        })?;
+    let (id, port) = backend_id(ids, sel)?;
     let key = (sel.tenant.clone(), sel.pool.clone(), sel.address, port);
     backend_info(dp, id, &key, &flows_by_backend(dp), health, now_ns())
         .ok_or_else(|| ApiError::not_found(format!("backend {} is not in the maps", sel.address)))
+}
+
+/// The id (and configured port, 0 for none) of a selected backend.
+fn backend_id(ids: &Ids, sel: &BackendSelector) -> Result<(u32, u16), ApiError> {
+    let port = sel.port.unwrap_or(0);
+    ids.backend(&sel.tenant, &sel.pool, sel.address, port)
+        .map(|id| (id, port))
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no backend {} in {}/{}",
+                show(sel.address, sel.port),
+                sel.tenant,
+                sel.pool
+            ))
+        })
 }
 
 /// Every VIP with its counters.
@@ -521,15 +528,7 @@ pub fn set_backend_weight(
     sel: &BackendSelector,
     weight: u32,
 ) -> Result<String, ApiError> {
-    let port = sel.port.unwrap_or(0);
-    let id = ids
-        .backend(&sel.tenant, &sel.pool, sel.address, port)
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "no backend {} in {}/{}",
-                sel.address, sel.tenant, sel.pool
-            ))
-        })?;
+    let (id, _) = backend_id(ids, sel)?;
     let pool_id = ids
         .pool(&sel.tenant, &sel.pool)
         .ok_or_else(|| ApiError::not_found(format!("no pool {}/{}", sel.tenant, sel.pool)))?;

@@ -131,75 +131,42 @@ fn bootstrap() -> anyhow::Result<()> {
     )
 }
 
-/// Runs the XDP benchmark (it needs the eBPF objects, so it is an example of
-/// the tests crate, built after the bootstrap) and writes its JSON to `out`.
+/// Runs one benchmark: an example of the tests crate (it needs the eBPF
+/// objects, so it is built after the bootstrap, unlike xtask), writing its
+/// JSON to `out` (and, for some, a report next to it).
+fn bench(example: &str, quick: bool, out: &str) -> anyhow::Result<()> {
+    let out = root().join(out);
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "lb-tests",
+        "--example",
+        example,
+        "--",
+    ])
+    .arg("--out")
+    .arg(&out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run(&example.replace('_', " "), &mut cmd)
+}
+
 fn bench_xdp(quick: bool, out: &str) -> anyhow::Result<()> {
-    let out = root().join(out);
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "lb-tests",
-        "--example",
-        "bench_xdp",
-        "--",
-    ])
-    .arg("--out")
-    .arg(&out);
-    if quick {
-        cmd.arg("--quick");
-    }
-    run("bench xdp", &mut cmd)
+    bench("bench_xdp", quick, out)
 }
 
-/// Runs the control-plane benchmark (an example of the tests crate).
 fn bench_control(quick: bool, out: &str) -> anyhow::Result<()> {
-    let out = root().join(out);
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "lb-tests",
-        "--example",
-        "bench_control",
-        "--",
-    ])
-    .arg("--out")
-    .arg(&out);
-    if quick {
-        cmd.arg("--quick");
-    }
-    run("bench control", &mut cmd)
+    bench("bench_control", quick, out)
 }
 
-/// Runs the L4 benchmark (an example of the tests crate, like `bench_xdp`);
-/// it writes its JSON to `out` and the markdown report and chart next to it.
 fn bench_l4(quick: bool, out: &str) -> anyhow::Result<()> {
-    let out = root().join(out);
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "lb-tests",
-        "--example",
-        "bench_l4",
-        "--",
-    ])
-    .arg("--out")
-    .arg(&out);
-    if quick {
-        cmd.arg("--quick");
-    }
-    run("bench l4", &mut cmd)
+    bench("bench_l4", quick, out)
 }
 
 /// Smoke run of every benchmark: each completes and writes well-formed

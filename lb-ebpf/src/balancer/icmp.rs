@@ -31,7 +31,7 @@ const QUOTE_LEN: usize = 64;
 #[inline(never)]
 pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
     let Some(hdr) = ptr_at::<[u8; 8]>(ctx, pkt.l4_off) else {
-        return malformed_or_pass(pkt);
+        return crate::malformed_l4(pkt);
     };
     let icmp_type = unsafe { (*hdr)[0] };
     let is_error = if pkt.family == FAMILY_V4 {
@@ -50,14 +50,14 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
     let inner_off = pkt.l4_off + 8;
     let Some((inner_src, inner_dst, proto, ports_off)) = quoted_header(ctx, pkt.family, inner_off)
     else {
-        return malformed_or_pass(pkt);
+        return crate::malformed_l4(pkt);
     };
     if proto != PROTO_TCP && proto != PROTO_UDP {
         stats::global(global_counter::PASS_NOT_VIP);
         return XDP_PASS;
     }
     let Some(ports) = ptr_at::<[u8; 4]>(ctx, ports_off) else {
-        return malformed_or_pass(pkt);
+        return crate::malformed_l4(pkt);
     };
     let ports = unsafe { *ports };
     let vip_port = u16::from_ne_bytes([ports[0], ports[1]]);
@@ -125,19 +125,6 @@ fn quoted_header(
         dst.copy_from_slice(&h[24..40]);
         Some((src, dst, h[6], off + 40))
     }
-}
-
-/// A truncated ICMP packet: dropped (counted for the VIP's tenant) when it
-/// is addressed to a VIP, else passed untouched.
-#[inline(always)]
-fn malformed_or_pass(pkt: &Packet) -> u32 {
-    if let Some(tenant) = select::vip_addr_tenant(&pkt.dst, pkt.family) {
-        stats::global(global_counter::MALFORMED);
-        stats::drop(tenant, drop_reason::MALFORMED);
-        return XDP_DROP;
-    }
-    stats::global(global_counter::PASS_NOT_VIP);
-    XDP_PASS
 }
 
 /// Turns `pkt` into an ICMP fragmentation-needed (IPv4) or packet-too-big

@@ -173,7 +173,9 @@ fn other_protocol(pkt: &Packet) -> u32 {
     XDP_PASS
 }
 
-/// A TCP or UDP header that is truncated or inconsistent with the IP length.
+/// A TCP, UDP or ICMP header that is truncated or inconsistent with the IP
+/// length: dropped (counted for the VIP's tenant) when the packet is
+/// addressed to a VIP address, else passed untouched.
 #[inline(always)]
 fn malformed_l4(pkt: &Packet) -> u32 {
     if let Some(tenant) = select::vip_addr_tenant(&pkt.dst, pkt.family) {
