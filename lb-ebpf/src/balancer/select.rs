@@ -42,6 +42,13 @@ pub fn vip_addr_tenant(addr: &[u8; 16], family: u8) -> Option<u32> {
     unsafe { VIP_ADDRS.get(key) }.copied()
 }
 
+/// The flow hash as a BPF function of its own: called from two places, and
+/// inlining it twice would push the steering path over the 512-byte stack.
+#[inline(never)]
+fn hash_of(key: &FlowKey, seed: u32) -> u32 {
+    flow_hash(key, seed)
+}
+
 /// The backend chosen for a flow.
 pub struct Choice {
     pub id: u32,
@@ -49,6 +56,8 @@ pub struct Choice {
     pub backend: &'static Backend,
     /// Chosen through the ring (a flow-table miss).
     pub new_flow: bool,
+    /// The flow hash; computed on a flow-table hit only when the backend is
+    /// IPv6 (its outer header carries it as the flow label).
     pub hash: u32,
 }
 
@@ -63,7 +72,6 @@ pub fn backend(
     now: u64,
     insert: bool,
 ) -> Result<Choice, usize> {
-    let hash = flow_hash(key, settings.hash_seed);
     if let Some(entry) = FLOWS.get_ptr_mut(key) {
         let flow = unsafe { *entry };
         if let Some(b) = BACKENDS.get(flow.backend_id) {
@@ -91,13 +99,20 @@ pub fn backend(
                     id: flow.backend_id,
                     backend: b,
                     new_flow: false,
-                    hash,
+                    // Only an IPv6 outer header uses the hash (flow label):
+                    // an established IPv4 flow skips hashing altogether.
+                    hash: if b.family == lb_common::FAMILY_V6 {
+                        hash_of(key, settings.hash_seed)
+                    } else {
+                        0
+                    },
                 });
             }
         }
         stats::global(global_counter::FLOW_STALE);
     }
 
+    let hash = hash_of(key, settings.hash_seed);
     let pool = unsafe { POOLS.get(vip.pool_id) }
         .copied()
         .ok_or(drop_reason::NO_BACKEND)?;
