@@ -383,8 +383,9 @@ pub const BENCH_FRAME_LEN: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BenchTemplate {
     pub frame: [u8; BENCH_FRAME_LEN],
-    /// Non-zero: write `counter` into the TCP/UDP source port after each
-    /// restore, so every iteration is a new flow (ring lookup and insert).
+    /// Non-zero: write `counter` into the TCP/UDP source port and the last
+    /// two bytes of the source address after each restore, so every
+    /// iteration is a new flow (ring lookup and insert).
     pub vary_sport: u32,
     /// Incremented by the wrapper (per iteration, when `vary_sport`).
     pub counter: u32,

@@ -32,7 +32,7 @@ use lb::{
     dataplane::{Dataplane, LoadOptions},
     reconcile::Reconciler,
 };
-use lb_common::{BENCH_FRAME_LEN, BenchTemplate, MAP_BENCH, NextHop};
+use lb_common::{BENCH_FRAME_LEN, BenchTemplate, DEFAULT_FLOW_TABLE_ENTRIES, MAP_BENCH, NextHop};
 use lb_tests::{
     netns::TopologySpec,
     servers::{Proto, spread},
@@ -207,10 +207,13 @@ pool = "web"
     );
     let flows_before = dp.flows().len();
     set_template(&mut dp, syn, true);
+    // New flows while the table has room: all rounds together stay under
+    // half of its capacity, so no insert has to evict.
+    let room_repeat = r.min(DEFAULT_FLOW_TABLE_ENTRIES / 2 / u32::try_from(n).unwrap_or(1));
     let new = measure(
         dp.program("lb_bench").expect("prog"),
         &syn,
-        r,
+        room_repeat,
         n,
         XDP_TX,
         "new flow (SYN)",
@@ -220,9 +223,20 @@ pool = "web"
         inserted > 1000,
         "the SYN runs should insert new flows, inserted {inserted}"
     );
+    // New flows into a full table: every insert evicts the least recently
+    // used entry (a SYN flood's cost).
+    let full = measure(
+        dp.program("lb_bench").expect("prog"),
+        &syn,
+        (DEFAULT_FLOW_TABLE_ENTRIES / 2).max(room_repeat),
+        n,
+        XDP_TX,
+        "new flow into a full table (SYN)",
+    );
 
     let est_net = est - null + floor;
     let new_net = new - null + floor;
+    let full_net = full - null + floor;
     println!("bench xdp: BPF_PROG_TEST_RUN, repeat {r}, median of {n} rounds, IPv4 TCP, ipip");
     println!("{:<34} {:>10} {:>12}", "program", "ns/packet", "x XDP_DROP");
     println!("{:<34} {floor:>10.1} {:>12.2}", "XDP_DROP (floor)", 1.0);
@@ -237,6 +251,11 @@ pool = "web"
         "balancer, new flow (SYN + insert)",
         new_net / floor
     );
+    println!(
+        "{:<34} {full_net:>10.1} {:>12.2}",
+        "  ... into a full table (eviction)",
+        full_net / floor
+    );
     println!("reference (Katran on this machine kind): established 6.1x, SYN 13.5x");
     let (live_ns, live_packets) = live(args.connections);
     println!(
@@ -246,7 +265,7 @@ pool = "web"
     let json = format!(
         "{{\"bench\":\"xdp\",\"repeat\":{r},\"rounds\":{n},\"floor_ns\":{floor:.2},\"restore_ns\":{null:.2},\
          \"established_ns\":{est_net:.2},\"new_flow_ns\":{new_net:.2},\"established_ratio\":{:.3},\
-         \"new_flow_ratio\":{:.3},\"flows_inserted\":{inserted},\"live_ns\":{live_ns:.2},\
+         \"new_flow_ratio\":{:.3},\"new_flow_full_table_ns\":{full_net:.2},\"flows_inserted\":{inserted},\"live_ns\":{live_ns:.2},\
          \"live_packets\":{live_packets}}}",
         est_net / floor,
         new_net / floor

@@ -14,6 +14,9 @@ use crate::maps::BENCH;
 /// Offset of the TCP/UDP source port in the (untagged IPv4 or IPv6) template.
 const SPORT_V4: usize = 14 + 20;
 const SPORT_V6: usize = 14 + 40;
+/// Offset of the last two bytes of the source address.
+const SRC_TAIL_V4: usize = 14 + 12 + 2;
+const SRC_TAIL_V6: usize = 14 + 8 + 14;
 
 #[inline(always)]
 pub fn restore(ctx: &XdpContext) {
@@ -39,16 +42,19 @@ pub fn restore(ctx: &XdpContext) {
     unsafe {
         *frame = (*t).frame;
         if (*t).vary_sport != 0 {
+            // A new 5-tuple every run: the low 16 bits of the counter in the
+            // source port, the high 16 in the last two bytes of the source
+            // address (the balancer does not check checksums).
             (*t).counter = (*t).counter.wrapping_add(1);
-            #[expect(clippy::cast_possible_truncation, reason = "a 16-bit port")]
-            let port = ((*t).counter as u16).to_be_bytes();
-            let off = if (*frame)[12] == 0x86 {
-                SPORT_V6
-            } else {
-                SPORT_V4
-            };
-            if let Some(p) = ptr_at::<[u8; 2]>(ctx, off) {
-                *p = port;
+            let counter = (*t).counter.to_be_bytes();
+            let v6 = (*frame)[12] == 0x86;
+            let sport = if v6 { SPORT_V6 } else { SPORT_V4 };
+            let src_tail = if v6 { SRC_TAIL_V6 } else { SRC_TAIL_V4 };
+            if let Some(p) = ptr_at::<[u8; 2]>(ctx, sport) {
+                *p = [counter[2], counter[3]];
+            }
+            if let Some(p) = ptr_at::<[u8; 2]>(ctx, src_tail) {
+                *p = [counter[0], counter[1]];
             }
         }
     }
