@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 /// Version of the pinned map layout. A binary that finds pinned maps of
 /// another version refuses to adopt them (see `lbd --cleanup`).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 // ---- Address families and protocols (our own tags, not AF_* values) ----
 
@@ -33,9 +33,13 @@ pub const MAP_TENANT_DROPS: &str = "LB_TENANT_DROPS";
 pub const MAP_VIP_STATS: &str = "LB_VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "LB_BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "LB_GLOBAL_STATS";
+pub const MAP_ACL: &str = "LB_ACL";
+pub const MAP_TENANT_POLICY: &str = "LB_TENANT_POL";
+pub const MAP_VIP_POLICY: &str = "LB_VIP_POLICY";
+pub const MAP_RATES: &str = "LB_RATES";
 
 /// Every map the balancer pins, for cleanup and layout checks.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_VIPS,
     MAP_VIP_ADDRS,
     MAP_POOLS,
@@ -49,6 +53,10 @@ pub const ALL_MAPS: [&str; 13] = [
     MAP_VIP_STATS,
     MAP_BACKEND_STATS,
     MAP_GLOBAL_STATS,
+    MAP_ACL,
+    MAP_TENANT_POLICY,
+    MAP_VIP_POLICY,
+    MAP_RATES,
 ];
 
 // ---- Capacities ----
@@ -283,6 +291,17 @@ pub mod drop_reason {
     /// An IPv6 packet for a VIP address with an extension header the
     /// balancer does not walk (hop-by-hop, routing, destination options).
     pub const UNSUPPORTED: usize = 10;
+    /// The source address is not allowed by the tenant's ACL.
+    pub const ACL_DENY: usize = 11;
+    /// Over the tenant's packets or bytes per second.
+    pub const TENANT_RATE: usize = 12;
+    /// Over the VIP's packets or bytes per second.
+    pub const VIP_RATE: usize = 13;
+    /// A TCP SYN over the VIP's new-connection rate.
+    pub const SYN_RATE: usize = 14;
+    /// A new flow over the tenant's new-flow rate: dropped before it takes
+    /// a flow-table entry, so one tenant cannot evict another's flows.
+    pub const NEW_FLOW_RATE: usize = 15;
     /// Number of reasons; the size of [`super::DropCounters::by_reason`].
     pub const COUNT: usize = 16;
     /// Names for metrics and `lbctl`, indexed by reason.
@@ -298,11 +317,11 @@ pub mod drop_reason {
         "encap_failed",
         "icmp_no_backend",
         "unsupported",
-        "reserved11",
-        "reserved12",
-        "reserved13",
-        "reserved14",
-        "reserved15",
+        "acl_deny",
+        "tenant_rate_limit",
+        "vip_rate_limit",
+        "syn_rate_limit",
+        "new_flow_limit",
     ];
 }
 
@@ -402,6 +421,87 @@ impl Default for BenchTemplate {
 }
 
 const _: () = assert!(size_of::<BenchTemplate>() == BENCH_FRAME_LEN + 8);
+/// Data of a [`MAP_ACL`] key (an LPM trie): the prefix length counts bits
+/// from the start of this struct, so the tenant id and family (64 bits)
+/// always match exactly and the address's prefix follows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AclKey {
+    /// Big-endian (LPM tries compare bytes in order).
+    pub tenant_be: [u8; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// Network order; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+}
+
+/// Capacity of [`MAP_ACL`] (prefixes over all tenants).
+pub const MAX_ACL_ENTRIES: u32 = 65_536;
+
+/// Bits of [`AclKey`] before the address.
+pub const ACL_KEY_FIXED_BITS: u32 = 64;
+/// [`MAP_ACL`] value: let the packet through.
+pub const ACL_ALLOW: u8 = 1;
+/// [`MAP_ACL`] value: drop it.
+pub const ACL_DENY: u8 = 2;
+
+/// [`TenantPolicy::flags`]: the tenant has ACL entries; look them up.
+pub const POLICY_F_ACL: u32 = 1;
+/// [`TenantPolicy::flags`]: sources matching no ACL entry are denied (the
+/// tenant has an allow list).
+pub const POLICY_F_DEFAULT_DENY: u32 = 2;
+
+/// Length of a rate-limit window: limits are enforced per window, each
+/// allowing `ceil(rate / 10)` (a burst of at most a tenth of a second).
+pub const RATE_WINDOW_NS: u64 = 100_000_000;
+
+/// Value of [`MAP_TENANT_POLICY`] (an array indexed by tenant id). Budgets
+/// are per [`RATE_WINDOW_NS`]; 0 = unlimited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantPolicy {
+    pub packets_per_window: u64,
+    pub bytes_per_window: u64,
+    pub new_flows_per_window: u64,
+    /// `POLICY_F_*`.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Value of [`MAP_VIP_POLICY`] (an array indexed by VIP id). Budgets are
+/// per [`RATE_WINDOW_NS`]; 0 = unlimited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipPolicy {
+    pub packets_per_window: u64,
+    pub bytes_per_window: u64,
+    pub syns_per_window: u64,
+}
+
+/// One rate limiter's state in [`MAP_RATES`] (a shared, not per-CPU,
+/// array): the current window and what it used. CPUs add with atomic adds;
+/// the reset at a window change is a plain store, so a packet counted by
+/// another CPU in the same instant can be lost: the documented tolerance is
+/// one packet per CPU per window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub window: u64,
+    pub used: u64,
+}
+
+/// Rate limiters per tenant in [`MAP_RATES`]: packets, bytes, new flows.
+pub const RATES_PER_TENANT: u32 = 3;
+/// Rate limiters per VIP in [`MAP_RATES`]: packets, bytes, SYNs (after the
+/// tenants' block).
+pub const RATES_PER_VIP: u32 = 3;
+/// Entries of [`MAP_RATES`].
+pub const RATE_ENTRIES: u32 = MAX_TENANTS * RATES_PER_TENANT + MAX_VIPS * RATES_PER_VIP;
+
+const _: () = assert!(size_of::<AclKey>() == 24);
+const _: () = assert!(size_of::<TenantPolicy>() == 32);
+const _: () = assert!(size_of::<VipPolicy>() == 24);
+const _: () = assert!(size_of::<RateState>() == 16);
 const _: () = assert!(size_of::<VipKey>() == 20);
 const _: () = assert!(size_of::<VipInfo>() == 16);
 const _: () = assert!(size_of::<VipAddrKey>() == 20);
@@ -417,8 +517,8 @@ const _: () = assert!(size_of::<DropCounters>() == 8 * drop_reason::COUNT);
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        Backend, BenchTemplate, DropCounters, FlowKey, FlowValue, NextHop, PoolInfo, Settings,
-        TrafficCounters, VipAddrKey, VipInfo, VipKey,
+        AclKey, Backend, BenchTemplate, DropCounters, FlowKey, FlowValue, NextHop, PoolInfo,
+        RateState, Settings, TenantPolicy, TrafficCounters, VipAddrKey, VipInfo, VipKey, VipPolicy,
     };
 
     macro_rules! pod {
@@ -431,6 +531,10 @@ mod pod {
     }
 
     pod!(
+        AclKey,
+        RateState,
+        TenantPolicy,
+        VipPolicy,
         BenchTemplate,
         VipKey,
         VipInfo,

@@ -352,6 +352,8 @@ pub struct Tenant {
     /// `bytes_per_second`, `requests_per_second`, ...). Only checked to be
     /// non-negative integers here: interpreted by the policy layer.
     pub limits: Option<BTreeMap<String, u64>>,
+    /// `[tenant.acl]`: source prefixes the tenant accepts or refuses.
+    pub acl: Acl,
     /// `[[tenant.pool]]`, in file order.
     pub pools: Vec<Pool>,
     /// `[[tenant.l4]]`: VIPs served by XDP, in file order.
@@ -450,7 +452,37 @@ pub struct L4Vip {
     pub protocol: Protocol,
     /// Name of a pool of the same tenant.
     pub pool: String,
+    /// `limits = { ... }`: the VIP's packet limits, enforced in XDP.
+    pub limits: VipLimits,
 }
+
+/// `[[tenant.l4]] limits`: per-VIP packet limits (absent = unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct VipLimits {
+    pub packets_per_second: Option<u64>,
+    pub bytes_per_second: Option<u64>,
+    /// New TCP connections (SYNs) per second.
+    pub syn_per_second: Option<u64>,
+}
+
+/// `[tenant.acl]`: source prefixes a tenant accepts or refuses, enforced in
+/// XDP. The longest matching prefix decides; with an `allow` list, sources
+/// matching nothing are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Acl {
+    /// (network address, prefix length)
+    pub allow: Vec<(IpAddr, u8)>,
+    pub deny: Vec<(IpAddr, u8)>,
+}
+
+/// Names `[tenant.limits]` accepts. The packet limits are enforced in XDP;
+/// the request limits are reserved for the L7 layer.
+pub const TENANT_LIMIT_KEYS: [&str; 4] = [
+    "packets_per_second",
+    "bytes_per_second",
+    "new_flows_per_second",
+    "requests_per_second",
+];
 
 /// `l4.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -539,6 +571,7 @@ struct RawNode {
 struct RawTenant {
     name: String,
     limits: Option<BTreeMap<String, u64>>,
+    acl: Option<RawAcl>,
     #[serde(default)]
     pool: Vec<RawPool>,
     #[serde(default)]
@@ -594,6 +627,28 @@ struct RawL4 {
     port: u16,
     protocol: Protocol,
     pool: String,
+    limits: Option<RawVipLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "the field names are the configuration keys"
+)]
+struct RawVipLimits {
+    packets_per_second: Option<u64>,
+    bytes_per_second: Option<u64>,
+    syn_per_second: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcl {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
 }
 
 // ---- Field paths ----
@@ -923,9 +978,41 @@ impl Ctx<'_> {
             pools.push(self.pool(rp, &ppath)?);
         }
 
+        if let Some(limits) = &rt.limits {
+            for (name, value) in limits {
+                let lpath = tpath.key("limits").key(name);
+                if !TENANT_LIMIT_KEYS.contains(&name.as_str()) {
+                    return Err(self.error(
+                        &lpath,
+                        format!(
+                            "unknown limit {name:?}; known: {}",
+                            TENANT_LIMIT_KEYS.join(", ")
+                        ),
+                    ));
+                }
+                if *value == 0 {
+                    return Err(
+                        self.error(&lpath, "a limit must be at least 1 (leave it out for none)")
+                    );
+                }
+            }
+        }
+        let mut acl = Acl::default();
+        if let Some(raw) = rt.acl {
+            for (list, entries, out) in [
+                ("allow", raw.allow, &mut acl.allow),
+                ("deny", raw.deny, &mut acl.deny),
+            ] {
+                for (i, text) in entries.iter().enumerate() {
+                    let epath = tpath.key("acl").key(list).index(i, None);
+                    out.push(parse_prefix(text).map_err(|m| self.error(&epath, m))?);
+                }
+            }
+        }
         let tenant = Tenant {
             name: rt.name,
             limits: rt.limits,
+            acl,
             pools,
             l4: Vec::new(),
             l7: rt.l7,
@@ -1380,11 +1467,32 @@ impl Ctx<'_> {
             }
         }
 
+        let mut limits = VipLimits::default();
+        if let Some(l) = raw.limits {
+            for (name, value) in [
+                ("packets_per_second", l.packets_per_second),
+                ("bytes_per_second", l.bytes_per_second),
+                ("syn_per_second", l.syn_per_second),
+            ] {
+                if value == Some(0) {
+                    return Err(self.error(
+                        &path.key("limits").key(name),
+                        "a limit must be at least 1 (leave it out for none)",
+                    ));
+                }
+            }
+            limits = VipLimits {
+                packets_per_second: l.packets_per_second,
+                bytes_per_second: l.bytes_per_second,
+                syn_per_second: l.syn_per_second,
+            };
+        }
         Ok(L4Vip {
             vip,
             port: raw.port,
             protocol: raw.protocol,
             pool: raw.pool,
+            limits,
         })
     }
 
@@ -1554,6 +1662,44 @@ fn parse_ip(text: &str, what: &str) -> Result<IpAddr, String> {
 
 /// Addresses that can never be one host's: a VIP or a backend there is a
 /// mistake, never an intent.
+/// Parses `address/length` (a bare address is a host prefix); the address
+/// must be the network address of the prefix.
+fn parse_prefix(text: &str) -> Result<(IpAddr, u8), String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (text, None),
+    };
+    let ip: IpAddr = addr.trim().parse().map_err(|_| {
+        format!("{text:?} is not a prefix like \"10.0.0.0/8\" or \"2001:db8::/32\"")
+    })?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => l
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+    };
+    let value: u128 = match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    };
+    let host_bits = u32::from(max - len);
+    let host_mask = if host_bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
+    if value & host_mask != 0 {
+        return Err(format!(
+            "{text:?}: bits are set past the /{len} prefix; write the network address of the prefix"
+        ));
+    }
+    Ok((ip, len))
+}
+
 fn check_unicast(ip: IpAddr, what: &str) -> Result<(), String> {
     let problem = match ip {
         _ if ip.is_unspecified() => Some("the unspecified address"),
@@ -1724,7 +1870,8 @@ default_tenant = "acme"     # optional
                 vip: "203.0.113.10".parse().expect("ip"),
                 port: 80,
                 protocol: Protocol::Tcp,
-                pool: "web".into()
+                pool: "web".into(),
+                limits: VipLimits::default(),
             }]
         );
         assert_eq!(acme.l7.len(), 1);

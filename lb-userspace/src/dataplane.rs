@@ -24,7 +24,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
     programs::{
         ProgramError, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -33,10 +36,11 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    ALL_MAPS, Backend, DropCounters, FlowKey, FlowValue, LAYOUT_VERSION, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_FLOWS, MAP_GLOBAL_STATS, MAP_NEXTHOPS, MAP_POOLS, MAP_RINGS, MAP_SETTINGS,
-    MAP_TENANT_DROPS, MAP_TENANT_STATS, MAP_VIP_ADDRS, MAP_VIP_STATS, MAP_VIPS, NextHop, PoolInfo,
-    RING_ARENA_ENTRIES, Settings, TrafficCounters, VipAddrKey, VipInfo, VipKey,
+    ALL_MAPS, AclKey, Backend, DropCounters, FlowKey, FlowValue, LAYOUT_VERSION, MAP_ACL,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_GLOBAL_STATS, MAP_NEXTHOPS, MAP_POOLS,
+    MAP_RINGS, MAP_SETTINGS, MAP_TENANT_DROPS, MAP_TENANT_POLICY, MAP_TENANT_STATS, MAP_VIP_ADDRS,
+    MAP_VIP_POLICY, MAP_VIP_STATS, MAP_VIPS, NextHop, PoolInfo, RING_ARENA_ENTRIES, Settings,
+    TenantPolicy, TrafficCounters, VipAddrKey, VipInfo, VipKey, VipPolicy,
 };
 
 use crate::objects;
@@ -183,7 +187,13 @@ pub struct Dataplane {
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     global_stats: PerCpuArray<MapData, u64>,
+    acl: LpmTrie<MapData, AclKey, u8>,
+    tenant_policy: Array<MapData, TenantPolicy>,
+    vip_policy: Array<MapData, VipPolicy>,
     arena: RingArena,
+    /// Maps without a typed handle (rate-limiter state): kept open because
+    /// the loaded program refers to them by file descriptor.
+    untyped: Vec<MapData>,
 }
 
 impl Dataplane {
@@ -287,8 +297,13 @@ impl Dataplane {
             vip_stats: typed!(MAP_VIP_STATS),
             backend_stats: typed!(MAP_BACKEND_STATS),
             global_stats: typed!(MAP_GLOBAL_STATS),
+            acl: typed!(MAP_ACL),
+            tenant_policy: typed!(MAP_TENANT_POLICY),
+            vip_policy: typed!(MAP_VIP_POLICY),
             arena,
+            untyped: Vec::new(),
         };
+        dp.untyped = by_name.into_values().collect();
         // Regions already holding a published ring are taken.
         let published: Vec<PoolInfo> = dp
             .pools
@@ -587,6 +602,76 @@ impl Dataplane {
             .map_err(map_op(format!("writing the next hop of backend {id}")))
     }
 
+    /// A tenant's packet policy.
+    ///
+    /// # Errors
+    /// When `tenant` is out of range.
+    pub fn tenant_policy(&self, tenant: u32) -> Result<TenantPolicy> {
+        self.tenant_policy
+            .get(&tenant, 0)
+            .map_err(map_op(format!("reading the policy of tenant {tenant}")))
+    }
+
+    /// Writes a tenant's packet policy.
+    ///
+    /// # Errors
+    /// When `tenant` is out of range.
+    pub fn set_tenant_policy(&mut self, tenant: u32, p: &TenantPolicy) -> Result<()> {
+        self.tenant_policy
+            .set(tenant, p, 0)
+            .map_err(map_op(format!("writing the policy of tenant {tenant}")))
+    }
+
+    /// A VIP's packet policy.
+    ///
+    /// # Errors
+    /// When `vip` is out of range.
+    pub fn vip_policy(&self, vip: u32) -> Result<VipPolicy> {
+        self.vip_policy
+            .get(&vip, 0)
+            .map_err(map_op(format!("reading the policy of VIP {vip}")))
+    }
+
+    /// Writes a VIP's packet policy.
+    ///
+    /// # Errors
+    /// When `vip` is out of range.
+    pub fn set_vip_policy(&mut self, vip: u32, p: &VipPolicy) -> Result<()> {
+        self.vip_policy
+            .set(vip, p, 0)
+            .map_err(map_op(format!("writing the policy of VIP {vip}")))
+    }
+
+    /// Every ACL entry: (prefix length over the whole key, key, action).
+    #[must_use]
+    pub fn acl_entries(&self) -> Vec<(u32, AclKey, u8)> {
+        self.acl
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .map(|(k, v)| (k.prefix_len(), k.data(), v))
+            .collect()
+    }
+
+    /// Adds or replaces an ACL entry; `prefix_len` counts the key's fixed
+    /// bits too (`ACL_KEY_FIXED_BITS` + the address prefix).
+    ///
+    /// # Errors
+    /// On a failed map write (e.g. the ACL map is full).
+    pub fn set_acl(&mut self, prefix_len: u32, key: AclKey, action: u8) -> Result<()> {
+        self.acl
+            .insert(&LpmKey::new(prefix_len, key), action, 0)
+            .map_err(map_op("writing an ACL entry"))
+    }
+
+    /// Removes an ACL entry; absent is fine.
+    ///
+    /// # Errors
+    /// On a failed map operation other than "not found".
+    pub fn remove_acl(&mut self, prefix_len: u32, key: AclKey) -> Result<()> {
+        ignore_missing(self.acl.remove(&LpmKey::new(prefix_len, key)))
+            .map_err(map_op("removing an ACL entry"))
+    }
+
     /// Every flow-table entry.
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
         self.flows
@@ -702,7 +787,11 @@ fn ignore_missing(r: std::result::Result<(), MapError>) -> std::result::Result<(
 
 fn map_data(map: Map) -> std::result::Result<MapData, MapError> {
     match map {
-        Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) => Ok(d),
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::LpmTrie(d) => Ok(d),
         _ => Err(MapError::InvalidName {
             name: "a map of an unexpected type".into(),
         }),

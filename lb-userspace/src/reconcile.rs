@@ -15,9 +15,10 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6,
-    FORWARD_IPIP, FORWARD_L2DSR, MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, Settings,
-    VipAddrKey, VipInfo, VipKey,
+    ACL_ALLOW, ACL_DENY, ACL_KEY_FIXED_BITS, AclKey, BACKEND_DOWN, BACKEND_DRAINING,
+    BACKEND_UNUSED, BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6, FORWARD_IPIP, FORWARD_L2DSR,
+    MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, POLICY_F_ACL, POLICY_F_DEFAULT_DENY,
+    RATE_WINDOW_NS, Settings, TenantPolicy, VipAddrKey, VipInfo, VipKey, VipPolicy,
 };
 
 use crate::{
@@ -330,6 +331,67 @@ impl Ids {
     }
 }
 
+/// A rate per second as a budget per `RATE_WINDOW_NS` window (rounded up,
+/// so a small rate still lets something through); 0 = unlimited.
+fn per_window(rate: Option<u64>) -> u64 {
+    let windows_per_second = 1_000_000_000 / RATE_WINDOW_NS;
+    rate.map_or(0, |r| r.div_ceil(windows_per_second))
+}
+
+impl Reconciler {
+    /// Writes the tenants' and VIPs' packet policies and the ACL entries
+    /// that differ, and clears the slots nobody uses any more.
+    fn apply_policy(
+        &mut self,
+        dp: &mut Dataplane,
+        tenants: &BTreeMap<u32, TenantPolicy>,
+        vips: &BTreeMap<u32, VipPolicy>,
+        acl: &BTreeMap<(u32, AclKey), u8>,
+    ) -> Result<(), ReconcileError> {
+        for (&id, p) in tenants {
+            if dp.tenant_policy(id)? != *p {
+                dp.set_tenant_policy(id, p)?;
+            }
+        }
+        for (&id, p) in vips {
+            if dp.vip_policy(id)? != *p {
+                dp.set_vip_policy(id, p)?;
+            }
+        }
+        // Slots of tenants and VIPs that are gone go back to "no policy".
+        for id in std::mem::take(&mut self.policy_slots.0) {
+            if !tenants.contains_key(&id) {
+                dp.set_tenant_policy(id, &TenantPolicy::default())?;
+            }
+        }
+        for id in std::mem::take(&mut self.policy_slots.1) {
+            if !vips.contains_key(&id) {
+                dp.set_vip_policy(id, &VipPolicy::default())?;
+            }
+        }
+        self.policy_slots = (
+            tenants.keys().copied().collect(),
+            vips.keys().copied().collect(),
+        );
+        let current: BTreeMap<(u32, AclKey), u8> = dp
+            .acl_entries()
+            .into_iter()
+            .map(|(len, key, action)| ((len, key), action))
+            .collect();
+        for (len, key) in current.keys() {
+            if !acl.contains_key(&(*len, *key)) {
+                dp.remove_acl(*len, *key)?;
+            }
+        }
+        for ((len, key), action) in acl {
+            if current.get(&(*len, *key)) != Some(action) {
+                dp.set_acl(*len, *key, *action)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The on-disk form of [`Ids`] (`state_dir/ids.json`).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct IdsFile {
@@ -373,6 +435,8 @@ pub struct Reconciler {
     /// What each pool's published ring was built from (members, ring size,
     /// seed): an apply that finds the same inputs skips the Maglev build.
     ring_inputs: BTreeMap<u32, RingInputs>,
+    /// Tenant and VIP ids whose policy slots the last apply wrote.
+    policy_slots: (BTreeSet<u32>, BTreeSet<u32>),
 }
 
 /// The inputs of one ring: (id, identity key, weight) of the members, the
@@ -393,6 +457,7 @@ impl Reconciler {
             ids,
             scanned: false,
             ring_inputs: BTreeMap::new(),
+            policy_slots: (BTreeSet::new(), BTreeSet::new()),
         }
     }
 
@@ -458,6 +523,9 @@ impl Reconciler {
         let mut pools = Vec::new();
         let mut vips: BTreeMap<VipKey, VipInfo> = BTreeMap::new();
         let mut vip_addrs: BTreeMap<VipAddrKey, u32> = BTreeMap::new();
+        let mut tenant_policies: BTreeMap<u32, TenantPolicy> = BTreeMap::new();
+        let mut vip_policies: BTreeMap<u32, VipPolicy> = BTreeMap::new();
+        let mut acl: BTreeMap<(u32, AclKey), u8> = BTreeMap::new();
         for t in &config.tenants {
             let tenant_id = self.ids.tenants.get_or_alloc(&t.name, "tenants")?;
             keep_tenants.insert(t.name.clone());
@@ -538,6 +606,47 @@ impl Reconciler {
                     },
                     tenant_id,
                 );
+                vip_policies.insert(
+                    vip_id,
+                    VipPolicy {
+                        packets_per_window: per_window(v.limits.packets_per_second),
+                        bytes_per_window: per_window(v.limits.bytes_per_second),
+                        syns_per_window: per_window(v.limits.syn_per_second),
+                    },
+                );
+            }
+            let limit = |name: &str| t.limits.as_ref().and_then(|l| l.get(name)).copied();
+            let mut flags = 0;
+            if !t.acl.allow.is_empty() || !t.acl.deny.is_empty() {
+                flags |= POLICY_F_ACL;
+            }
+            if !t.acl.allow.is_empty() {
+                flags |= POLICY_F_DEFAULT_DENY;
+            }
+            tenant_policies.insert(
+                tenant_id,
+                TenantPolicy {
+                    packets_per_window: per_window(limit("packets_per_second")),
+                    bytes_per_window: per_window(limit("bytes_per_second")),
+                    new_flows_per_window: per_window(limit("new_flows_per_second")),
+                    flags,
+                    _pad: 0,
+                },
+            );
+            // Deny after allow: the same prefix in both lists is denied.
+            for (list, action) in [(&t.acl.allow, ACL_ALLOW), (&t.acl.deny, ACL_DENY)] {
+                for (ip, len) in list {
+                    let (addr, family) = addr_bytes(*ip);
+                    let key = AclKey {
+                        tenant_be: tenant_id.to_be_bytes(),
+                        family,
+                        _pad: [0; 3],
+                        addr,
+                    };
+                    // IPv4 addresses sit in the first four bytes, so the
+                    // prefix counts from the address's start for both.
+                    acl.insert((ACL_KEY_FIXED_BITS + u32::from(*len), key), action);
+                }
             }
         }
 
@@ -669,6 +778,7 @@ impl Reconciler {
                 report.backends_released += 1;
             }
         }
+        self.apply_policy(dp, &tenant_policies, &vip_policies, &acl)?;
         let removed_tenants = self.ids.tenants.retain(&keep_tenants);
         if !removed_tenants.is_empty() {
             for (key, value) in dp.flows() {

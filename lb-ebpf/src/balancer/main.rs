@@ -3,6 +3,7 @@
 
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 #![allow(
     clippy::needless_pass_by_value,
     reason = "#[xdp] entry points take their context by value"
@@ -30,6 +31,7 @@ mod forward;
 mod icmp;
 mod maps;
 mod nexthop;
+mod policy;
 mod select;
 mod stats;
 
@@ -105,6 +107,18 @@ fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
         stats::global(global_counter::PASS_NOT_VIP);
         return XDP_PASS;
     };
+    // The tenant's packet policy: ACL, then rate budgets.
+    let syn = u32::from(
+        pkt.proto == lb_common::PROTO_TCP
+            && ports.tcp_flags & parse::TCP_SYN != 0
+            && ports.tcp_flags & parse::TCP_ACK == 0,
+    );
+    let verdict = policy::check(pkt, &vip, syn, now);
+    if verdict != policy::PASS {
+        stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
+        stats::drop(vip.tenant_id, verdict as usize);
+        return XDP_DROP;
+    }
     if vip.flags & VIP_F_LOCAL != 0 {
         // Served by lbd on this node.
         stats::traffic(&TENANT_STATS, vip.tenant_id, pkt.ip_len, false);

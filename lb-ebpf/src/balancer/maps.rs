@@ -5,12 +5,13 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, BenchTemplate, DEFAULT_FLOW_TABLE_ENTRIES, DropCounters, FlowKey, FlowValue,
-    MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, NextHop, PoolInfo, RING_ARENA_ELEMENTS,
-    Settings, TrafficCounters, VipAddrKey, VipInfo, VipKey, global_counter,
+    AclKey, Backend, BenchTemplate, DEFAULT_FLOW_TABLE_ENTRIES, DropCounters, FlowKey, FlowValue,
+    MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, NextHop, PoolInfo,
+    RATE_ENTRIES, RING_ARENA_ELEMENTS, RateState, Settings, TenantPolicy, TrafficCounters,
+    VipAddrKey, VipInfo, VipKey, VipPolicy, global_counter,
 };
 use lb_ebpf::parse::Packet;
 
@@ -78,3 +79,20 @@ pub static BENCH: Array<BenchTemplate> = Array::with_max_entries(1, 0);
 /// which the verifier limits to 512 bytes across nested calls.
 #[map(name = "LB_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-tenant source ACLs: (tenant, family, source prefix) -> allow/deny.
+#[map(name = "LB_ACL")]
+pub static ACL: LpmTrie<AclKey, u8> = LpmTrie::with_max_entries(MAX_ACL_ENTRIES, 0);
+
+/// Tenant id -> packet policy (rate budgets per window, ACL flags).
+#[map(name = "LB_TENANT_POL")]
+pub static TENANT_POLICY: Array<TenantPolicy> = Array::with_max_entries(MAX_TENANTS, 0);
+
+/// VIP id -> packet policy (rate budgets per window).
+#[map(name = "LB_VIP_POLICY")]
+pub static VIP_POLICY: Array<VipPolicy> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// Rate-limiter state, shared by all CPUs (atomic adds): tenants first
+/// (`RATES_PER_TENANT` each), then VIPs (`RATES_PER_VIP` each).
+#[map(name = "LB_RATES")]
+pub static RATES: Array<RateState> = Array::with_max_entries(RATE_ENTRIES, 0);

@@ -139,6 +139,11 @@ pub fn backend(
         // The ring is being rebuilt without this backend.
         return Err(drop_reason::NO_BACKEND);
     }
+    // A new flow over the tenant's budget takes no flow-table entry: one
+    // tenant's SYN flood cannot evict another tenant's flows.
+    if insert && !crate::policy::new_flow_allowed(vip.tenant_id, now) {
+        return Err(drop_reason::NEW_FLOW_RATE);
+    }
     if insert {
         let value = FlowValue {
             backend_id: id,
