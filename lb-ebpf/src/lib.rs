@@ -15,4 +15,5 @@
 )]
 
 pub mod csum;
+pub mod l2;
 pub mod parse;

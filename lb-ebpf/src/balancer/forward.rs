@@ -11,10 +11,9 @@ use lb_common::{
     Backend, FAMILY_V4, FORWARD_L2DSR, NextHop, Settings, drop_reason, global_counter,
 };
 use lb_ebpf::{
-    csum,
+    csum, l2,
     parse::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
 };
-use network_types::{eth::EthHdr, vlan::VlanHdr};
 
 use crate::{nexthop, stats};
 
@@ -123,22 +122,7 @@ fn write_l2(ctx: &XdpContext, pkt: &Packet, nh: &NextHop, family: u8) -> Result<
     } else {
         ETH_P_IPV6
     };
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(())?;
-    unsafe {
-        (*eth).dst_addr = nh.dmac;
-        (*eth).src_addr = nh.smac;
-    }
-    if let Some(tci) = pkt.vlan_tci {
-        let vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(())?;
-        unsafe {
-            (*eth).ether_type = pkt.vlan_tpid.to_be();
-            (*vlan).tci = tci.to_be_bytes();
-            (*vlan).ether_type = ip_type.to_be();
-        }
-    } else {
-        unsafe { (*eth).ether_type = ip_type.to_be() };
-    }
-    Ok(())
+    l2::write(ctx, pkt, nh.dmac, nh.smac, ip_type)
 }
 
 /// Prepends an outer IPv4 or IPv6 header addressed to the backend.

@@ -12,10 +12,10 @@ use lb_common::{
     FAMILY_V4, FlowKey, NO_TENANT, PROTO_TCP, PROTO_UDP, Settings, drop_reason, global_counter,
 };
 use lb_ebpf::{
-    csum,
+    csum, l2,
     parse::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
 };
-use network_types::{eth::EthHdr, vlan::VlanHdr};
+use network_types::eth::EthHdr;
 
 use crate::{
     forward::{self, TooBig},
@@ -154,22 +154,7 @@ fn reply_l2(
     old_src: [u8; 6],
     ip_type: u16,
 ) -> Result<(), ()> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(())?;
-    unsafe {
-        (*eth).dst_addr = old_src;
-        (*eth).src_addr = old_dst;
-    }
-    if let Some(tci) = pkt.vlan_tci {
-        let vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(())?;
-        unsafe {
-            (*eth).ether_type = pkt.vlan_tpid.to_be();
-            (*vlan).tci = tci.to_be_bytes();
-            (*vlan).ether_type = ip_type.to_be();
-        }
-    } else {
-        unsafe { (*eth).ether_type = ip_type.to_be() };
-    }
-    Ok(())
+    l2::write(ctx, pkt, old_src, old_dst, ip_type)
 }
 
 #[inline(always)]

@@ -28,7 +28,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_ebpf::parse::{self, ETH_P_IP, ETH_P_IPV6, ptr_at};
-use network_types::{eth::EthHdr, vlan::VlanHdr};
+use network_types::eth::EthHdr;
 
 const IPPROTO_IPIP: u8 = 4;
 const IPPROTO_IPV6: u8 = 41;
@@ -94,21 +94,7 @@ fn decap(ctx: &XdpContext) -> Result<bool, ()> {
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr().cast(), shrink) } != 0 {
         return Err(());
     }
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(())?;
-    unsafe {
-        (*eth).dst_addr = dst;
-        (*eth).src_addr = src;
-    }
-    if let Some(tci) = pkt.vlan_tci {
-        let vlan: *mut VlanHdr = ptr_at(ctx, EthHdr::LEN).ok_or(())?;
-        unsafe {
-            (*eth).ether_type = pkt.vlan_tpid.to_be();
-            (*vlan).tci = tci.to_be_bytes();
-            (*vlan).ether_type = inner_type.to_be();
-        }
-    } else {
-        unsafe { (*eth).ether_type = inner_type.to_be() };
-    }
+    lb_ebpf::l2::write(ctx, &pkt, dst, src, inner_type)?;
     Ok(true)
 }
 
