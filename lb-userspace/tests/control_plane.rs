@@ -4,6 +4,8 @@
 //! without disturbing a third, refused broken reloads, draining, the admin
 //! API's refusals, and `lbctl --maps` without a daemon.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -18,13 +20,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{LBCTL, lbctl_in, wait_for};
 use lb_tests::{
     netns::{Topology, TopologySpec, netns_path, run_in_netns},
     servers::{LongLived, Proto, TcpNameServer, ask_name, spread},
 };
 
 const LBD: &str = env!("CARGO_BIN_EXE_lbd");
-const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
 
 /// A topology with the backends' programs and name servers, an `lbd` config
 /// in a private directory, and pins cleaned up on drop.
@@ -224,27 +226,6 @@ fn lbctl(socket: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running lbctl")
-}
-
-fn lbctl_in(ns: &Path, args: &[&str]) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .arg(LBCTL)
-        .args(args)
-        .output()
-        .expect("running lbctl");
-    assert!(out.status.success(), "lbctl {args:?}: {out:?}");
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 const FAST_HEALTH: &str =

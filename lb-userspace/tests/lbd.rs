@@ -4,6 +4,8 @@
 //! attached, the maps pinned), a restarted `lbd` adopting the pins, and
 //! `--cleanup` detaching everything.
 
+mod common;
+
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
@@ -11,13 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::{LBCTL, lbctl_in, wait_for};
 use lb_tests::{
     netns::{Topology, TopologySpec, netns_path},
     servers::{Proto, SpreadOptions, TcpNameServer, spread, spread_with},
 };
 
 const LBD: &str = env!("CARGO_BIN_EXE_lbd");
-const LBCTL: &str = env!("CARGO_BIN_EXE_lbctl");
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 100, 1);
 
 fn write_config(dir: &Path, text: &str) -> PathBuf {
@@ -141,24 +143,6 @@ impl Drop for Pins {
     }
 }
 
-fn lbctl_in(ns: &Path, args: &[&str]) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .arg(LBCTL)
-        .args(args)
-        .output()
-        .expect("running lbctl");
-    assert!(out.status.success(), "lbctl {args:?}: {out:?}");
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 #[expect(
     clippy::too_many_lines,
@@ -214,7 +198,9 @@ fn lbd_programs_survives_restart_and_cleans_up() {
     let link_pin = pin_path.join("link_xdp_eth0");
 
     let daemon = Daemon::start(&topo.lb_path(), &config, &work.join("lbd.log"));
-    wait_for("lbd to attach", || link_pin.exists());
+    wait_for("lbd to attach", Duration::from_secs(20), || {
+        link_pin.exists()
+    });
     let neigh_ok = |topo: &Topology| {
         let table = topo
             .run_ok(topo.lb_ns(), &["ip", "neigh", "show"])
@@ -225,7 +211,11 @@ fn lbd_programs_survives_restart_and_cleans_up() {
                 .any(|l| l.starts_with(&format!("{} ", b.v4)) && l.contains("lladdr"))
         })
     };
-    wait_for("lbd to resolve the backends", || neigh_ok(&topo));
+    wait_for(
+        "lbd to resolve the backends",
+        Duration::from_secs(20),
+        || neigh_ok(&topo),
+    );
     let counts = spread(&client, vip, 300, Proto::Tcp).expect("traffic through lbd");
     assert_eq!(counts.len(), 3, "all three backends serve: {counts:?}");
 
@@ -247,9 +237,11 @@ fn lbd_programs_survives_restart_and_cleans_up() {
             .output()
             .expect("lbctl stats")
     };
-    wait_for("the restarted lbd to program the maps", || {
-        stats().status.success()
-    });
+    wait_for(
+        "the restarted lbd to program the maps",
+        Duration::from_secs(20),
+        || stats().status.success(),
+    );
     let counts = spread(&client, vip, 200, Proto::Tcp).expect("traffic after restart");
     assert_eq!(counts.values().sum::<usize>(), 200, "{counts:?}");
     let out = stats();
