@@ -266,18 +266,82 @@ fn ci() -> anyhow::Result<()> {
             .env_remove("RUSTC_WORKSPACE_WRAPPER"),
     )?;
     // The namespace and test-run tests need root (BPF, netns): CI runs as root.
-    run(
-        "tests (unit, BPF_PROG_TEST_RUN, network namespaces)",
-        cargo().args([
-            "test",
-            "--workspace",
-            "--exclude",
-            "lb-ebpf",
-            "--",
-            "--test-threads=1",
-        ]),
-    )?;
+    let (passed, failed) = run_tests(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--",
+        "--test-threads=1",
+    ]))?;
     bench_smoke()?;
     println!("==> ci: all checks passed");
+    // One summary line for whoever reads the end of the log: the per-binary
+    // `test result` lines end with doc-test binaries that hold no tests.
+    println!("tests: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// (passed, failed) of a libtest summary line such as
+/// `test result: ok. 60 passed; 0 failed; 1 ignored; ...`.
+fn result_counts(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let count = |word: &str| {
+        rest.split(';')
+            .find_map(|part| part.trim().strip_suffix(word))
+            .and_then(|n| n.trim().rsplit(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Some((count(" passed"), count(" failed")))
+}
+
+/// Runs `cargo test`, echoing its output, and adds up the `test result`
+/// lines of every test binary. Fails when the run fails.
+fn run_tests(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
+    use std::io::{BufRead as _, BufReader};
+
+    println!("==> tests (unit, BPF_PROG_TEST_RUN, network namespaces)");
+    let mut child = cmd
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("could not start cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("reading cargo test's output")?;
+            println!("{line}");
+            if let Some((p, f)) = result_counts(&line) {
+                passed += p;
+                failed += f;
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    if !status.success() {
+        println!("tests: {passed} passed, {failed} failed");
+        bail!("tests failed ({status})");
+    }
+    Ok((passed, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::result_counts;
+
+    #[test]
+    fn summary_lines_are_counted() {
+        assert_eq!(
+            result_counts(
+                "test result: ok. 60 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 5.55s"
+            ),
+            Some((60, 0))
+        );
+        assert_eq!(
+            result_counts("test result: FAILED. 5 passed; 1 failed; 0 ignored"),
+            Some((5, 1))
+        );
+        assert_eq!(result_counts("running 3 tests"), None);
+    }
 }
