@@ -129,6 +129,7 @@ impl Drop for Daemon {
 /// Removes the pins left by `lbd` and by `lbctl` on drop.
 struct Pins {
     config: PathBuf,
+    pin_path: PathBuf,
     links: PathBuf,
 }
 
@@ -139,6 +140,9 @@ impl Drop for Pins {
             .arg(&self.config)
             .arg("--cleanup")
             .output();
+        // Also through the library, in case the test failed before the
+        // configuration file was written.
+        let _ = lb::dataplane::cleanup(&self.pin_path);
         let _ = std::fs::remove_dir_all(&self.links);
     }
 }
@@ -162,15 +166,19 @@ fn lbd_programs_survives_restart_and_cleans_up() {
     let config = write_config(
         &work,
         &format!(
-            "[node]\ninterface = \"eth0\"\npin_path = \"{}\"\n[[tenant]]\nname = \"acme\"\n\
+            "[node]\ninterface = \"eth0\"\npin_path = \"{}\"\nstate_dir = \"{}\"\n\
+             admin_socket = \"{}\"\n[[tenant]]\nname = \"acme\"\n\
              [[tenant.pool]]\nname = \"web\"\nbackends = [{}]\n[[tenant.l4]]\nvip = \"{VIP}\"\n\
              port = 80\nprotocol = \"tcp\"\npool = \"web\"\n",
             pin_path.display(),
+            work.join("state").display(),
+            work.join("admin.sock").display(),
             backends.join(", ")
         ),
     );
     let _pins = Pins {
         config: config.clone(),
+        pin_path: pin_path.clone(),
         links: links.clone(),
     };
     let links_arg = links.to_str().expect("utf-8");
