@@ -22,6 +22,7 @@ use toml_edit::{Array, ArrayOfTables, DocumentMut, InlineTable, Item, Table, Val
 use crate::{
     api::BackendSelector,
     config::{self, BackendConf, Config},
+    inspect::show,
 };
 
 /// One runtime change.
@@ -65,7 +66,7 @@ impl Override {
                 backend,
             } => format!(
                 "add backend {} to {tenant}/{pool} (weight {})",
-                show_addr(backend.address, backend.port),
+                show(backend.address, backend.port),
                 backend.weight
             ),
             Self::RemoveBackend { backend } => format!("remove backend {}", show_sel(backend)),
@@ -79,21 +80,8 @@ impl Override {
     }
 }
 
-fn show_addr(address: IpAddr, port: Option<u16>) -> String {
-    match (address, port) {
-        (a, None) => a.to_string(),
-        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
-        (a, Some(p)) => format!("{a}:{p}"),
-    }
-}
-
 fn show_sel(b: &BackendSelector) -> String {
-    format!(
-        "{} of {}/{}",
-        show_addr(b.address, b.port),
-        b.tenant,
-        b.pool
-    )
+    format!("{} of {}/{}", show(b.address, b.port), b.tenant, b.pool)
 }
 
 /// Errors of the override store.
@@ -110,10 +98,6 @@ pub enum OverrideError {
     /// The store's content is not valid.
     #[error("{}: {message}", path.display())]
     Corrupt { path: PathBuf, message: String },
-    /// The override does not fit the configuration (names nothing, or the
-    /// result is invalid).
-    #[error("{0}")]
-    Rejected(String),
 }
 
 /// The override file, locked while in use.
@@ -232,29 +216,6 @@ pub fn effective(
         }
     }
     Ok((config, kept, dropped))
-}
-
-/// Checks that `o` applies on top of `text` + `existing`, returning the new
-/// effective configuration.
-///
-/// # Errors
-/// [`OverrideError::Rejected`] with the reason when it does not.
-pub fn check(
-    text: &str,
-    file: &str,
-    existing: &[Override],
-    o: &Override,
-) -> Result<Config, OverrideError> {
-    let mut all = existing.to_vec();
-    all.push(o.clone());
-    let (config, _, dropped) =
-        effective(text, file, &all).map_err(|e| OverrideError::Rejected(e.to_string()))?;
-    if let Some(why) = dropped.last() {
-        // Only the new override can be the one dropped when `existing` was
-        // consistent; report its reason.
-        return Err(OverrideError::Rejected(why.clone()));
-    }
-    Ok(config)
 }
 
 fn tenants(doc: &mut DocumentMut) -> Option<&mut ArrayOfTables> {
@@ -394,7 +355,7 @@ fn edit(doc: &mut DocumentMut, o: &Override) -> Result<(), String> {
             {
                 return Err(format!(
                     "{tenant}/{pool} already has backend {}",
-                    show_addr(backend.address, backend.port)
+                    show(backend.address, backend.port)
                 ));
             }
             let mut t = InlineTable::new();
@@ -507,18 +468,20 @@ pool = "web"
             name: "evil".into(),
             toml: fragment.into(),
         };
-        let err = check(BASE, "lb.toml", &[], &o).expect_err("duplicate VIP");
-        assert!(err.to_string().contains("acme"), "{err}");
-        let err = check(
-            BASE,
-            "lb.toml",
-            &[],
-            &Override::RemoveTenant {
-                name: "nope".into(),
-            },
-        )
-        .expect_err("unknown tenant");
-        assert!(err.to_string().contains("nope"), "{err}");
+        let dropped = |o: Override| {
+            let (_, kept, dropped) = effective(BASE, "lb.toml", &[o]).expect("the file is valid");
+            assert!(kept.is_empty(), "{kept:?}");
+            dropped
+                .into_iter()
+                .next()
+                .expect("the override is dropped with a reason")
+        };
+        let why = dropped(o);
+        assert!(why.contains("acme"), "{why}");
+        let why = dropped(Override::RemoveTenant {
+            name: "nope".into(),
+        });
+        assert!(why.contains("nope"), "{why}");
     }
 
     #[test]
