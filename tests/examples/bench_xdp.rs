@@ -32,7 +32,7 @@ use lb::{
     dataplane::{Dataplane, LoadOptions},
     reconcile::Reconciler,
 };
-use lb_common::{BENCH_FRAME_LEN, BenchTemplate, DEFAULT_FLOW_TABLE_ENTRIES, MAP_BENCH, NextHop};
+use lb_common::{BENCH_FRAME_LEN, BenchTemplate, DEFAULT_FLOW_TABLE_ENTRIES, MAP_BENCH};
 use lb_tests::{
     netns::TopologySpec,
     servers::{Proto, spread},
@@ -157,21 +157,7 @@ pool = "web"
     Reconciler::new()
         .apply(&cfg, &mut dp)
         .expect("programming the maps");
-    for id in 0..3 {
-        dp.set_nexthop(
-            id,
-            &NextHop {
-                expires_ns: u64::MAX,
-                src: [10, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                ifindex: 1, // test runs ingress on lo: same interface, XDP_TX
-                mtu: 9000,
-                dmac: [2, 0, 0, 0, 1, 1],
-                smac: [2, 0, 0, 0, 0, 1],
-                ..NextHop::default()
-            },
-        )
-        .expect("seeding the next hop");
-    }
+    common::seed_nexthops(&mut dp, 0..3);
     for p in ["lb_drop", "lb_bench", "lb_bench_null"] {
         dp.program(p).expect("loading a program");
     }

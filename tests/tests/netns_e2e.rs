@@ -6,6 +6,10 @@
 //! as `lbd` does, so the tests can change pools between steps. Everything is
 //! removed on drop, also when an assertion fails.
 
+#[allow(
+    dead_code,
+    reason = "the shared harness; this file does not seed next hops"
+)]
 mod common;
 
 use std::{

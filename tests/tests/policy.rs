@@ -7,6 +7,12 @@
 //! Budgets are per 100 ms window; a loop of test runs may cross one window
 //! boundary, so counts are asserted between one and two windows' worth.
 
+#[allow(
+    dead_code,
+    reason = "the shared harness; this file uses only seed_nexthops"
+)]
+mod common;
+
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
@@ -15,7 +21,7 @@ use lb::{
     dataplane::{Dataplane, LoadOptions},
     reconcile::Reconciler,
 };
-use lb_common::{NextHop, drop_reason};
+use lb_common::drop_reason;
 
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
@@ -32,21 +38,7 @@ impl Node {
         let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
         let mut reconciler = Reconciler::new();
         reconciler.apply(&cfg, &mut dp).expect("apply");
-        for id in 0..8 {
-            dp.set_nexthop(
-                id,
-                &NextHop {
-                    expires_ns: u64::MAX,
-                    src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                    ifindex: 1,
-                    mtu: 9000,
-                    dmac: [2, 0, 0, 0, 0, 2],
-                    smac: [2, 0, 0, 0, 0, 1],
-                    ..NextHop::default()
-                },
-            )
-            .expect("next hop");
-        }
+        common::seed_nexthops(&mut dp, 0..8);
         dp.program("lb_balancer").expect("verifier");
         Node { dp, reconciler }
     }

@@ -8,6 +8,12 @@
 //! - a re-apply of the same configuration writes nothing;
 //! - pinned maps of another layout version are refused with what to do.
 
+#[allow(
+    dead_code,
+    reason = "the shared harness; this file uses only seed_nexthops"
+)]
+mod common;
+
 use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, path::PathBuf};
 
 use aya::programs::{TestRun, TestRunOptions};
@@ -16,7 +22,7 @@ use lb::{
     dataplane::{Dataplane, DataplaneError, LoadOptions},
     reconcile::Reconciler,
 };
-use lb_common::{BACKEND_UNUSED, NextHop, Settings};
+use lb_common::{BACKEND_UNUSED, Settings};
 
 const XDP_TX: u32 = 3;
 
@@ -32,24 +38,6 @@ fn config(tenants: &[(&str, &str, [&str; 2])]) -> config::Config {
         );
     }
     config::parse(&s, "reconcile.toml").unwrap_or_else(|e| panic!("test config: {e}"))
-}
-
-fn seed_nexthops(dp: &mut Dataplane) {
-    for id in 0..16 {
-        dp.set_nexthop(
-            id,
-            &NextHop {
-                expires_ns: u64::MAX,
-                src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                ifindex: 1,
-                mtu: 9000,
-                dmac: [2, 0, 0, 0, 0, 2],
-                smac: [2, 0, 0, 0, 0, 1],
-                ..NextHop::default()
-            },
-        )
-        .expect("next hop");
-    }
 }
 
 /// Runs a SYN from `client_port` to `vip:80`; returns the action and the
@@ -86,7 +74,7 @@ fn removing_a_tenant_leaves_nothing_and_its_vip_reused_never_reaches_it() {
         ("keep", "203.0.113.20", ["10.0.2.1", "10.0.2.2"]),
     ]);
     r.apply(&both, &mut dp).expect("apply");
-    seed_nexthops(&mut dp);
+    common::seed_nexthops(&mut dp, 0..16);
     let old_id = r.ids().tenant("old").expect("old id");
     let old_pool = r.ids().pool("old", "web").expect("old pool");
     let old_backends: Vec<u32> = ["10.0.1.1", "10.0.1.2"]

@@ -43,6 +43,27 @@ pub struct Harness {
     pub topo: Topology,
 }
 
+/// Seeds the next-hop cache of backend slots `ids` as resolved for good, on
+/// `lo`: test runs enter on `lo`, so the balancer answers `XDP_TX` without a
+/// FIB lookup.
+pub fn seed_nexthops(dp: &mut Dataplane, ids: std::ops::Range<u32>) {
+    for id in ids {
+        dp.set_nexthop(
+            id,
+            &lb_common::NextHop {
+                expires_ns: u64::MAX,
+                src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                ifindex: 1,
+                mtu: 9000,
+                dmac: [2, 0, 0, 0, 0, 2],
+                smac: [2, 0, 0, 0, 0, 1],
+                ..lb_common::NextHop::default()
+            },
+        )
+        .expect("seeding a next hop");
+    }
+}
+
 /// Parses a test configuration, panicking with the validation error.
 pub fn parse(text: &str) -> Config {
     config::parse(text, "harness.toml").unwrap_or_else(|e| panic!("test config invalid: {e}"))
