@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod decap;
 pub mod health;
 pub mod inspect;
+pub mod l7;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbours;
