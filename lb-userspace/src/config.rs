@@ -16,9 +16,8 @@
 //! defaults. Keeping spans out of the public types keeps those plain values
 //! that the rest of the daemon can compare and clone freely.
 //!
-//! Sections the L7 layer will own (`[tenant.limits]`, `[[tenant.l7]]`,
-//! `[[listener]]`) are accepted and kept raw so that a full configuration
-//! written against the design does not fail today.
+//! The L7 sections (`[[tenant.l7]]`, `[[listener]]` and the pool keys only
+//! the proxy reads) are validated in [`l7`](self::l7).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -35,6 +34,15 @@ use lb_common::{
 };
 use serde::{Deserialize, Serialize, Serializer};
 use toml_edit::{ImDocument, Item};
+
+mod l7;
+pub use l7::{
+    AccessLog, BackendProtocol, BackendTls, Balance, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_OUTLIER_EJECTION, DEFAULT_OUTLIER_FAILURES,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, HashOn, Identify, L7Protocol, L7Site, Listener,
+    Outlier, PoolL7, Route, Timeouts, TlsFiles, normalise_host, sni_hash,
+};
 
 // ---- Defaults and limits (the README lists these) ----
 
@@ -262,9 +270,9 @@ pub struct Config {
     pub node: Node,
     /// `[[tenant]]`, in file order.
     pub tenants: Vec<Tenant>,
-    /// `[[listener]]`: settings shared by the tenants on one L7 address.
-    /// Kept raw: validated by the L7 layer (not yet implemented).
-    pub listeners: Vec<toml::Table>,
+    /// One entry per L7 listen address (from `[[listener]]`, or its
+    /// defaults), sorted by address.
+    pub listeners: Vec<Listener>,
 }
 
 impl Config {
@@ -306,6 +314,11 @@ pub struct Node {
     /// How long an idle flow keeps its backend.
     #[serde(serialize_with = "serialize_duration")]
     pub flow_idle_timeout: Duration,
+    /// Where `lbd` writes one JSON line per L7 request.
+    pub access_log: AccessLog,
+    /// How long a stopping `lbd` lets in-flight L7 requests finish.
+    #[serde(serialize_with = "serialize_duration")]
+    pub drain_timeout: Duration,
 }
 
 /// `node.xdp_mode`.
@@ -358,9 +371,8 @@ pub struct Tenant {
     pub pools: Vec<Pool>,
     /// `[[tenant.l4]]`: VIPs served by XDP, in file order.
     pub l4: Vec<L4Vip>,
-    /// `[[tenant.l7]]`: kept raw, validated by the L7 layer (not yet
-    /// implemented).
-    pub l7: Vec<toml::Table>,
+    /// `[[tenant.l7]]`: sites served by `lbd`, in file order.
+    pub l7: Vec<L7Site>,
 }
 
 impl Tenant {
@@ -382,6 +394,8 @@ pub struct Pool {
     pub backends: Vec<BackendConf>,
     /// Active health check, if any.
     pub health: Option<HealthCheck>,
+    /// How the L7 proxy uses the pool.
+    pub l7: PoolL7,
 }
 
 /// One entry of a pool's `backends`.
@@ -544,7 +558,7 @@ struct RawConfig {
     #[serde(default)]
     tenant: Vec<RawTenant>,
     #[serde(default)]
-    listener: Vec<toml::Table>,
+    listener: Vec<l7::RawListener>,
 }
 
 #[derive(Deserialize)]
@@ -564,6 +578,8 @@ struct RawNode {
     hash_seed: Option<u32>,
     flow_table_size: Option<u32>,
     flow_idle_timeout: Option<String>,
+    access_log: Option<String>,
+    drain_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -577,7 +593,7 @@ struct RawTenant {
     #[serde(default)]
     l4: Vec<RawL4>,
     #[serde(default)]
-    l7: Vec<toml::Table>,
+    l7: Vec<l7::RawL7>,
 }
 
 #[derive(Deserialize)]
@@ -588,6 +604,13 @@ struct RawPool {
     #[serde(default)]
     backends: Vec<RawBackend>,
     health: Option<RawHealth>,
+    // The L7 keys (serde cannot flatten with deny_unknown_fields).
+    balance: Option<Balance>,
+    hash_on: Option<String>,
+    backend_protocol: Option<BackendProtocol>,
+    backend_tls: Option<l7::RawBackendTls>,
+    proxy_protocol: Option<String>,
+    outlier: Option<l7::RawOutlier>,
 }
 
 #[derive(Deserialize)]
@@ -914,25 +937,29 @@ impl Ctx<'_> {
         // Pass 1: each tenant on its own (names, pools, backends, checks).
         let mut tenants: Vec<Tenant> = Vec::with_capacity(raw.tenant.len());
         let mut raw_l4 = Vec::with_capacity(raw.tenant.len());
+        let mut raw_l7 = Vec::with_capacity(raw.tenant.len());
         let mut tenant_index: HashMap<String, usize> = HashMap::new();
         for (ti, rt) in raw.tenant.into_iter().enumerate() {
-            let (tenant, l4) = self.tenant(rt, ti, &mut tenant_index)?;
+            let (tenant, l4, l7) = self.tenant(rt, ti, &mut tenant_index)?;
             tenants.push(tenant);
             raw_l4.push(l4);
+            raw_l7.push(l7);
         }
 
         // Pass 2: VIPs, which refer to pools and must be unique across
         // tenants, so they need every tenant's pools first.
-        let (all_l4, vip_count) = self.vips(&tenants, raw_l4, &node)?;
+        let (all_l4, l4_vips) = self.vips(&tenants, raw_l4, &node)?;
         for (tenant, l4) in tenants.iter_mut().zip(all_l4) {
             tenant.l4 = l4;
         }
+        // Pass 3: L7 sites, which must not collide with L4 VIPs.
+        let listeners = self.l7(&mut tenants, raw_l7, raw.listener, &l4_vips)?;
 
-        self.capacity(&tenants, vip_count)?;
+        self.capacity(&tenants, l4_vips.len() + listeners.len())?;
         Ok(Config {
             node,
             tenants,
-            listeners: raw.listener,
+            listeners,
         })
     }
 
@@ -942,7 +969,7 @@ impl Ctx<'_> {
         rt: RawTenant,
         ti: usize,
         tenant_index: &mut HashMap<String, usize>,
-    ) -> Result<(Tenant, Vec<RawL4>), ConfigError> {
+    ) -> Result<(Tenant, Vec<RawL4>, Vec<l7::RawL7>), ConfigError> {
         let tenants_path = FieldPath::default().key("tenant");
         let tpath = tenants_path.index(ti, Some(&rt.name));
         let name_path = tpath.key("name");
@@ -1015,9 +1042,9 @@ impl Ctx<'_> {
             acl,
             pools,
             l4: Vec::new(),
-            l7: rt.l7,
+            l7: Vec::new(),
         };
-        Ok((tenant, rt.l4))
+        Ok((tenant, rt.l4, rt.l7))
     }
 
     /// Every tenant's VIPs, and how many there are in all.
@@ -1026,7 +1053,7 @@ impl Ctx<'_> {
         tenants: &[Tenant],
         raw_l4: Vec<Vec<RawL4>>,
         node: &Node,
-    ) -> Result<(Vec<Vec<L4Vip>>, usize), ConfigError> {
+    ) -> Result<(Vec<Vec<L4Vip>>, HashMap<VipKey, (usize, usize)>), ConfigError> {
         let tenants_path = FieldPath::default().key("tenant");
         let pools_by_tenant: Vec<HashMap<&str, PoolRef<'_>>> = tenants
             .iter()
@@ -1079,7 +1106,7 @@ impl Ctx<'_> {
             }
             all_l4.push(l4);
         }
-        Ok((all_l4, seen.len()))
+        Ok((all_l4, seen))
     }
 
     fn node(&self, raw: Option<RawNode>, path: &FieldPath) -> Result<Node, ConfigError> {
@@ -1157,6 +1184,19 @@ impl Ctx<'_> {
             }
         };
 
+        let access_log = match raw.access_log {
+            None => AccessLog::default(),
+            Some(text) => {
+                l7::parse_access_log(&text).map_err(|m| self.error(&path.key("access_log"), m))?
+            }
+        };
+        let drain_timeout = match raw.drain_timeout {
+            None => DEFAULT_DRAIN_TIMEOUT,
+            Some(text) => {
+                parse_duration(&text).map_err(|m| self.error(&path.key("drain_timeout"), m))?
+            }
+        };
+
         Ok(Node {
             interface,
             xdp_mode: raw.xdp_mode.unwrap_or_default(),
@@ -1170,6 +1210,8 @@ impl Ctx<'_> {
             hash_seed: raw.hash_seed.unwrap_or(0),
             flow_table_size,
             flow_idle_timeout,
+            access_log,
+            drain_timeout,
         })
     }
 
@@ -1274,11 +1316,23 @@ impl Ctx<'_> {
             .health
             .map(|h| self.health(h, &path.key("health")))
             .transpose()?;
+        let l7 = self.pool_l7(
+            l7::RawPoolL7 {
+                balance: raw.balance,
+                hash_on: raw.hash_on,
+                backend_protocol: raw.backend_protocol,
+                backend_tls: raw.backend_tls,
+                proxy_protocol: raw.proxy_protocol,
+                outlier: raw.outlier,
+            },
+            path,
+        )?;
         Ok(Pool {
             name: raw.name,
             ring_size,
             backends,
             health,
+            l7,
         })
     }
 
@@ -1467,32 +1521,41 @@ impl Ctx<'_> {
             }
         }
 
-        let mut limits = VipLimits::default();
-        if let Some(l) = raw.limits {
-            for (name, value) in [
-                ("packets_per_second", l.packets_per_second),
-                ("bytes_per_second", l.bytes_per_second),
-                ("syn_per_second", l.syn_per_second),
-            ] {
-                if value == Some(0) {
-                    return Err(self.error(
-                        &path.key("limits").key(name),
-                        "a limit must be at least 1 (leave it out for none)",
-                    ));
-                }
-            }
-            limits = VipLimits {
-                packets_per_second: l.packets_per_second,
-                bytes_per_second: l.bytes_per_second,
-                syn_per_second: l.syn_per_second,
-            };
-        }
+        let limits = self.vip_limits(raw.limits, &path.key("limits"))?;
         Ok(L4Vip {
             vip,
             port: raw.port,
             protocol: raw.protocol,
             pool: raw.pool,
             limits,
+        })
+    }
+
+    /// A VIP's or a listener's `limits`.
+    fn vip_limits(
+        &self,
+        raw: Option<RawVipLimits>,
+        path: &FieldPath,
+    ) -> Result<VipLimits, ConfigError> {
+        let Some(l) = raw else {
+            return Ok(VipLimits::default());
+        };
+        for (name, value) in [
+            ("packets_per_second", l.packets_per_second),
+            ("bytes_per_second", l.bytes_per_second),
+            ("syn_per_second", l.syn_per_second),
+        ] {
+            if value == Some(0) {
+                return Err(self.error(
+                    &path.key(name),
+                    "a limit must be at least 1 (leave it out for none)",
+                ));
+            }
+        }
+        Ok(VipLimits {
+            packets_per_second: l.packets_per_second,
+            bytes_per_second: l.bytes_per_second,
+            syn_per_second: l.syn_per_second,
         })
     }
 
@@ -1517,7 +1580,11 @@ impl Ctx<'_> {
             ));
         }
         if vips > MAX_VIPS as usize {
-            return Err(too_many(&root.key("tenant"), "L4 VIPs", MAX_VIPS));
+            return Err(too_many(
+                &root.key("tenant"),
+                "VIPs (L4 VIPs plus L7 listen addresses)",
+                MAX_VIPS,
+            ));
         }
         let (mut pools, mut backends, mut ring_slots, mut largest) = (0usize, 0usize, 0u64, 0u64);
         for (ti, t) in tenants.iter().enumerate() {
@@ -1875,10 +1942,17 @@ default_tenant = "acme"     # optional
             }]
         );
         assert_eq!(acme.l7.len(), 1);
+        let site = &acme.l7[0];
+        assert_eq!(site.listen, "203.0.113.20:443".parse().expect("addr"));
+        assert_eq!(site.protocol, L7Protocol::Https);
+        assert_eq!(site.hosts, ["api.acme.example", "*.acme.example"]);
         assert_eq!(
-            acme.l7[0].get("listen").and_then(toml::Value::as_str),
-            Some("203.0.113.20:443")
+            site.tls.as_ref().map(|t| t.cert.clone()),
+            Some("certs/acme.pem".into())
         );
+        assert_eq!(site.routes[0].pool, "web");
+        assert_eq!(site.timeouts, Timeouts::default());
+        assert_eq!(web.l7, PoolL7::default());
 
         let globex = c.tenant("globex").expect("tenant globex");
         let dns = globex.pool("dns").expect("pool dns");
