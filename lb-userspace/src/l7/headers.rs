@@ -1,0 +1,191 @@
+//! The headers the proxy owns: what it removes from requests and responses
+//! and what it sets on the way to the backend.
+//!
+//! Clients cannot be trusted with `X-Forwarded-For`, `X-Forwarded-Proto`,
+//! `X-Tenant-ID` or `Forwarded`: a backend that reads them would believe a
+//! forged client address or tenant. The proxy removes every client-sent copy
+//! and writes its own. `X-Request-ID` is kept when it looks like an id (so a
+//! caller can trace its own ids through), and generated otherwise.
+//! `traceparent`/`tracestate` pass through untouched.
+
+use http::{
+    HeaderMap, HeaderName, HeaderValue,
+    header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
+};
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Longest `X-Request-ID` kept from a client.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1), including those the
+/// `Connection` header names. An upgrade keeps `Connection: upgrade` and
+/// `Upgrade`, which the next hop needs to upgrade too.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(keep_upgrade && name == UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, TRANSFER_ENCODING] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(CONNECTION);
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Whether the request asks for a protocol upgrade (WebSocket).
+#[must_use]
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The client's `X-Request-ID` when it is 1 to 128 characters of
+/// `[A-Za-z0-9._:-]`, else a new UUID.
+#[must_use]
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= MAX_REQUEST_ID
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// What the proxy tells the backend about the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    pub client_ip: std::net::IpAddr,
+    pub https: bool,
+    pub request_id: &'a str,
+    pub tenant: &'a str,
+}
+
+/// Replaces the client's copies of the headers the proxy owns with its own.
+pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    for name in [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_TENANT_ID,
+        FORWARDED,
+        X_REQUEST_ID,
+    ] {
+        headers.remove(name);
+    }
+    let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(headers, X_FORWARDED_FOR, &f.client_ip.to_string());
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if f.https { "https" } else { "http" }),
+    );
+    set(headers, X_REQUEST_ID, f.request_id);
+    set(headers, X_TENANT_ID, f.tenant);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_headers_replace_client_copies() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, "6.6.6.6".parse().expect("v"));
+        h.append(X_FORWARDED_FOR, "7.7.7.7".parse().expect("v"));
+        h.insert(X_TENANT_ID, "other".parse().expect("v"));
+        h.insert("forwarded", "for=6.6.6.6".parse().expect("v"));
+        h.insert("traceparent", "00-abc-def-01".parse().expect("v"));
+        set_forwarding(
+            &mut h,
+            &Forwarding {
+                client_ip: "192.0.2.7".parse().expect("ip"),
+                https: true,
+                request_id: "req-1",
+                tenant: "acme",
+            },
+        );
+        let all = |n| {
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().expect("ascii"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all(X_FORWARDED_FOR), ["192.0.2.7"]);
+        assert_eq!(all(X_TENANT_ID), ["acme"]);
+        assert_eq!(all(X_FORWARDED_PROTO), ["https"]);
+        assert_eq!(all(X_REQUEST_ID), ["req-1"]);
+        assert!(!h.contains_key("forwarded"));
+        assert_eq!(
+            all(HeaderName::from_static("traceparent")),
+            ["00-abc-def-01"]
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_only_when_sane() {
+        let mut h = HeaderMap::new();
+        h.insert(X_REQUEST_ID, "abc-123_x.y".parse().expect("v"));
+        assert_eq!(request_id(&h), "abc-123_x.y");
+        h.insert(X_REQUEST_ID, "bad id with spaces".parse().expect("v"));
+        let generated = request_id(&h);
+        assert_eq!(generated.len(), 36);
+        h.insert(X_REQUEST_ID, "a".repeat(129).parse().expect("v"));
+        assert_ne!(request_id(&h).len(), 129);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "keep-alive, x-secret".parse().expect("v"));
+        h.insert("x-secret", "1".parse().expect("v"));
+        h.insert("keep-alive", "timeout=5".parse().expect("v"));
+        h.insert("x-kept", "1".parse().expect("v"));
+        remove_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key("x-secret") && !h.contains_key(CONNECTION));
+        assert!(!h.contains_key("keep-alive") && h.contains_key("x-kept"));
+
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "Upgrade".parse().expect("v"));
+        h.insert(UPGRADE, "websocket".parse().expect("v"));
+        assert!(is_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(
+            h.get(UPGRADE).map(HeaderValue::as_bytes),
+            Some(&b"websocket"[..])
+        );
+        assert_eq!(
+            h.get(CONNECTION).map(HeaderValue::as_bytes),
+            Some(&b"upgrade"[..])
+        );
+    }
+}
