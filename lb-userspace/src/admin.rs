@@ -441,16 +441,18 @@ pub async fn serve(
 /// # Errors
 ///
 /// When the sockets cannot be bound (see [`AdminListener::bind`]).
-pub fn spawn(config: &config::Config, commands: mpsc::Sender<Command>) -> Result<(), AdminError> {
+pub fn spawn(
+    config: &config::Config,
+    commands: mpsc::Sender<Command>,
+) -> Result<tokio::task::JoinHandle<()>, AdminError> {
     let listener = AdminListener::bind(&config.node)?;
     let closed = commands.clone();
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let stopped = async move { closed.closed().await };
         if let Err(e) = serve(listener, commands, stopped).await {
             tracing::error!(error = %e, "the admin API stopped");
         }
-    });
-    Ok(())
+    }))
 }
 
 // ---- HTTP plumbing shared with `metrics` ----

@@ -5,9 +5,10 @@
 //! writes only what differs.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fs,
     net::{IpAddr, SocketAddr},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -22,6 +23,7 @@ use crate::{
     dataplane::{AttachMode, Dataplane, LoadOptions},
     health::{self, BackendRef, Checker, Health},
     inspect::{self, HealthDetail},
+    l7::server::L7,
     neighbours,
     overrides::{self, Override, Store},
     reconcile::{ApplyReport, BackendKey, Ids, Reconciler},
@@ -46,6 +48,8 @@ pub struct Daemon {
     reloads: u64,
     last_reload: Option<api::ReloadResult>,
     started: Instant,
+    /// The L7 listeners (started after the first apply).
+    l7: Option<L7>,
 }
 
 fn now_ms() -> u64 {
@@ -89,6 +93,7 @@ impl Daemon {
     pub fn start(
         config_path: &Path,
         events: UnboundedSender<health::Event>,
+        inherited: HashMap<SocketAddr, OwnedFd>,
     ) -> anyhow::Result<Self> {
         let file_text = fs::read_to_string(config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
@@ -133,12 +138,17 @@ impl Daemon {
             reloads: 0,
             last_reload: None,
             started: Instant::now(),
+            l7: None,
         };
         let report = daemon.apply().context("programming the maps")?;
         info!(?report, "maps programmed");
         daemon.update_checks();
         daemon.warm_neighbours();
         daemon.dp.attach(&interface, mode)?;
+        daemon.l7 = Some(
+            L7::start(&daemon.config, config_path, &daemon.down, inherited)
+                .context("starting the L7 listeners")?,
+        );
         info!(
             interface = %interface,
             pin_path = %daemon.config.node.pin_path.display(),
@@ -163,6 +173,9 @@ impl Daemon {
         let report = self
             .reconciler
             .apply_with_health(&self.config, &self.down, &mut self.dp)?;
+        if let Some(l7) = &mut self.l7 {
+            l7.update(&self.config, &self.down)?;
+        }
         let path = self.config.node.state_dir.join(IDS_FILE);
         self.reconciler
             .ids()
@@ -695,6 +708,29 @@ impl Daemon {
     /// Stops the health checks (the program stays attached).
     pub fn shutdown(&mut self) {
         self.checker.shutdown();
+    }
+
+    /// Re-reads certificate files that changed on disk.
+    pub fn refresh_certificates(&self) {
+        if let Some(l7) = &self.l7 {
+            l7.refresh_certificates();
+        }
+    }
+
+    /// The L7 tier, when it runs.
+    #[must_use]
+    pub fn l7(&self) -> Option<&L7> {
+        self.l7.as_ref()
+    }
+
+    /// Stops accepting L7 connections and lets the open ones finish, for
+    /// at most `node.drain_timeout`. Returns how many were cut.
+    pub async fn drain_l7(&mut self) -> usize {
+        let timeout = self.config.node.drain_timeout;
+        match &mut self.l7 {
+            Some(l7) => l7.drain(timeout).await,
+            None => 0,
+        }
     }
 }
 

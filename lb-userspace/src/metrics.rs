@@ -79,19 +79,21 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, MetricsError> {
 /// # Errors
 ///
 /// When the address cannot be bound.
-pub fn spawn(config: &Config, commands: mpsc::Sender<Command>) -> Result<(), MetricsError> {
+pub fn spawn(
+    config: &Config,
+    commands: mpsc::Sender<Command>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, MetricsError> {
     let Some(addr) = config.node.metrics_listen else {
-        return Ok(());
+        return Ok(None);
     };
     let listener = bind(addr)?;
     let closed = commands.clone();
-    tokio::spawn(async move {
+    Ok(Some(tokio::spawn(async move {
         let stopped = async move { closed.closed().await };
         if let Err(e) = serve(listener, commands, stopped).await {
             tracing::error!(error = %e, "the metrics endpoint stopped");
         }
-    });
-    Ok(())
+    })))
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes.

@@ -17,8 +17,9 @@ use std::{
 use lb_common::{
     ACL_ALLOW, ACL_DENY, ACL_KEY_FIXED_BITS, AclKey, BACKEND_DOWN, BACKEND_DRAINING,
     BACKEND_UNUSED, BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6, FORWARD_IPIP, FORWARD_L2DSR,
-    MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, POLICY_F_ACL, POLICY_F_DEFAULT_DENY,
-    RATE_WINDOW_NS, Settings, TenantPolicy, VipAddrKey, VipInfo, VipKey, VipPolicy,
+    MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, NO_TENANT, POLICY_F_ACL, POLICY_F_DEFAULT_DENY,
+    PROTO_TCP, RATE_WINDOW_NS, Settings, TenantPolicy, VIP_F_LOCAL, VipAddrKey, VipInfo, VipKey,
+    VipPolicy,
 };
 
 use crate::{
@@ -648,6 +649,57 @@ impl Reconciler {
                     acl.insert((ACL_KEY_FIXED_BITS + u32::from(*len), key), action);
                 }
             }
+        }
+
+        // L7 listen addresses: XDP applies their packet policy and passes
+        // them to the local stack, where lbd listens. An address of one
+        // tenant gets that tenant's ACL and budgets too; a shared one only
+        // its own limits (lbd applies per-tenant policy once it knows the
+        // tenant).
+        for l in &config.listeners {
+            let owners: BTreeSet<&str> = config
+                .tenants
+                .iter()
+                .filter(|t| t.l7.iter().any(|s| s.listen == l.address))
+                .map(|t| t.name.as_str())
+                .collect();
+            let tenant_id = match owners.iter().next() {
+                Some(only) if owners.len() == 1 => self.ids.tenant(only).unwrap_or(NO_TENANT),
+                _ => NO_TENANT,
+            };
+            let (addr, family) = addr_bytes(l.address.ip());
+            let key = VipKey {
+                addr,
+                port: l.address.port().to_be(),
+                proto: PROTO_TCP,
+                family,
+            };
+            let vip_id = self.ids.vips.get_or_alloc(&key, "VIPs")?;
+            keep_vips.insert(key);
+            vips.insert(
+                key,
+                VipInfo {
+                    tenant_id,
+                    pool_id: 0,
+                    vip_id,
+                    flags: VIP_F_LOCAL,
+                },
+            );
+            vip_addrs
+                .entry(VipAddrKey {
+                    addr,
+                    family,
+                    _pad: [0; 3],
+                })
+                .or_insert(tenant_id);
+            vip_policies.insert(
+                vip_id,
+                VipPolicy {
+                    packets_per_window: per_window(l.limits.packets_per_second),
+                    bytes_per_window: per_window(l.limits.bytes_per_second),
+                    syns_per_window: per_window(l.limits.syn_per_second),
+                },
+            );
         }
 
         // Backends first (so a ring never names a slot not yet written),

@@ -17,6 +17,7 @@ use lb::{
     config::{self},
     daemon::Daemon,
     dataplane,
+    l7::handoff,
 };
 use notify::Watcher as _;
 use tokio::sync::mpsc;
@@ -53,6 +54,9 @@ const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(10);
 /// Editors write a file in several steps: reload once it has been quiet
 /// this long.
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(300);
+/// How often certificate files are checked for changes (only changed files
+/// are parsed again).
+const CERT_REFRESH: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -104,7 +108,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(&args.config)) {
+    match rt.block_on(run(&args.config, &config.node.state_dir)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -162,24 +166,47 @@ fn is_change(kind: notify::EventKind) -> bool {
     }
 }
 
-async fn run(config_path: &Path) -> anyhow::Result<()> {
+async fn run(config_path: &Path, state_dir: &Path) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
+    // A running lbd hands over its listening sockets first, so that no
+    // connection is refused while this one starts.
+    let handoff_path = handoff::socket_path(state_dir);
+    let asked = handoff_path.clone();
+    let inherited = tokio::task::spawn_blocking(move || handoff::take_over(&asked))
+        .await
+        .context("asking the running lbd for its sockets")?
+        .with_context(|| {
+            format!(
+                "taking over from the lbd running with {}",
+                handoff_path.display()
+            )
+        })?;
+    if let Some(sockets) = &inherited {
+        info!(
+            sockets = sockets.len(),
+            "took over from the running lbd, which now drains"
+        );
+    }
+
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
-    let mut daemon = Daemon::start(config_path, health_tx)?;
+    let mut daemon = Daemon::start(config_path, health_tx, inherited.unwrap_or_default())?;
     let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
-    lb::admin::spawn(daemon.config(), commands_tx.clone())?;
-    lb::metrics::spawn(daemon.config(), commands_tx)?;
+    let admin = lb::admin::spawn(daemon.config(), commands_tx.clone())?;
+    let metrics = lb::metrics::spawn(daemon.config(), commands_tx)?;
+    let handoff_server = handoff::Server::bind(&handoff_path)
+        .with_context(|| format!("creating {}", handoff_path.display()))?;
     let (_watcher, mut changes) = watch(config_path)?;
     let mut tick = tokio::time::interval(NEIGHBOUR_REFRESH);
+    let mut certs = tokio::time::interval(CERT_REFRESH);
 
-    loop {
+    let successor = loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
                 daemon.reload();
@@ -199,9 +226,49 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
             Some(event) = health_rx.recv() => daemon.on_health(&event),
             _ = tick.tick() => daemon.warm_neighbours(),
+            _ = certs.tick() => daemon.refresh_certificates(),
+            request = handoff_server.request() => match request {
+                Ok(successor) => break Some(successor),
+                Err(e) => warn!(error = %e, "ignoring a bad hand-off request"),
+            },
+        }
+    };
+
+    // Stop the control plane: health checks, then the admin API and the
+    // metrics endpoint, whose address and socket a successor binds next.
+    daemon.shutdown();
+    drop(commands);
+    let _ = admin.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
+    drop(handoff_server);
+    if let Some(successor) = successor {
+        let sockets = match daemon.l7() {
+            Some(l7) => l7.sockets().context("duplicating the listening sockets")?,
+            None => Vec::new(),
+        };
+        match tokio::task::spawn_blocking(move || successor.hand_over(&sockets)).await {
+            Ok(Ok(())) => info!("handed the listening sockets to the new lbd"),
+            Ok(Err(e)) => warn!(error = %e, "the hand-off failed; draining"),
+            Err(e) => warn!(error = %e, "the hand-off failed; draining"),
         }
     }
-    daemon.shutdown();
+    let open = daemon.l7().map_or(0, lb::l7::server::L7::open_connections);
+    if open > 0 {
+        info!(
+            connections = open,
+            timeout = %config::format_duration(daemon.config().node.drain_timeout),
+            "draining L7 connections"
+        );
+    }
+    let cut = daemon.drain_l7().await;
+    if cut > 0 {
+        warn!(
+            connections = cut,
+            "drain timeout: closing the connections still open"
+        );
+    }
     info!(
         health = ?daemon.health_summary(),
         "stopping; the balancer stays attached and keeps forwarding (`lbd --cleanup` removes it)"

@@ -6,17 +6,19 @@
 //! * [`headers`]: the headers the proxy owns.
 //! * [`tls`]: the certificates of every tenant, chosen by SNI, reloaded
 //!   when their files change.
-//! * [`passthrough`]: the ClientHello's SNI read without terminating TLS,
+//! * [`passthrough`]: the `ClientHello`'s SNI read without terminating TLS,
 //!   the PROXY protocol v2 header, and the byte copy both ways.
 //! * [`upstream`]: which backend of a pool serves a request (Maglev,
 //!   least request, weighted round robin) and passive outlier detection.
 //! * [`stats`], [`access_log`]: per-tenant counters and the JSON log.
 
 pub mod access_log;
+pub mod handoff;
 pub mod headers;
 pub mod passthrough;
 pub mod proxy;
 pub mod routing;
+pub mod server;
 pub mod stats;
 pub mod tls;
 pub mod upstream;

@@ -1,0 +1,837 @@
+//! The L7 listeners: sockets, the accept loops, TLS, and the drain.
+//!
+//! [`L7`] owns one accept loop per listen address of the configuration and
+//! follows every reload: new addresses are bound, removed ones stop
+//! accepting (their open connections finish), and the routing snapshot and
+//! certificates are replaced without touching established connections.
+//!
+//! A connection on a TLS address starts with reading the ClientHello
+//! ([`passthrough::read_client_hello`]): its SNI says whether the tenant
+//! keeps its own TLS (the bytes are then copied to a backend of the
+//! tenant's pool, [`passthrough::splice_report`]) or whether `lbd`
+//! terminates it (the bytes read are replayed into rustls). Reading the SNI
+//! first also lets a failed handshake be counted against its tenant.
+//!
+//! Sockets are bound with `SO_REUSEPORT` and `IP_FREEBIND`: a second `lbd`
+//! can bind beside this one, and an address can be bound before it is
+//! assigned to the node. On a restart the listening sockets themselves are
+//! handed to the next `lbd` ([`super::handoff`]), so no connection is
+//! refused in between.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    io,
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, OwnedFd, RawFd},
+    path::{Path, PathBuf},
+    pin::{Pin, pin},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{Notify, watch},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{AccessLog, Config, L7Protocol},
+    reconcile::BackendKey,
+};
+
+use super::{
+    access_log::{self, AccessLogger, Entry},
+    passthrough::{self, HelloError},
+    proxy::{ConnInfo, Proxy},
+    routing::{self, ListenerRouting, Routing},
+    stats::{ActiveConnection, ListenerStats},
+    tls::{CertSpec, CertStore},
+};
+
+/// Backlog of each listening socket.
+const BACKLOG: i32 = 4096;
+/// How often an idle connection's watchdog looks at it.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// The L7 tier of one `lbd`.
+pub struct L7 {
+    proxy: Arc<Proxy>,
+    certs: CertStore,
+    config_dir: PathBuf,
+    seed: u32,
+    listeners: HashMap<SocketAddr, Running>,
+    /// Open client connections (all listeners).
+    connections: Arc<Connections>,
+    access_log: AccessLog,
+}
+
+/// One accept loop.
+struct Running {
+    /// The socket (kept to hand it over on a restart).
+    socket: Arc<TcpListener>,
+    stop: watch::Sender<bool>,
+    stats: Arc<ListenerStats>,
+    /// The listener's TLS settings (its default tenant may change on reload).
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+}
+
+/// Counts open connections and tells the drain when the last one closes.
+#[derive(Debug)]
+pub struct Connections {
+    open: AtomicUsize,
+    closed: Notify,
+    /// Every connection's drain signal: set once to ask all of them to
+    /// finish their current request and close.
+    drain: watch::Sender<bool>,
+}
+
+/// Holds one count in [`Connections`].
+struct ConnectionGuard(Arc<Connections>);
+
+impl ConnectionGuard {
+    fn new(c: &Arc<Connections>) -> Self {
+        c.open.fetch_add(1, Relaxed);
+        Self(Arc::clone(c))
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Relaxed) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+impl L7 {
+    /// Starts the listeners of `config`. `inherited` are listening sockets
+    /// handed over by the previous `lbd`, by address; the ones not used are
+    /// closed.
+    ///
+    /// # Errors
+    /// When a listen address cannot be bound or the access log cannot be
+    /// opened.
+    pub fn start(
+        config: &Config,
+        config_path: &Path,
+        down: &BTreeSet<BackendKey>,
+        mut inherited: HashMap<SocketAddr, OwnedFd>,
+    ) -> anyhow::Result<Self> {
+        let config_dir = config_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let log = AccessLogger::start(&config.node.access_log)?;
+        let mut l7 = Self {
+            proxy: Arc::new(Proxy {
+                routing: Arc::new(ArcSwap::from_pointee(Routing::default())),
+                log,
+            }),
+            certs: CertStore::new(),
+            config_dir,
+            seed: config.node.hash_seed,
+            listeners: HashMap::new(),
+            connections: Arc::new(Connections {
+                open: AtomicUsize::new(0),
+                closed: Notify::new(),
+                drain: watch::channel(false).0,
+            }),
+            access_log: config.node.access_log.clone(),
+        };
+        l7.update_with(config, down, &mut inherited)?;
+        if !inherited.is_empty() {
+            let addrs: Vec<_> = inherited.keys().collect();
+            info!(
+                ?addrs,
+                "closing handed-over sockets this configuration no longer listens on"
+            );
+        }
+        Ok(l7)
+    }
+
+    /// Follows a new configuration or health state.
+    ///
+    /// # Errors
+    /// When a new listen address cannot be bound (the others are updated).
+    pub fn update(&mut self, config: &Config, down: &BTreeSet<BackendKey>) -> anyhow::Result<()> {
+        self.update_with(config, down, &mut HashMap::new())
+    }
+
+    /// Rebuilds only the routing snapshot (a health change).
+    pub fn update_health(&self, config: &Config, down: &BTreeSet<BackendKey>) {
+        let previous = self.proxy.routing.load();
+        let routing = Routing::build(config, down, Some(&previous), self.seed);
+        self.proxy.routing.store(Arc::new(routing));
+    }
+
+    fn update_with(
+        &mut self,
+        config: &Config,
+        down: &BTreeSet<BackendKey>,
+        inherited: &mut HashMap<SocketAddr, OwnedFd>,
+    ) -> anyhow::Result<()> {
+        if config.node.access_log != self.access_log {
+            match AccessLogger::start(&config.node.access_log) {
+                Ok(log) => {
+                    // The proxy is shared by running connections: swap by
+                    // rebuilding it around the same routing.
+                    self.proxy = Arc::new(Proxy {
+                        routing: Arc::clone(&self.proxy.routing),
+                        log,
+                    });
+                    self.access_log = config.node.access_log.clone();
+                }
+                Err(e) => warn!(error = %e, "keeping the old access log"),
+            }
+        }
+        // Certificates first: a site must never be routable before its
+        // certificate is served.
+        let report = self.certs.load(&self.cert_specs(config));
+        for e in &report.errors {
+            warn!(error = %e, "certificate not loaded (the previous one, if any, keeps serving)");
+        }
+        self.update_health(config, down);
+
+        let wanted: BTreeSet<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+        let gone: Vec<SocketAddr> = self
+            .listeners
+            .keys()
+            .filter(|a| !wanted.contains(a))
+            .copied()
+            .collect();
+        for addr in gone {
+            if let Some(r) = self.listeners.remove(&addr) {
+                let _ = r.stop.send(true);
+                info!(%addr, "L7 listener removed; its open connections finish");
+            }
+        }
+        let mut failed = Vec::new();
+        for l in &config.listeners {
+            let addr = l.address;
+            let tls = self
+                .certs
+                .server_config(addr, l.default_tenant.as_deref(), true);
+            if let Some(running) = self.listeners.get(&addr) {
+                running.tls.store(tls);
+                continue;
+            }
+            let tls = Arc::new(ArcSwap::new(tls));
+            let socket = match inherited.remove(&addr) {
+                Some(fd) => adopt(fd, addr),
+                None => bind(addr),
+            };
+            match socket {
+                Ok(socket) => {
+                    let socket = Arc::new(socket);
+                    let (stop, stop_rx) = watch::channel(false);
+                    let stats = Arc::new(ListenerStats::default());
+                    tokio::spawn(accept_loop(
+                        Arc::clone(&socket),
+                        addr,
+                        stop_rx,
+                        Shared {
+                            proxy: Arc::clone(&self.proxy),
+                            connections: Arc::clone(&self.connections),
+                            stats: Arc::clone(&stats),
+                            tls: Arc::clone(&tls),
+                        },
+                    ));
+                    info!(%addr, "L7 listener accepting");
+                    self.listeners.insert(
+                        addr,
+                        Running {
+                            socket,
+                            stop,
+                            stats,
+                            tls,
+                        },
+                    );
+                }
+                Err(e) => failed.push(format!("{addr}: {e}")),
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("cannot listen on {}", failed.join("; "))
+        }
+    }
+
+    fn cert_specs(&self, config: &Config) -> Vec<CertSpec> {
+        let mut specs = Vec::new();
+        for t in &config.tenants {
+            for s in &t.l7 {
+                if s.protocol != L7Protocol::Https {
+                    continue;
+                }
+                let Some(tls) = &s.tls else { continue };
+                specs.push(CertSpec {
+                    listen: s.listen,
+                    tenant: t.name.clone(),
+                    names: s.hosts.clone(),
+                    cert: routing::resolve(&self.config_dir, &tls.cert),
+                    key: routing::resolve(&self.config_dir, &tls.key),
+                });
+            }
+        }
+        specs
+    }
+
+    /// Re-reads certificate files that changed on disk.
+    pub fn refresh_certificates(&self) {
+        let report = self.certs.refresh();
+        for e in &report.errors {
+            warn!(error = %e, "certificate not reloaded (the previous one keeps serving)");
+        }
+    }
+
+    /// Every certificate file (to watch their directories).
+    #[must_use]
+    pub fn certificate_files(&self) -> Vec<PathBuf> {
+        self.certs.files()
+    }
+
+    /// The routing snapshot now (for status and metrics).
+    #[must_use]
+    pub fn routing(&self) -> Arc<Routing> {
+        self.proxy.routing.load_full()
+    }
+
+    /// Per-listener counters.
+    #[must_use]
+    pub fn listener_stats(&self) -> Vec<(SocketAddr, Arc<ListenerStats>)> {
+        self.listeners
+            .iter()
+            .map(|(a, r)| (*a, Arc::clone(&r.stats)))
+            .collect()
+    }
+
+    /// Duplicates of the listening sockets, for the next `lbd`.
+    ///
+    /// # Errors
+    /// When a descriptor cannot be duplicated.
+    pub fn sockets(&self) -> io::Result<Vec<(SocketAddr, OwnedFd)>> {
+        self.listeners
+            .iter()
+            .map(|(a, r)| {
+                let fd: RawFd = r.socket.as_raw_fd();
+                // SAFETY: `fd` is open for as long as `r.socket` lives,
+                // which outlasts this borrow.
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                Ok((*a, borrowed.try_clone_to_owned()?))
+            })
+            .collect()
+    }
+
+    /// Stops accepting on every listener, asks every connection to finish
+    /// its current request and close, and waits until all are closed or
+    /// `timeout` passes. Returns how many were still open.
+    pub async fn drain(&mut self, timeout: Duration) -> usize {
+        for (_, r) in self.listeners.drain() {
+            let _ = r.stop.send(true);
+        }
+        self.connections.drain.send_replace(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let closed = self.connections.closed.notified();
+            let open = self.connections.open.load(Relaxed);
+            if open == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.connections.open.load(Relaxed);
+            }
+        }
+    }
+
+    /// Open client connections.
+    #[must_use]
+    pub fn open_connections(&self) -> usize {
+        self.connections.open.load(Relaxed)
+    }
+
+    /// Access-log lines lost because the writer fell behind.
+    #[must_use]
+    pub fn access_log_lost(&self) -> u64 {
+        self.proxy.log.lost()
+    }
+}
+
+/// A listening socket bound with `SO_REUSEADDR`, `SO_REUSEPORT` and
+/// `IP_FREEBIND`.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_freebind_ipv6(true)?;
+    } else {
+        socket.set_freebind(true)?;
+    }
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A socket handed over by the previous `lbd`.
+fn adopt(fd: OwnedFd, addr: SocketAddr) -> io::Result<TcpListener> {
+    let std = std::net::TcpListener::from(fd);
+    std.set_nonblocking(true)?;
+    let local = std.local_addr()?;
+    if local != addr {
+        return Err(io::Error::other(format!(
+            "the handed-over socket listens on {local}, not {addr}"
+        )));
+    }
+    info!(%addr, "L7 listener taken over from the previous lbd");
+    TcpListener::from_std(std)
+}
+
+/// What every connection of a listener shares.
+#[derive(Clone)]
+struct Shared {
+    proxy: Arc<Proxy>,
+    connections: Arc<Connections>,
+    stats: Arc<ListenerStats>,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+}
+
+async fn accept_loop(
+    socket: Arc<TcpListener>,
+    addr: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    shared: Shared,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            accepted = socket.accept() => match accepted {
+                Ok((stream, client)) => {
+                    shared.stats.connections.fetch_add(1, Relaxed);
+                    let _ = stream.set_nodelay(true);
+                    let guard = ConnectionGuard::new(&shared.connections);
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        connection(stream, client, addr, shared).await;
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(%addr, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    debug!(%addr, "accept loop stopped");
+}
+
+/// One client connection, from accept to close.
+async fn connection(stream: TcpStream, client: SocketAddr, listen: SocketAddr, shared: Shared) {
+    let routing = shared.proxy.routing.load_full();
+    let Some(listener) = routing.listeners.get(&listen).cloned() else {
+        return;
+    };
+    let header_timeout = listener
+        .sites
+        .iter()
+        .map(|s| s.config.timeouts.header)
+        .max()
+        .unwrap_or(crate::config::DEFAULT_HEADER_TIMEOUT);
+    if !listener.tls {
+        let info = ConnInfo {
+            client,
+            listen,
+            sni: None,
+            https: false,
+        };
+        serve_http(stream, info, &listener, &shared).await;
+        return;
+    }
+
+    let mut stream = stream;
+    let hello =
+        passthrough::read_client_hello(&mut stream, passthrough::MAX_CLIENT_HELLO, header_timeout)
+            .await;
+    let (first_bytes, sni) = match hello {
+        Ok((bytes, hello)) => (bytes, hello.sni),
+        Err(e) => {
+            shared.stats.bad_client_hellos.fetch_add(1, Relaxed);
+            shared.stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            log_refused(&shared, client, listen, None, &e);
+            return;
+        }
+    };
+    let site = sni.as_deref().and_then(|s| listener.site_for_host(s));
+    if let Some(id) = site
+        && listener.sites[id].config.protocol == L7Protocol::TlsPassthrough
+    {
+        passthrough_to_pool(
+            stream,
+            first_bytes,
+            client,
+            listen,
+            &listener,
+            id,
+            &routing,
+            &shared,
+        )
+        .await;
+        return;
+    }
+
+    let tenant_stats = site.map(|id| Arc::clone(&listener.sites[id].stats));
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.load_full());
+    let replay = Replay::new(first_bytes, stream);
+    let tls = match tokio::time::timeout(header_timeout, acceptor.accept(replay)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            shared.stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            if let Some(s) = &tenant_stats {
+                s.tls_handshake_failures.fetch_add(1, Relaxed);
+            }
+            debug!(%client, %listen, sni = ?sni, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            if let Some(s) = &tenant_stats {
+                s.tls_handshake_failures.fetch_add(1, Relaxed);
+            }
+            return;
+        }
+    };
+    let info = ConnInfo {
+        client,
+        listen,
+        sni,
+        https: true,
+    };
+    let _active = tenant_stats.map(ActiveConnection::new);
+    serve_http(tls, info, &listener, &shared).await;
+}
+
+/// Serves HTTP/1.1 and h2 on `io` until the client closes, the connection
+/// idles out, or the drain asks it to finish.
+async fn serve_http<S>(io: S, info: ConnInfo, listener: &ListenerRouting, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo, TokioTimer},
+        server::conn::auto,
+    };
+    let (header_timeout, idle, max_header) =
+        listener
+            .sites
+            .iter()
+            .fold((Duration::ZERO, Duration::ZERO, 0usize), |(h, i, m), s| {
+                (
+                    h.max(s.config.timeouts.header),
+                    i.max(s.config.timeouts.idle),
+                    m.max(s.config.max_header_bytes),
+                )
+            });
+    let last_activity = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let io = Activity {
+        inner: io,
+        last: Arc::clone(&last_activity),
+        started,
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_header.max(8192) * 2)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    let proxy = Arc::clone(&shared.proxy);
+    let client = info.client;
+    let info = Arc::new(info);
+    let service = hyper::service::service_fn(move |req| {
+        let proxy = Arc::clone(&proxy);
+        let info = Arc::clone(&info);
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, info).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut conn = pin!(conn);
+    let mut drain = shared.connections.drain.subscribe();
+    let mut draining = *drain.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    let mut tick = tokio::time::interval(IDLE_CHECK);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    debug!(%client, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            changed = drain.changed(), if !draining => {
+                if changed.is_ok() {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tick.tick(), if !draining => {
+                let last = Duration::from_millis(last_activity.load(Relaxed));
+                if started.elapsed().saturating_sub(last) > idle {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// A passthrough connection: to a backend of the site's pool.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the arguments are the connection's facts"
+)]
+async fn passthrough_to_pool(
+    mut stream: TcpStream,
+    first_bytes: Vec<u8>,
+    client: SocketAddr,
+    listen: SocketAddr,
+    listener: &ListenerRouting,
+    site: usize,
+    routing: &Routing,
+    shared: &Shared,
+) {
+    let start = Instant::now();
+    let s = &listener.sites[site];
+    let _active = ActiveConnection::new(Arc::clone(&s.stats));
+    let mut entry = Entry {
+        time: access_log::now(),
+        tenant: Some(s.tenant.clone()),
+        client: Some(client),
+        listener: Some(listen),
+        sni: s.config.hosts.first().cloned(),
+        protocol: Some("tls"),
+        pool: s.config.pool.clone(),
+        decision: "passthrough",
+        ..Entry::default()
+    };
+    let pool = s
+        .config
+        .pool
+        .as_deref()
+        .and_then(|p| routing.pool(&s.tenant, p));
+    let Some(pool) = pool else {
+        entry.decision = "no_backend";
+        shared.proxy.log.log(&entry);
+        return;
+    };
+    let key = routing::hash_key(&pool.l7.hash_on, client, &http::HeaderMap::new());
+    let mut tried = Vec::new();
+    let (backend, picked) = loop {
+        let Some(picked) = pool.balancer.pick(key.as_deref(), &tried) else {
+            entry.decision = "no_backend";
+            entry.attempts = u32::try_from(tried.len()).unwrap_or(u32::MAX);
+            entry.total_ms = start.elapsed().as_secs_f64() * 1e3;
+            shared.proxy.log.log(&entry);
+            s.stats.refused_connections.fetch_add(1, Relaxed);
+            return;
+        };
+        tried.push(picked.addr);
+        match tokio::time::timeout(s.config.timeouts.connect, TcpStream::connect(picked.addr)).await
+        {
+            Ok(Ok(b)) => break (b, picked),
+            _ => picked.failure(),
+        }
+    };
+    picked.success();
+    let _ = backend.set_nodelay(true);
+    entry.upstream = Some(picked.addr);
+    entry.attempts = u32::try_from(tried.len()).unwrap_or(u32::MAX);
+    entry.upstream_ms = Some(start.elapsed().as_secs_f64() * 1e3);
+    let header = pool
+        .l7
+        .proxy_protocol
+        .then(|| passthrough::proxy_v2_header(client, listen));
+    let spliced = passthrough::splice_report(
+        &mut stream,
+        backend,
+        header.as_deref(),
+        &first_bytes,
+        s.config.timeouts.idle,
+    )
+    .await;
+    s.stats
+        .bytes_in
+        .fetch_add(spliced.client_to_backend, Relaxed);
+    s.stats
+        .bytes_out
+        .fetch_add(spliced.backend_to_client, Relaxed);
+    entry.bytes_in = spliced.client_to_backend;
+    entry.bytes_out = spliced.backend_to_client;
+    entry.total_ms = start.elapsed().as_secs_f64() * 1e3;
+    shared.proxy.log.log(&entry);
+}
+
+fn log_refused(
+    shared: &Shared,
+    client: SocketAddr,
+    listen: SocketAddr,
+    sni: Option<String>,
+    e: &HelloError,
+) {
+    debug!(%client, %listen, error = %e, "connection closed before TLS");
+    shared.proxy.log.log(&Entry {
+        time: access_log::now(),
+        client: Some(client),
+        listener: Some(listen),
+        sni,
+        protocol: Some("tls"),
+        decision: "bad_client_hello",
+        rule: Some(e.to_string()),
+        ..Entry::default()
+    });
+}
+
+/// A stream that first yields bytes already read from it.
+struct Replay<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Replay<S> {
+    fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Self {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            if self.pos == self.prefix.len() {
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream that records when bytes last moved (for the idle timeout).
+struct Activity<S> {
+    inner: S,
+    /// Milliseconds since `started`.
+    last: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl<S> Activity<S> {
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
