@@ -96,15 +96,11 @@ pub fn client_for(pool: &PoolL7, connect_timeout: Duration) -> anyhow::Result<Up
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls_config = rustls::ClientConfig::builder_with_provider(provider)
+    let tls_config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| anyhow::anyhow!("backend TLS: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls_config.alpn_protocols = match pool.backend_protocol {
-        BackendProtocol::Http1 => vec![b"http/1.1".to_vec()],
-        BackendProtocol::H2 => vec![b"h2".to_vec()],
-    };
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config)
         .https_or_http();
@@ -120,7 +116,11 @@ pub fn client_for(pool: &PoolL7, connect_timeout: Duration) -> anyhow::Result<Up
         }
         None => builder,
     };
-    let connector = builder.enable_all_versions().wrap_connector(http);
+    // ALPN offers only the pool's protocol.
+    let connector = match pool.backend_protocol {
+        BackendProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        BackendProtocol::H2 => builder.enable_http2().wrap_connector(http),
+    };
     let mut client = Client::builder(TokioExecutor::new());
     client
         .pool_idle_timeout(POOL_IDLE)
