@@ -31,7 +31,8 @@
 //!   nginx's live algorithm would need a lock around its per-backend
 //!   counters. Backends that cannot take the request (excluded, ejected) are
 //!   skipped by drawing the next ticket, which is the schedule with their
-//!   entries removed: the others keep their relative weights.
+//!   entries removed: the others keep their relative weights. After a few
+//!   draws in vain a pick scans the pool and chooses by weight.
 //! * [`Balance::LeastRequest`]: power of two random choices. Two distinct
 //!   candidates are drawn with probability proportional to weight; the one
 //!   with fewer in-flight requests per unit of weight wins, a tie is broken
@@ -45,7 +46,9 @@
 //!   so every L7 node sends a key to the same backend. A backend that cannot
 //!   take the request is skipped by walking the following ring slots, so its
 //!   keys spread over the others (deterministically) while every other key
-//!   stays put. Without a key the pool falls back to round robin.
+//!   stays put. Removing a backend rebuilds the ring: its keys move, and
+//!   about 1% of the others (Maglev's disruption is small, not zero).
+//!   Without a key the pool falls back to round robin.
 //!
 //! The Maglev ring has the smallest size of [`RING_SIZES`] holding at least
 //! 100 slots per backend: Maglev's imbalance is about `backends / size`, so
@@ -68,11 +71,12 @@
 //! `base_ejection`. At most `max_ejected_percent` of a pool's backends
 //! (rounded down) are ejected at once, so a pool of one backend is never
 //! ejected and a pool of two loses at most one at 50%. The limit is checked
-//! when ejecting: a rebuild that leaves fewer backends keeps running
-//! ejections even past it. When every backend a
-//! request could use is ejected anyway (a percentage of 100, or backends
-//! leaving the pool), ejection is ignored: trying a suspect backend beats
-//! answering 503 for sure.
+//! when ejecting: a rebuild that leaves fewer backends keeps the running
+//! ejections even past it.
+//!
+//! When every backend a request may use is ejected (at a percentage of 100,
+//! after such a rebuild, or when retries exclude the rest), ejection is
+//! ignored: trying a suspect backend beats answering 503 for sure.
 //!
 //! Counters use relaxed atomics: they are heuristics, and a pick that reads
 //! a count one request old is as good as any. Deciding an ejection reads
@@ -257,7 +261,8 @@ pub struct BuildParams {
     /// resize the ring. Fewer than the healthy backends (such as 0) means
     /// the healthy ones.
     pub ring_backends: usize,
-    /// Time for ejections.
+    /// Time for ejections: the same clock for every snapshot of a pool
+    /// (ejection deadlines carry over as readings of it).
     pub clock: Arc<dyn Clock>,
 }
 
