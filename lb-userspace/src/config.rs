@@ -868,6 +868,9 @@ struct PoolRef<'a> {
 /// The (vip, port, protocol) identity of an L4 VIP.
 type VipKey = (IpAddr, u16, Protocol);
 
+/// Each L4 VIP's place: (tenant index, index in the tenant's `l4`).
+type VipOwners = HashMap<VipKey, (usize, usize)>;
+
 impl Ctx<'_> {
     fn error(&self, path: &FieldPath, message: impl Into<String>) -> ConfigError {
         ConfigError::at(
@@ -1053,7 +1056,7 @@ impl Ctx<'_> {
         tenants: &[Tenant],
         raw_l4: Vec<Vec<RawL4>>,
         node: &Node,
-    ) -> Result<(Vec<Vec<L4Vip>>, HashMap<VipKey, (usize, usize)>), ConfigError> {
+    ) -> Result<(Vec<Vec<L4Vip>>, VipOwners), ConfigError> {
         let tenants_path = FieldPath::default().key("tenant");
         let pools_by_tenant: Vec<HashMap<&str, PoolRef<'_>>> = tenants
             .iter()

@@ -27,9 +27,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default `timeouts.header`: for a client to send a request's headers.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `timeouts.idle`: an idle client connection is closed after this.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_mins(1);
 /// Default `timeouts.request`: the whole exchange with the backend.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_mins(1);
 /// Default `max_header_bytes`.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Default `max_body_bytes`.
@@ -43,7 +43,7 @@ pub const DEFAULT_OUTLIER_FAILURES: u32 = 5;
 /// further ejection, up to [`MAX_OUTLIER_EJECTION`]).
 pub const DEFAULT_OUTLIER_EJECTION: Duration = Duration::from_secs(10);
 /// Longest ejection.
-pub const MAX_OUTLIER_EJECTION: Duration = Duration::from_secs(300);
+pub const MAX_OUTLIER_EJECTION: Duration = Duration::from_mins(5);
 /// Default `node.drain_timeout`: how long a stopping `lbd` lets in-flight
 /// requests and connections finish.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,7 +93,7 @@ pub enum L7Protocol {
     Https,
     /// Plain HTTP/1.1 (h2 with prior knowledge too).
     Http,
-    /// TLS kept by the backend: `lbd` reads the ClientHello's SNI and copies
+    /// TLS kept by the backend: `lbd` reads the `ClientHello`'s SNI and copies
     /// bytes. Shares a listener with `https` sites.
     TlsPassthrough,
 }
@@ -465,7 +465,7 @@ impl Ctx<'_> {
         tenants: &mut [Tenant],
         raw_l7: Vec<Vec<RawL7>>,
         raw_listeners: Vec<RawListener>,
-        l4: &HashMap<super::VipKey, (usize, usize)>,
+        l4: &super::VipOwners,
     ) -> Result<Vec<Listener>, super::ConfigError> {
         let tenants_path = FieldPath::default().key("tenant");
         let mut hosts: HashMap<String, HostOwner> = HashMap::new();
@@ -568,6 +568,10 @@ impl Ctx<'_> {
         self.listeners(tenants, raw_listeners, &addresses)
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one site's rules, read top to bottom like the README's table of its keys"
+    )]
     fn site(
         &self,
         raw: RawL7,
@@ -630,43 +634,9 @@ impl Ctx<'_> {
             ));
         }
 
-        let pool_exists = |name: &str, at: &FieldPath| {
-            if tenant.pool(name).is_some() {
-                return Ok(());
-            }
-            let names: Vec<&str> = tenant.pools.iter().map(|p| p.name.as_str()).collect();
-            Err(self.error(
-                at,
-                format!(
-                    "no pool named {name:?} in tenant {:?} (pools: {}); a tenant can only use its own pools",
-                    tenant.name,
-                    if names.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        names.join(", ")
-                    }
-                ),
-            ))
-        };
-        let needs_ports = |name: &str, at: &FieldPath| {
-            let pool = tenant.pool(name);
-            if let Some(b) = pool.and_then(|p| p.backends.iter().find(|b| b.port.is_none())) {
-                return Err(self.error(
-                    at,
-                    format!(
-                        "backend {} of pool {name:?} has no port; backends of a pool that lbd proxies \
-                         to need one",
-                        b.address
-                    ),
-                ));
-            }
-            Ok(())
-        };
-
         let pool = match (protocol, raw.pool) {
             (L7Protocol::TlsPassthrough, Some(p)) => {
-                pool_exists(&p, &path.key("pool"))?;
-                needs_ports(&p, &path.key("pool"))?;
+                self.own_pool(tenant, &p, &path.key("pool"))?;
                 Some(p)
             }
             (L7Protocol::TlsPassthrough, None) => {
@@ -699,67 +669,7 @@ impl Ctx<'_> {
         let mut routes = Vec::with_capacity(raw.routes.len());
         for (ri, r) in raw.routes.into_iter().enumerate() {
             let rpath = path.key("routes").index(ri, None);
-            pool_exists(&r.pool, &rpath.key("pool"))?;
-            needs_ports(&r.pool, &rpath.key("pool"))?;
-            let host = match r.host {
-                None => None,
-                Some(h) => {
-                    check_host(&h, true).map_err(|m| self.error(&rpath.key("host"), m))?;
-                    let h = normalise_host(&h);
-                    if protocol != L7Protocol::Http && !hosts.contains(&h) {
-                        return Err(self.error(
-                            &rpath.key("host"),
-                            format!(
-                                "host {h:?} is not one of the site's hosts ({})",
-                                hosts.join(", ")
-                            ),
-                        ));
-                    }
-                    Some(h)
-                }
-            };
-            if let Some(p) = &r.path_prefix {
-                check_path_prefix(p).map_err(|m| self.error(&rpath.key("path_prefix"), m))?;
-            }
-            let method = match r.method {
-                None => None,
-                Some(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
-                    Some(m.to_ascii_uppercase())
-                }
-                Some(m) => {
-                    return Err(self.error(
-                        &rpath.key("method"),
-                        format!("invalid method {m:?}: expected a word such as \"GET\""),
-                    ));
-                }
-            };
-            let header = match r.header {
-                None => None,
-                Some(h) => {
-                    hyper::header::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
-                        self.error(
-                            &rpath.key("header").key("name"),
-                            format!("{:?} is not a valid header name", h.name),
-                        )
-                    })?;
-                    Some((h.name.to_ascii_lowercase(), h.value))
-                }
-            };
-            let strip_prefix = r.strip_prefix.unwrap_or(false);
-            if strip_prefix && r.path_prefix.is_none() {
-                return Err(self.error(
-                    &rpath.key("strip_prefix"),
-                    "strip_prefix needs the route's path_prefix",
-                ));
-            }
-            routes.push(Route {
-                host,
-                path_prefix: r.path_prefix,
-                method,
-                header,
-                pool: r.pool,
-                strip_prefix,
-            });
+            routes.push(self.route(r, &rpath, tenant, protocol, &hosts)?);
         }
 
         if let Some(p) = &raw.path_prefix {
@@ -805,6 +715,112 @@ impl Ctx<'_> {
             max_body_bytes: raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             retries,
         })
+    }
+
+    /// One of a site's `routes`.
+    fn route(
+        &self,
+        r: RawRoute,
+        rpath: &FieldPath,
+        tenant: &Tenant,
+        protocol: L7Protocol,
+        hosts: &[String],
+    ) -> Result<Route, super::ConfigError> {
+        self.own_pool(tenant, &r.pool, &rpath.key("pool"))?;
+        let host = match r.host {
+            None => None,
+            Some(h) => {
+                check_host(&h, true).map_err(|m| self.error(&rpath.key("host"), m))?;
+                let h = normalise_host(&h);
+                if protocol != L7Protocol::Http && !covered(hosts, &h) {
+                    return Err(self.error(
+                        &rpath.key("host"),
+                        format!(
+                            "host {h:?} is not one of the site's hosts ({})",
+                            hosts.join(", ")
+                        ),
+                    ));
+                }
+                Some(h)
+            }
+        };
+        if let Some(p) = &r.path_prefix {
+            check_path_prefix(p).map_err(|m| self.error(&rpath.key("path_prefix"), m))?;
+        }
+        let method = match r.method {
+            None => None,
+            Some(m) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                Some(m.to_ascii_uppercase())
+            }
+            Some(m) => {
+                return Err(self.error(
+                    &rpath.key("method"),
+                    format!("invalid method {m:?}: expected a word such as \"GET\""),
+                ));
+            }
+        };
+        let header = match r.header {
+            None => None,
+            Some(h) => {
+                hyper::header::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
+                    self.error(
+                        &rpath.key("header").key("name"),
+                        format!("{:?} is not a valid header name", h.name),
+                    )
+                })?;
+                Some((h.name.to_ascii_lowercase(), h.value))
+            }
+        };
+        let strip_prefix = r.strip_prefix.unwrap_or(false);
+        if strip_prefix && r.path_prefix.is_none() {
+            return Err(self.error(
+                &rpath.key("strip_prefix"),
+                "strip_prefix needs the route's path_prefix",
+            ));
+        }
+        Ok(Route {
+            host,
+            path_prefix: r.path_prefix,
+            method,
+            header,
+            pool: r.pool,
+            strip_prefix,
+        })
+    }
+
+    /// A pool a site names: the tenant's own, with ports on its backends.
+    fn own_pool(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+        at: &FieldPath,
+    ) -> Result<(), super::ConfigError> {
+        let Some(pool) = tenant.pool(name) else {
+            let names: Vec<&str> = tenant.pools.iter().map(|p| p.name.as_str()).collect();
+            return Err(self.error(
+                at,
+                format!(
+                    "no pool named {name:?} in tenant {:?} (pools: {}); a tenant can only use its own pools",
+                    tenant.name,
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        };
+        if let Some(b) = pool.backends.iter().find(|b| b.port.is_none()) {
+            return Err(self.error(
+                at,
+                format!(
+                    "backend {} of pool {name:?} has no port; backends of a pool that lbd proxies \
+                     to need one",
+                    b.address
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn timeouts(
@@ -931,6 +947,19 @@ impl Ctx<'_> {
         }
         Ok(out.into_values().collect())
     }
+}
+
+/// Whether `host` (exact or wildcard) is one of `hosts` or under one of
+/// their wildcards.
+fn covered(hosts: &[String], host: &str) -> bool {
+    hosts.iter().any(|p| {
+        p == host
+            || p.strip_prefix("*.").is_some_and(|parent| {
+                host.split_once('.').is_some_and(|(label, rest)| {
+                    label != "*" && !label.is_empty() && rest == parent
+                })
+            })
+    })
 }
 
 fn default_identify(protocol: L7Protocol) -> Vec<Identify> {

@@ -93,31 +93,33 @@ pub fn take_over(path: &Path) -> io::Result<Option<HashMap<SocketAddr, OwnedFd>>
 fn receive(stream: &UnixStream) -> io::Result<(Vec<SocketAddr>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; MAX_LIST];
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_SOCKETS]);
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
-    let mut fds = Vec::new();
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(received) = c {
-            // SAFETY: the kernel just installed these descriptors in this
-            // process for us; nothing else owns them.
-            fds.extend(
-                received
-                    .into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
+    let (len, fds) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                // SAFETY: the kernel just installed these descriptors in this
+                // process for us; nothing else owns them.
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
         }
-    }
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(io::Error::other("the socket list was truncated"));
-    }
-    let len = msg.bytes;
-    drop(iov);
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+            return Err(io::Error::other("the socket list was truncated"));
+        }
+        let len = msg.bytes;
+        (len, fds)
+    };
     let addrs: Vec<SocketAddr> = serde_json::from_slice(&buf[..len])
         .map_err(|e| io::Error::other(format!("the running lbd sent a bad socket list: {e}")))?;
     Ok((addrs, fds))

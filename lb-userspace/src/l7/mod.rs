@@ -13,6 +13,7 @@
 //! * [`stats`], [`access_log`]: per-tenant counters and the JSON log.
 
 pub mod access_log;
+pub mod backend_client;
 pub mod handoff;
 pub mod headers;
 pub mod passthrough;

@@ -24,7 +24,7 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use arc_swap::ArcSwap;
@@ -33,13 +33,8 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, hea
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Empty, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 
-use crate::config::{BackendProtocol, L7Protocol, PoolL7};
+use crate::config::{BackendProtocol, L7Protocol};
 
 use super::{
     access_log::{self, AccessLogger, Entry},
@@ -51,11 +46,6 @@ use super::{
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies in both directions.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
-/// The pooled client of one pool.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
-
-/// How long pooled backend connections may idle.
-const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// What a connection knows about itself.
 #[derive(Debug, Clone)]
@@ -71,65 +61,6 @@ pub struct ConnInfo {
 pub struct Proxy {
     pub routing: Arc<ArcSwap<Routing>>,
     pub log: AccessLogger,
-}
-
-/// Builds the pooled client of a pool.
-///
-/// # Errors
-/// When the pool's `backend_tls.ca` cannot be read.
-pub fn client_for(pool: &PoolL7, connect_timeout: Duration) -> anyhow::Result<UpstreamClient> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(tls) = &pool.backend_tls {
-        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-        let certs = CertificateDer::pem_file_iter(&tls.ca)
-            .map_err(|e| anyhow::anyhow!("backend_tls.ca {}: {e}", tls.ca.display()))?;
-        for cert in certs {
-            let cert =
-                cert.map_err(|e| anyhow::anyhow!("backend_tls.ca {}: {e}", tls.ca.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| anyhow::anyhow!("backend_tls.ca {}: {e}", tls.ca.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls_config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| anyhow::anyhow!("backend TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config)
-        .https_or_http();
-    let builder = match pool
-        .backend_tls
-        .as_ref()
-        .and_then(|t| t.server_name.clone())
-    {
-        Some(name) => {
-            let name = rustls::pki_types::ServerName::try_from(name)
-                .map_err(|e| anyhow::anyhow!("backend_tls.server_name: {e}"))?;
-            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-        }
-        None => builder,
-    };
-    // ALPN offers only the pool's protocol.
-    let connector = match pool.backend_protocol {
-        BackendProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-        BackendProtocol::H2 => builder.enable_http2().wrap_connector(http),
-    };
-    let mut client = Client::builder(TokioExecutor::new());
-    client
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .timer(hyper_util::rt::TokioTimer::new());
-    if pool.backend_protocol == BackendProtocol::H2 {
-        client.http2_only(true);
-    }
-    Ok(client.build(connector))
 }
 
 /// Why the proxy answers a request itself.
@@ -228,6 +159,45 @@ fn head_size<B>(req: &Request<B>) -> usize {
         + line
 }
 
+/// Where an admitted request goes.
+struct Admitted {
+    tenant: String,
+    stats: Arc<TenantStats>,
+    pool: Arc<PoolRouting>,
+    backend_path: String,
+    retries: u32,
+    timeout: std::time::Duration,
+    max_body: u64,
+}
+
+/// Why a request was answered by the proxy, and whose it was.
+struct Refused {
+    rejection: Option<Rejection>,
+    tenant: Option<String>,
+    stats: Option<Arc<TenantStats>>,
+    /// A ready answer instead of a rejection (the HTTPS redirect).
+    answer: Option<Response<ProxyBody>>,
+}
+
+impl Refused {
+    fn with(rejection: Rejection, tenant: Option<String>, stats: Option<Arc<TenantStats>>) -> Self {
+        Self {
+            rejection: Some(rejection),
+            tenant,
+            stats,
+            answer: None,
+        }
+    }
+}
+
+/// What the request loop tells the response side.
+struct Forwarded {
+    response: Result<Response<Incoming>, Rejection>,
+    attempts: u32,
+    upstream: Option<SocketAddr>,
+    upstream_ms: Option<f64>,
+}
+
 impl Proxy {
     /// Serves one request of a connection.
     pub async fn handle(
@@ -238,17 +208,7 @@ impl Proxy {
         let start = Instant::now();
         let routing = self.routing.load_full();
         let request_id = headers::request_id(req.headers());
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                req.headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .map(|a| routing::request_host(&a));
+        let host = request_authority(&req).map(|a| routing::request_host(&a));
         let path_and_query = req
             .uri()
             .path_and_query()
@@ -269,239 +229,51 @@ impl Proxy {
             }),
             ..Entry::default()
         };
-        let done = |resp: Response<ProxyBody>,
-                    entry: Entry,
-                    stats: Option<Arc<TenantStats>>,
-                    bytes_in: Option<Arc<AtomicU64>>| {
-            let (parts, body) = resp.into_parts();
-            let mut entry = entry;
-            entry.status = parts.status.as_u16();
-            Response::from_parts(
-                parts,
-                Tracked {
-                    inner: body,
-                    sent: 0,
-                    done: Some(Box::new(Done {
-                        log: self.log.clone(),
-                        stats,
-                        entry,
-                        start,
-                        bytes_in,
-                    })),
-                },
-            )
-        };
 
-        let Some(listener) = routing.listeners.get(&conn.listen).cloned() else {
-            entry.decision = Rejection::ListenerGone.code();
-            return done(
-                reject(Rejection::ListenerGone, &request_id),
-                entry,
-                None,
-                None,
-            );
-        };
-        if listener.listener.redirect_https {
-            entry.decision = "redirect_https";
-            return done(
-                redirect(host.as_deref(), &path_and_query),
-                entry,
-                None,
-                None,
-            );
-        }
-        let path = path_and_query
-            .split_once('?')
-            .map_or(path_and_query.as_str(), |(p, _)| p);
-        let facts = RequestFacts {
-            sni: conn.sni.as_deref(),
-            host: host.as_deref(),
-            path,
-            method: req.method(),
-            headers: req.headers(),
-        };
-        let identified = match listener.identify(&facts) {
-            Ok(i) => i,
-            Err(refusal) => {
-                let (rejection, tenant) = match refusal {
-                    Refusal::Misdirected { identified, .. } => {
-                        (Rejection::Misdirected, Some(identified))
+        let admitted = admit(
+            &routing,
+            &conn,
+            &req,
+            host.as_deref(),
+            &path_and_query,
+            &mut entry,
+        );
+        let admitted = match admitted {
+            Ok(a) => a,
+            Err(refused) => {
+                let refused = *refused;
+                entry.tenant = refused.tenant;
+                let answer = match (refused.answer, refused.rejection) {
+                    (Some(answer), _) => answer,
+                    (None, Some(r)) => {
+                        entry.decision = r.code();
+                        reject(r, &request_id)
                     }
-                    Refusal::TenantMismatch { identified, .. } => {
-                        (Rejection::TenantMismatch, Some(identified))
-                    }
-                    Refusal::UnknownHost => (Rejection::UnknownHost, None),
+                    (None, None) => reject(Rejection::NoRoute, &request_id),
                 };
-                let stats = tenant
-                    .as_ref()
-                    .and_then(|t| routing.tenants.get(t).cloned());
-                entry.tenant = tenant;
-                entry.decision = rejection.code();
-                return done(reject(rejection, &request_id), entry, stats, None);
+                return self.finish(answer, entry, refused.stats, None, start);
             }
         };
-        let site = &listener.sites[identified.site];
-        let stats = Arc::clone(&site.stats);
-        entry.tenant = Some(site.tenant.clone());
-        if site.config.protocol == L7Protocol::TlsPassthrough {
-            // A Host naming a passthrough site on a terminated connection.
-            entry.decision = Rejection::Misdirected.code();
-            return done(
-                reject(Rejection::Misdirected, &request_id),
-                entry,
-                Some(stats),
-                None,
-            );
-        }
-        if head_size(&req) > site.config.max_header_bytes {
-            entry.decision = Rejection::HeadersTooLarge.code();
-            return done(
-                reject(Rejection::HeadersTooLarge, &request_id),
-                entry,
-                Some(stats),
-                None,
-            );
-        }
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > site.config.max_body_bytes) {
-            entry.decision = Rejection::PayloadTooLarge.code();
-            return done(
-                reject(Rejection::PayloadTooLarge, &request_id),
-                entry,
-                Some(stats),
-                None,
-            );
-        }
-        let Some((route_index, route)) = route_of(&listener, identified, &facts) else {
-            entry.decision = Rejection::NoRoute.code();
-            return done(
-                reject(Rejection::NoRoute, &request_id),
-                entry,
-                Some(stats),
-                None,
-            );
-        };
-        entry.rule = Some(format!("routes[{route_index}]"));
-        entry.pool = Some(route.pool.clone());
-        let Some(pool) = routing.pool(&site.tenant, &route.pool).cloned() else {
-            entry.decision = Rejection::NoBackend.code();
-            return done(
-                reject(Rejection::NoBackend, &request_id),
-                entry,
-                Some(stats),
-                None,
-            );
-        };
-        let backend_path = routing::backend_path(&site.config, route, &path_and_query);
-        let hash_key = routing::hash_key(&pool.l7.hash_on, conn.client, req.headers());
+        entry.tenant = Some(admitted.tenant.clone());
+        entry.pool = Some(admitted.pool.name.clone());
+
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
-        // The request as the backend sees it.
-        let (mut parts, body) = req.into_parts();
-        if parts.version == Version::HTTP_2
-            && !parts.headers.contains_key(header::HOST)
-            && let Some(a) = parts.uri.authority()
-            && let Ok(v) = HeaderValue::from_str(a.as_str())
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-        headers::set_forwarding(
-            &mut parts.headers,
-            &Forwarding {
-                client_ip: conn.client.ip(),
-                https: conn.https,
-                request_id: &request_id,
-                tenant: &site.tenant,
-            },
-        );
         let bytes_in = Arc::new(AtomicU64::new(0));
-        let retryable = idempotent(&parts.method) && body.is_end_stream() && !upgrade;
-        let mut body = Some(
-            Counted {
-                inner: Limited::new(
-                    body,
-                    usize::try_from(site.config.max_body_bytes).unwrap_or(usize::MAX),
-                )
-                .map_err(BoxError::from)
-                .boxed(),
-                count: Arc::clone(&bytes_in),
-            }
-            .boxed(),
-        );
-
-        let retries = if retryable { site.config.retries } else { 0 };
-        let timeout = site.config.timeouts.request;
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        let outcome = loop {
-            let Some(picked) = pool.balancer.pick(hash_key.as_deref(), &tried) else {
-                break Err(if tried.is_empty() {
-                    Rejection::NoBackend
-                } else {
-                    Rejection::UpstreamError
-                });
-            };
-            let addr = picked.addr;
-            tried.push(addr);
-            entry.upstream = Some(addr);
-            let uri = backend_uri(&pool, addr, &backend_path);
-            let mut out = Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty));
-            *out.uri_mut() = uri;
-            *out.version_mut() = match pool.l7.backend_protocol {
-                BackendProtocol::Http1 => Version::HTTP_11,
-                BackendProtocol::H2 => Version::HTTP_2,
-            };
-            let sent_at = Instant::now();
-            let result = tokio::time::timeout(timeout, pool.client.request(out)).await;
-            entry.upstream_ms = Some(sent_at.elapsed().as_secs_f64() * 1e3);
-            match result {
-                Ok(Ok(resp)) => {
-                    if matches!(resp.status().as_u16(), 502..=504) {
-                        picked.failure();
-                    } else {
-                        picked.success();
-                    }
-                    break Ok(resp);
-                }
-                Ok(Err(e)) if e.is_connect() => {
-                    picked.failure();
-                    tracing::debug!(backend = %addr, error = %e, "backend connect failed");
-                    if u32::try_from(tried.len()).unwrap_or(u32::MAX) > retries {
-                        break Err(Rejection::UpstreamError);
-                    }
-                }
-                Ok(Err(e)) => {
-                    picked.failure();
-                    let too_large = std::error::Error::source(&e)
-                        .is_some_and(|s| s.to_string().contains("length limit exceeded"));
-                    break Err(if too_large {
-                        Rejection::PayloadTooLarge
-                    } else {
-                        tracing::debug!(backend = %addr, error = %e, "backend request failed");
-                        Rejection::UpstreamError
-                    });
-                }
-                Err(_) => {
-                    picked.failure();
-                    break Err(Rejection::UpstreamTimeout);
-                }
-            }
-        };
-        entry.attempts = u32::try_from(tried.len()).unwrap_or(u32::MAX);
-        let mut resp = match outcome {
+        let forwarded = forward(req, &conn, &admitted, &request_id, upgrade, &bytes_in).await;
+        entry.attempts = forwarded.attempts;
+        entry.upstream = forwarded.upstream;
+        entry.upstream_ms = forwarded.upstream_ms;
+        let mut resp = match forwarded.response {
             Ok(resp) => resp,
             Err(rejection) => {
                 entry.decision = rejection.code();
-                return done(
+                return self.finish(
                     reject(rejection, &request_id),
                     entry,
-                    Some(stats),
+                    Some(admitted.stats),
                     Some(bytes_in),
+                    start,
                 );
             }
         };
@@ -523,13 +295,249 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             parts.headers.insert(headers::X_REQUEST_ID, v);
         }
-        done(
+        self.finish(
             Response::from_parts(parts, body.map_err(BoxError::from).boxed()),
             entry,
-            Some(stats),
+            Some(admitted.stats),
             Some(bytes_in),
+            start,
         )
     }
+
+    /// The response with the body that records the request when done.
+    fn finish(
+        &self,
+        resp: Response<ProxyBody>,
+        mut entry: Entry,
+        stats: Option<Arc<TenantStats>>,
+        bytes_in: Option<Arc<AtomicU64>>,
+        start: Instant,
+    ) -> Response<Tracked> {
+        let (parts, body) = resp.into_parts();
+        entry.status = parts.status.as_u16();
+        Response::from_parts(
+            parts,
+            Tracked {
+                inner: body,
+                sent: 0,
+                done: Some(Box::new(Done {
+                    log: self.log.clone(),
+                    stats,
+                    entry,
+                    start,
+                    bytes_in,
+                })),
+            },
+        )
+    }
+}
+
+/// The Host of a request: h2's `:authority`, else the Host header.
+fn request_authority<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
+/// Identification and every check before the request may go to a
+/// backend: the tenant, its limits, the route and the pool.
+fn admit<B: Body>(
+    routing: &Routing,
+    conn: &ConnInfo,
+    req: &Request<B>,
+    host: Option<&str>,
+    path_and_query: &str,
+    entry: &mut Entry,
+) -> Result<Admitted, Box<Refused>> {
+    let Some(listener) = routing.listeners.get(&conn.listen) else {
+        return Err(Box::new(Refused::with(Rejection::ListenerGone, None, None)));
+    };
+    if listener.listener.redirect_https {
+        entry.decision = "redirect_https";
+        return Err(Box::new(Refused {
+            rejection: None,
+            tenant: None,
+            stats: None,
+            answer: Some(redirect(host, path_and_query)),
+        }));
+    }
+    let path = path_and_query
+        .split_once('?')
+        .map_or(path_and_query, |(p, _)| p);
+    let facts = RequestFacts {
+        sni: conn.sni.as_deref(),
+        host,
+        path,
+        method: req.method(),
+        headers: req.headers(),
+    };
+    let identified = listener.identify(&facts).map_err(|refusal| {
+        let (rejection, tenant) = match refusal {
+            Refusal::Misdirected { identified, .. } => (Rejection::Misdirected, Some(identified)),
+            Refusal::TenantMismatch { identified, .. } => {
+                (Rejection::TenantMismatch, Some(identified))
+            }
+            Refusal::UnknownHost => (Rejection::UnknownHost, None),
+        };
+        let stats = tenant
+            .as_ref()
+            .and_then(|t| routing.tenants.get(t).cloned());
+        Box::new(Refused::with(rejection, tenant, stats))
+    })?;
+    let site = &listener.sites[identified.site];
+    let refuse = |r: Rejection| {
+        Box::new(Refused::with(
+            r,
+            Some(site.tenant.clone()),
+            Some(Arc::clone(&site.stats)),
+        ))
+    };
+    if site.config.protocol == L7Protocol::TlsPassthrough {
+        // A Host naming a passthrough site on a terminated connection.
+        return Err(refuse(Rejection::Misdirected));
+    }
+    if head_size(req) > site.config.max_header_bytes {
+        return Err(refuse(Rejection::HeadersTooLarge));
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > site.config.max_body_bytes) {
+        return Err(refuse(Rejection::PayloadTooLarge));
+    }
+    let Some((index, route)) = route_of(listener, identified, &facts) else {
+        return Err(refuse(Rejection::NoRoute));
+    };
+    entry.rule = Some(format!("routes[{index}]"));
+    let Some(pool) = routing.pool(&site.tenant, &route.pool).cloned() else {
+        return Err(refuse(Rejection::NoBackend));
+    };
+    Ok(Admitted {
+        tenant: site.tenant.clone(),
+        stats: Arc::clone(&site.stats),
+        pool,
+        backend_path: routing::backend_path(&site.config, route, path_and_query),
+        retries: site.config.retries,
+        timeout: site.config.timeouts.request,
+        max_body: site.config.max_body_bytes,
+    })
+}
+
+/// Sends the request to a backend of the pool: another one on a connect
+/// failure while retries are left and the request can be sent again.
+async fn forward(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    to: &Admitted,
+    request_id: &str,
+    upgrade: bool,
+    bytes_in: &Arc<AtomicU64>,
+) -> Forwarded {
+    let hash_key = routing::hash_key(&to.pool.l7.hash_on, conn.client, req.headers());
+    let (mut parts, body) = req.into_parts();
+    if parts.version == Version::HTTP_2
+        && !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarding(
+        &mut parts.headers,
+        &Forwarding {
+            client_ip: conn.client.ip(),
+            https: conn.https,
+            request_id,
+            tenant: &to.tenant,
+        },
+    );
+    parts.version = match to.pool.l7.backend_protocol {
+        BackendProtocol::Http1 => Version::HTTP_11,
+        BackendProtocol::H2 => Version::HTTP_2,
+    };
+    // Only a request without a body can be sent twice: a streamed body is
+    // gone once sent.
+    let retryable = idempotent(&parts.method) && body.is_end_stream() && !upgrade;
+    let limit = usize::try_from(to.max_body).unwrap_or(usize::MAX);
+    let mut body = Some(
+        Counted {
+            inner: Limited::new(body, limit).map_err(BoxError::from).boxed(),
+            count: Arc::clone(bytes_in),
+        }
+        .boxed(),
+    );
+    let retries = if retryable { to.retries } else { 0 };
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut out = Forwarded {
+        response: Err(Rejection::NoBackend),
+        attempts: 0,
+        upstream: None,
+        upstream_ms: None,
+    };
+    loop {
+        let Some(picked) = to.pool.balancer.pick(hash_key.as_deref(), &tried) else {
+            if !tried.is_empty() {
+                out.response = Err(Rejection::UpstreamError);
+            }
+            break;
+        };
+        tried.push(picked.addr);
+        out.attempts += 1;
+        out.upstream = Some(picked.addr);
+        let mut request = Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty));
+        *request.uri_mut() = backend_uri(&to.pool, picked.addr, &to.backend_path);
+        let sent_at = Instant::now();
+        let result = tokio::time::timeout(to.timeout, to.pool.client.request(request)).await;
+        out.upstream_ms = Some(sent_at.elapsed().as_secs_f64() * 1e3);
+        match result {
+            Ok(Ok(resp)) => {
+                // The backend's own overload and gateway errors count
+                // against it, like failures to reach it.
+                if matches!(resp.status().as_u16(), 502..=504) {
+                    picked.failure();
+                } else {
+                    picked.success();
+                }
+                out.response = Ok(resp);
+                break;
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                picked.failure();
+                tracing::debug!(backend = %picked.addr, error = %e, "backend connect failed");
+                out.response = Err(Rejection::UpstreamError);
+                if out.attempts > retries {
+                    break;
+                }
+            }
+            Ok(Err(e)) => {
+                picked.failure();
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.to_string().contains("length limit exceeded"));
+                tracing::debug!(backend = %picked.addr, error = %e, "backend request failed");
+                out.response = Err(if too_large {
+                    Rejection::PayloadTooLarge
+                } else {
+                    Rejection::UpstreamError
+                });
+                break;
+            }
+            Err(_) => {
+                picked.failure();
+                out.response = Err(Rejection::UpstreamTimeout);
+                break;
+            }
+        }
+    }
+    out
 }
 
 fn route_of<'a>(

@@ -31,7 +31,7 @@ use crate::{
 };
 
 use super::{
-    proxy::{UpstreamClient, client_for},
+    backend_client::{UpstreamClient, client_for},
     stats::TenantStats,
     upstream::{self, PoolBalancer, UpstreamSpec},
 };
@@ -54,7 +54,7 @@ pub struct ListenerRouting {
     /// TLS (terminated or passthrough) rather than plain HTTP.
     pub tls: bool,
     /// Whether any site here is `tls_passthrough` (the accept path must read
-    /// the ClientHello before choosing).
+    /// the `ClientHello` before choosing).
     pub has_passthrough: bool,
     pub sites: Vec<Site>,
     /// SNI hash of an exact or wildcard host name -> its site.
@@ -280,6 +280,51 @@ pub fn request_host(authority: &str) -> String {
     config::normalise_host(host)
 }
 
+impl ListenerRouting {
+    /// The sites of every tenant on `l`'s address.
+    fn build(config: &Config, l: &Listener, tenants: &HashMap<String, Arc<TenantStats>>) -> Self {
+        let mut sites = Vec::new();
+        let mut hosts = HashMap::new();
+        let mut prefixes = Vec::new();
+        for t in &config.tenants {
+            for s in t.l7.iter().filter(|s| s.listen == l.address) {
+                let id = sites.len();
+                for h in &s.hosts {
+                    hosts.insert(sni_hash(h), id);
+                }
+                if let Some(p) = &s.path_prefix {
+                    prefixes.push((p.clone(), id));
+                }
+                sites.push(Site {
+                    tenant: t.name.clone(),
+                    config: s.clone(),
+                    stats: tenants
+                        .get(&t.name)
+                        .map_or_else(|| Arc::new(TenantStats::default()), Arc::clone),
+                });
+            }
+        }
+        prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        let default_site = l
+            .default_tenant
+            .as_ref()
+            .and_then(|d| sites.iter().position(|s| &s.tenant == d));
+        let tls = sites.iter().any(|s| s.config.protocol != L7Protocol::Http);
+        let has_passthrough = sites
+            .iter()
+            .any(|s| s.config.protocol == L7Protocol::TlsPassthrough);
+        ListenerRouting {
+            listener: l.clone(),
+            tls,
+            has_passthrough,
+            sites,
+            hosts,
+            prefixes,
+            default_site,
+        }
+    }
+}
+
 impl Routing {
     /// Builds the snapshot of `config` with the backends in `down` left out.
     /// `previous` lends its live state; `config_dir` resolves relative paths.
@@ -333,21 +378,19 @@ impl Routing {
                         .map(|s| s.timeouts.connect)
                         .min()
                         .unwrap_or(config::DEFAULT_CONNECT_TIMEOUT);
-                let client = match prev_pool
-                    .filter(|old| old.l7 == p.l7 && old.connect_timeout == connect_timeout)
-                {
-                    Some(old) => old.client.clone(),
-                    None => client_for(&p.l7, connect_timeout).unwrap_or_else(|e| {
-                        tracing::error!(tenant = %t.name, pool = %p.name, error = %format!("{e:#}"),
+                let reusable = prev_pool
+                    .filter(|old| old.l7 == p.l7 && old.connect_timeout == connect_timeout);
+                let client = if let Some(old) = reusable {
+                    old.client.clone()
+                } else {
+                    let (client, error) = client_for(&p.l7, connect_timeout);
+                    if let Some(e) = error {
+                        tracing::error!(tenant = %t.name, pool = %p.name, error = %e,
                             "cannot set up TLS to the pool's backends; requests to it will fail");
-                        let mut plain = p.l7.clone();
-                        plain.backend_tls = None;
-                        client_for(&plain, connect_timeout).expect("a plain client needs no files")
-                    }),
+                    }
+                    client
                 };
-                let balancer = PoolBalancer::build(
-                    prev,
-                    &healthy,
+                let mut params = upstream::BuildParams::new(
                     balance_of(p.l7.balance),
                     upstream::OutlierConfig {
                         consecutive_failures: p.l7.outlier.consecutive_failures,
@@ -356,6 +399,10 @@ impl Routing {
                     },
                     seed,
                 );
+                // Sized for every configured backend, so that health
+                // changes never resize the ring (which would move keys).
+                params.ring_backends = p.backends.len();
+                let balancer = PoolBalancer::build_with(prev, &healthy, &params);
                 pools.insert(
                     key,
                     Arc::new(PoolRouting {
@@ -370,49 +417,16 @@ impl Routing {
             }
         }
 
-        let mut listeners = HashMap::new();
-        for l in &config.listeners {
-            let mut sites = Vec::new();
-            let mut hosts = HashMap::new();
-            let mut prefixes = Vec::new();
-            for t in &config.tenants {
-                for s in t.l7.iter().filter(|s| s.listen == l.address) {
-                    let id = sites.len();
-                    for h in &s.hosts {
-                        hosts.insert(sni_hash(h), id);
-                    }
-                    if let Some(p) = &s.path_prefix {
-                        prefixes.push((p.clone(), id));
-                    }
-                    sites.push(Site {
-                        tenant: t.name.clone(),
-                        config: s.clone(),
-                        stats: Arc::clone(&tenants[&t.name]),
-                    });
-                }
-            }
-            prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-            let default_site = l
-                .default_tenant
-                .as_ref()
-                .and_then(|d| sites.iter().position(|s| &s.tenant == d));
-            let tls = sites.iter().any(|s| s.config.protocol != L7Protocol::Http);
-            let has_passthrough = sites
-                .iter()
-                .any(|s| s.config.protocol == L7Protocol::TlsPassthrough);
-            listeners.insert(
-                l.address,
-                Arc::new(ListenerRouting {
-                    listener: l.clone(),
-                    tls,
-                    has_passthrough,
-                    sites,
-                    hosts,
-                    prefixes,
-                    default_site,
-                }),
-            );
-        }
+        let listeners = config
+            .listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.address,
+                    Arc::new(ListenerRouting::build(config, l, &tenants)),
+                )
+            })
+            .collect();
         Routing {
             listeners,
             pools,

@@ -5,7 +5,7 @@
 //! accepting (their open connections finish), and the routing snapshot and
 //! certificates are replaced without touching established connections.
 //!
-//! A connection on a TLS address starts with reading the ClientHello
+//! A connection on a TLS address starts with reading the `ClientHello`
 //! ([`passthrough::read_client_hello`]): its SNI says whether the tenant
 //! keeps its own TLS (the bytes are then copied to a backend of the
 //! tenant's pool, [`passthrough::splice_report`]) or whether `lbd`

@@ -30,7 +30,7 @@ pub struct TenantStats {
     pub active_connections: AtomicI64,
     /// TLS handshakes that failed after the SNI named this tenant.
     pub tls_handshake_failures: AtomicU64,
-    /// Passthrough connections closed because the ClientHello was
+    /// Passthrough connections closed because the `ClientHello` was
     /// malformed, and other refused connections.
     pub refused_connections: AtomicU64,
     /// Latency histogram (non-cumulative bucket counts; the last is +Inf).
@@ -102,7 +102,7 @@ impl TenantStats {
 pub struct ListenerStats {
     pub connections: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
-    /// Passthrough ClientHellos that could not be parsed.
+    /// Passthrough `ClientHello`s that could not be parsed.
     pub bad_client_hellos: AtomicU64,
 }
 
