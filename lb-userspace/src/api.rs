@@ -269,6 +269,32 @@ pub struct Stats {
     pub tenants: Vec<TenantStats>,
     pub vips: Vec<VipSummary>,
     pub backends: Vec<BackendInfo>,
+    /// The L7 tier's per-tenant counters (tenants with L7 sites).
+    #[serde(default)]
+    pub l7_tenants: Vec<L7TenantStats>,
+    /// The L7 listeners' counters.
+    #[serde(default)]
+    pub l7_listeners: Vec<L7ListenerStats>,
+    /// Access-log lines dropped because the writer fell behind.
+    #[serde(default)]
+    pub access_log_lost: u64,
+}
+
+/// One tenant's L7 counters in `GET /stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct L7TenantStats {
+    pub tenant: String,
+    #[serde(flatten)]
+    pub counters: crate::l7::stats::TenantStatsView,
+}
+
+/// One L7 listener's counters in `GET /stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7ListenerStats {
+    pub address: SocketAddr,
+    pub connections: u64,
+    pub tls_handshake_failures: u64,
+    pub bad_client_hellos: u64,
 }
 
 /// One flow-table entry in `GET /flows`.

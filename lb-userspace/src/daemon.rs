@@ -529,11 +529,13 @@ impl Daemon {
             Request::RemoveBackend { backend: sel } => self.remove_backend(&sel),
             Request::DrainBackend { backend: sel } => self.set_weight(&sel, Some(0)),
             Request::EnableBackend { backend: sel } => self.set_weight(&sel, None),
-            Request::Stats => json(serde_json::to_value(inspect::stats(
-                &self.dp,
-                self.ids(),
-                &self.health_detail(),
-            ))),
+            Request::Stats => {
+                let mut stats = inspect::stats(&self.dp, self.ids(), &self.health_detail());
+                if let Some(l7) = &self.l7 {
+                    l7.add_stats(&self.config, &mut stats);
+                }
+                json(serde_json::to_value(stats))
+            }
             Request::Flows { filter } => json(serde_json::to_value(inspect::flows(
                 &self.dp,
                 self.ids(),

@@ -340,6 +340,9 @@ pub fn stats(dp: &Dataplane, ids: &Ids, health: &HealthDetail) -> Stats {
         tenants,
         vips: vips(dp, ids),
         backends: backends(dp, ids, health),
+        l7_tenants: Vec::new(),
+        l7_listeners: Vec::new(),
+        access_log_lost: 0,
     }
 }
 

@@ -21,6 +21,13 @@
 //! | `lb_backend_up` | gauge (1 up or draining, 0 down) | `tenant`, `pool`, `backend` |
 //! | `lb_backend_weight` | gauge | `tenant`, `pool`, `backend` |
 //! | `lb_backend_flows` | gauge (flow-table entries) | `tenant`, `pool`, `backend` |
+//! | `lb_l7_requests_total` | counter | `tenant`, `class` (`1xx` .. `5xx`) |
+//! | `lb_l7_request_duration_seconds` | histogram | `tenant` |
+//! | `lb_l7_bytes_total` | counter | `tenant`, `direction` (`in`, `out`) |
+//! | `lb_l7_active_connections` | gauge | `tenant` |
+//! | `lb_l7_tls_handshake_failures_total` | counter | `tenant` |
+//! | `lb_l7_listener_connections_total`, `_tls_handshake_failures_total`, `_bad_client_hellos_total` | counter | `listener` |
+//! | `lb_access_log_lost_total` | counter | |
 //!
 //! `vip` is `ADDRESS:PORT` (`[v6]:PORT`); `backend` is the address, with
 //! `:PORT` when the backend has a port of its own.
@@ -42,6 +49,7 @@ use crate::{
     admin::{self, HttpResponse, Listeners, Peer},
     api::{self, BackendInfo, Command, Counters, Request, Stats, Status},
     config::Config,
+    l7::stats::{LATENCY_BUCKETS, TenantStatsView},
 };
 
 /// The exposition format's content type.
@@ -171,6 +179,7 @@ pub fn render(stats: &Stats, daemon: &Status) -> String {
     m.node_and_tenants(stats);
     m.vips(stats);
     m.backends(stats);
+    m.l7(stats);
     m.out
 }
 
@@ -291,6 +300,136 @@ impl Exposition {
                 );
             }
         }
+    }
+
+    /// The L7 tier: per-tenant requests, latency, bytes, connections and
+    /// TLS failures; per-listener connections and refusals.
+    fn l7(&mut self, stats: &Stats) {
+        if stats.l7_tenants.is_empty() && stats.l7_listeners.is_empty() {
+            return;
+        }
+        self.family(
+            "lb_l7_requests_total",
+            "counter",
+            "L7 requests of a tenant answered, by status class.",
+        );
+        for t in &stats.l7_tenants {
+            for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .iter()
+                .zip(t.counters.responses)
+            {
+                self.sample(
+                    "lb_l7_requests_total",
+                    &[("tenant", &t.tenant), ("class", class)],
+                    n,
+                );
+            }
+        }
+        self.family(
+            "lb_l7_request_duration_seconds",
+            "histogram",
+            "Time from a request's arrival to the end of its response.",
+        );
+        for t in &stats.l7_tenants {
+            let labels = [("tenant", t.tenant.as_str())];
+            for (i, count) in t.counters.latency_cumulative.iter().enumerate() {
+                let le = LATENCY_BUCKETS
+                    .get(i)
+                    .map_or_else(|| "+Inf".to_owned(), ToString::to_string);
+                self.sample(
+                    "lb_l7_request_duration_seconds_bucket",
+                    &[labels[0], ("le", &le)],
+                    count,
+                );
+            }
+            self.sample(
+                "lb_l7_request_duration_seconds_sum",
+                &labels,
+                t.counters.latency_sum_seconds,
+            );
+            let count = t.counters.latency_cumulative.last().copied().unwrap_or(0);
+            self.sample("lb_l7_request_duration_seconds_count", &labels, count);
+        }
+        self.family(
+            "lb_l7_bytes_total",
+            "counter",
+            "L7 body bytes of a tenant, by direction (in: from clients).",
+        );
+        for t in &stats.l7_tenants {
+            for (direction, n) in [("in", t.counters.bytes_in), ("out", t.counters.bytes_out)] {
+                self.sample(
+                    "lb_l7_bytes_total",
+                    &[("tenant", &t.tenant), ("direction", direction)],
+                    n,
+                );
+            }
+        }
+        for (name, kind, help, value) in [
+            (
+                "lb_l7_active_connections",
+                "gauge",
+                "Client connections open now whose SNI names the tenant.",
+                (|c: &TenantStatsView| c.active_connections) as fn(&TenantStatsView) -> i64,
+            ),
+            (
+                "lb_l7_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes that failed after their SNI named the tenant.",
+                |c| i64::try_from(c.tls_handshake_failures).unwrap_or(i64::MAX),
+            ),
+        ] {
+            self.family(name, kind, help);
+            for t in &stats.l7_tenants {
+                self.sample(name, &[("tenant", &t.tenant)], value(&t.counters));
+            }
+        }
+        self.family(
+            "lb_l7_listener_connections_total",
+            "counter",
+            "Connections accepted by an L7 listener.",
+        );
+        let names: Vec<String> = stats
+            .l7_listeners
+            .iter()
+            .map(|l| l.address.to_string())
+            .collect();
+        for (l, name) in stats.l7_listeners.iter().zip(&names) {
+            self.sample(
+                "lb_l7_listener_connections_total",
+                &[("listener", name)],
+                l.connections,
+            );
+        }
+        self.family(
+            "lb_l7_listener_tls_handshake_failures_total",
+            "counter",
+            "Failed TLS handshakes on an L7 listener, whatever their SNI (bad ClientHellos included).",
+        );
+        for (l, name) in stats.l7_listeners.iter().zip(&names) {
+            self.sample(
+                "lb_l7_listener_tls_handshake_failures_total",
+                &[("listener", name)],
+                l.tls_handshake_failures,
+            );
+        }
+        self.family(
+            "lb_l7_listener_bad_client_hellos_total",
+            "counter",
+            "Connections closed because their first bytes were not a well-formed TLS ClientHello.",
+        );
+        for (l, name) in stats.l7_listeners.iter().zip(&names) {
+            self.sample(
+                "lb_l7_listener_bad_client_hellos_total",
+                &[("listener", name)],
+                l.bad_client_hellos,
+            );
+        }
+        self.family(
+            "lb_access_log_lost_total",
+            "counter",
+            "Access-log lines dropped because the writer fell behind.",
+        );
+        self.sample("lb_access_log_lost_total", &[], stats.access_log_lost);
     }
 
     fn vips(&mut self, stats: &Stats) {
@@ -464,6 +603,22 @@ mod tests {
                 backend("10.0.1.12", Some(80), "draining", 0),
                 backend("2001:db8::2", Some(443), "down", 2),
             ],
+            l7_tenants: vec![api::L7TenantStats {
+                tenant: "acme".into(),
+                counters: {
+                    let s = crate::l7::stats::TenantStats::default();
+                    s.record(200, Duration::from_millis(3));
+                    s.record(503, Duration::from_millis(30));
+                    s.view()
+                },
+            }],
+            l7_listeners: vec![api::L7ListenerStats {
+                address: "203.0.113.20:443".parse().expect("addr"),
+                connections: 9,
+                tls_handshake_failures: 2,
+                bad_client_hellos: 1,
+            }],
+            access_log_lost: 0,
         };
         let daemon = Status {
             version: "0.1.0".into(),
@@ -517,6 +672,13 @@ mod tests {
             "lb_backend_up{tenant=\"acme\",pool=\"web\",backend=\"[2001:db8::2]:443\"} 0",
             "lb_backend_weight{tenant=\"acme\",pool=\"web\",backend=\"10.0.1.12:80\"} 0",
             "lb_backend_flows{tenant=\"acme\",pool=\"web\",backend=\"10.0.1.11\"} 7",
+            "lb_l7_requests_total{tenant=\"acme\",class=\"2xx\"} 1",
+            "lb_l7_requests_total{tenant=\"acme\",class=\"5xx\"} 1",
+            "lb_l7_request_duration_seconds_bucket{tenant=\"acme\",le=\"0.005\"} 1",
+            "lb_l7_request_duration_seconds_bucket{tenant=\"acme\",le=\"+Inf\"} 2",
+            "lb_l7_request_duration_seconds_count{tenant=\"acme\"} 2",
+            "lb_l7_listener_tls_handshake_failures_total{listener=\"203.0.113.20:443\"} 2",
+            "# TYPE lb_l7_request_duration_seconds histogram",
             "# TYPE lb_tenant_drops_total counter",
             "# TYPE lb_backend_up gauge",
         ] {
@@ -538,7 +700,13 @@ mod tests {
                 current = name;
             } else if !line.starts_with('#') {
                 let name = line.split(['{', ' ']).next().expect("name");
-                assert_eq!(name, current, "sample outside its family: {line}");
+                let histogram_part = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| name.strip_suffix(suffix) == Some(current));
+                assert!(
+                    name == current || histogram_part,
+                    "sample outside its family: {line}"
+                );
             }
         }
         // Without a reload yet, the reload result is absent.

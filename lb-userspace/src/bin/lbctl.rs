@@ -1428,6 +1428,51 @@ fn print_stats(stats: &Stats, rates: Option<&Rates<'_>>) {
     print_vips(&stats.vips, rates);
     println!();
     print_backends(&stats.backends, rates);
+    if !stats.l7_tenants.is_empty() {
+        println!();
+        print_l7(stats);
+    }
+}
+
+/// The L7 tier's per-tenant requests and per-listener refusals.
+fn print_l7(stats: &Stats) {
+    let mut t = Table::new(&[
+        "L7_TENANT",
+        "2XX",
+        "3XX",
+        "4XX",
+        "5XX",
+        "BYTES_IN",
+        "BYTES_OUT",
+        "CONNS",
+        "TLS_FAIL",
+    ]);
+    for s in &stats.l7_tenants {
+        let c = &s.counters;
+        t.row(vec![
+            s.tenant.clone(),
+            c.responses[1].to_string(),
+            c.responses[2].to_string(),
+            c.responses[3].to_string(),
+            c.responses[4].to_string(),
+            c.bytes_in.to_string(),
+            c.bytes_out.to_string(),
+            c.active_connections.to_string(),
+            c.tls_handshake_failures.to_string(),
+        ]);
+    }
+    t.print_or("no L7 tenants");
+    println!();
+    let mut t = Table::new(&["LISTENER", "CONNECTIONS", "TLS_FAILURES", "BAD_HELLOS"]);
+    for l in &stats.l7_listeners {
+        t.row(vec![
+            l.address.to_string(),
+            l.connections.to_string(),
+            l.tls_handshake_failures.to_string(),
+            l.bad_client_hellos.to_string(),
+        ]);
+    }
+    t.print_or("no L7 listeners");
 }
 
 #[cfg(test)]

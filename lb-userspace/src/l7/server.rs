@@ -352,6 +352,30 @@ impl L7 {
         }
     }
 
+    /// Adds the L7 counters to `GET /stats`: tenants with sites, listeners.
+    pub fn add_stats(&self, config: &Config, stats: &mut crate::api::Stats) {
+        let routing = self.routing();
+        for t in config.tenants.iter().filter(|t| !t.l7.is_empty()) {
+            if let Some(s) = routing.tenants.get(&t.name) {
+                stats.l7_tenants.push(crate::api::L7TenantStats {
+                    tenant: t.name.clone(),
+                    counters: s.view(),
+                });
+            }
+        }
+        let mut listeners = self.listener_stats();
+        listeners.sort_by_key(|(a, _)| *a);
+        for (address, s) in listeners {
+            stats.l7_listeners.push(crate::api::L7ListenerStats {
+                address,
+                connections: s.connections.load(Relaxed),
+                tls_handshake_failures: s.tls_handshake_failures.load(Relaxed),
+                bad_client_hellos: s.bad_client_hellos.load(Relaxed),
+            });
+        }
+        stats.access_log_lost = self.access_log_lost();
+    }
+
     /// Open client connections.
     #[must_use]
     pub fn open_connections(&self) -> usize {

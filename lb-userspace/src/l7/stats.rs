@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the latency histogram's buckets, in seconds (the last,
 /// `+Inf`, is implicit).
@@ -40,7 +40,7 @@ pub struct TenantStats {
 }
 
 /// A copy of the counters, for rendering.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TenantStatsView {
     pub responses: [u64; 5],
     pub bytes_in: u64,
