@@ -383,6 +383,10 @@ impl Exposition {
                 self.sample(name, &[("tenant", &t.tenant)], value(&t.counters));
             }
         }
+        self.l7_listeners(stats);
+    }
+
+    fn l7_listeners(&mut self, stats: &Stats) {
         self.family(
             "lb_l7_listener_connections_total",
             "counter",
