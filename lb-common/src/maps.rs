@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 /// Version of the pinned map layout. A binary that finds pinned maps of
 /// another version refuses to adopt them (see `lbd --cleanup`).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 // ---- Address families and protocols (our own tags, not AF_* values) ----
 
@@ -37,9 +37,10 @@ pub const MAP_ACL: &str = "LB_ACL";
 pub const MAP_TENANT_POLICY: &str = "LB_TENANT_POL";
 pub const MAP_VIP_POLICY: &str = "LB_VIP_POLICY";
 pub const MAP_RATES: &str = "LB_RATES";
+pub const MAP_SNI: &str = "LB_SNI";
 
 /// Every map the balancer pins, for cleanup and layout checks.
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 18] = [
     MAP_VIPS,
     MAP_VIP_ADDRS,
     MAP_POOLS,
@@ -57,6 +58,7 @@ pub const ALL_MAPS: [&str; 17] = [
     MAP_TENANT_POLICY,
     MAP_VIP_POLICY,
     MAP_RATES,
+    MAP_SNI,
 ];
 
 // ---- Capacities ----
@@ -489,6 +491,9 @@ pub struct RateState {
     pub window: u64,
     pub used: u64,
 }
+
+/// Entries of [`MAP_SNI`]: the L7 host names of every tenant.
+pub const MAX_SNI_NAMES: u32 = 262_144;
 
 /// Rate limiters per tenant in [`MAP_RATES`]: packets, bytes, new flows.
 pub const RATES_PER_TENANT: u32 = 3;

@@ -755,6 +755,7 @@ enum BodyRoute {
     RemoveBackend,
     DrainBackend,
     EnableBackend,
+    AddSni,
 }
 
 /// Why a path and method do not resolve.
@@ -849,6 +850,7 @@ fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, Refu
             ("GET", Some(Route::Plain(explain(query)?)))
         }
         ["reload"] => ("POST", post(method, || Route::Plain(Request::Reload))),
+        ["sni", rest @ ..] if rest.len() <= 1 => sni_route(method, rest.first().copied()),
         ["overrides"] => (
             "GET, DELETE",
             match *method {
@@ -864,6 +866,28 @@ fn route(method: &Method, path: &str, query: Option<&str>) -> Result<Route, Refu
         }
     };
     found.ok_or(Refusal::MethodNotAllowed { allow })
+}
+
+/// `/sni` (list, add) and `/sni/{name}` (remove).
+fn sni_route(method: &Method, name: Option<&str>) -> (&'static str, Option<Route>) {
+    match name {
+        None => (
+            "GET, POST",
+            match *method {
+                Method::GET => Some(Route::Plain(Request::ListSni)),
+                Method::POST => Some(Route::WithBody(BodyRoute::AddSni)),
+                _ => None,
+            },
+        ),
+        Some(name) => (
+            "DELETE",
+            (*method == Method::DELETE).then(|| {
+                Route::Plain(Request::RemoveSni {
+                    name: name.to_owned(),
+                })
+            }),
+        ),
+    }
 }
 
 /// `/backends/{tenant}/{pool}/{address}[/{port}]`.
@@ -1079,6 +1103,15 @@ fn parse_json<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Api
 /// `POST /backends`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AddSniBody {
+    tenant: String,
+    name: String,
+    #[serde(default)]
+    site: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AddBackendBody {
     tenant: String,
     pool: String,
@@ -1182,6 +1215,17 @@ impl BodyRoute {
             Self::EnableBackend => Request::EnableBackend {
                 backend: selector(body)?,
             },
+            Self::AddSni => {
+                let b: AddSniBody = parse_json(
+                    body,
+                    r#"{"tenant": "...", "name": "host.example", "site": N (optional, default 0)}"#,
+                )?;
+                Request::AddSni {
+                    tenant: b.tenant,
+                    site: b.site,
+                    name: b.name,
+                }
+            }
         })
     }
 }

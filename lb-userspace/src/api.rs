@@ -88,6 +88,34 @@ pub enum Request {
     Reload,
     ListOverrides,
     ClearOverrides,
+    /// The SNI map: every L7 host name's hash and tenant.
+    ListSni,
+    /// Adds host `name` to the tenant's `l7[site]` (an override).
+    AddSni {
+        tenant: String,
+        site: usize,
+        name: String,
+    },
+    /// Removes host `name` from its site (an override).
+    RemoveSni {
+        name: String,
+    },
+}
+
+/// One entry of the SNI map in `GET /sni`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SniEntry {
+    /// The normalised host name, when the configuration names it (a map read
+    /// without lbd knows only hashes).
+    pub name: Option<String>,
+    /// The SNI-derived tenant hash (FNV-1a 64), in hex.
+    pub hash: String,
+    pub tenant: String,
+    pub tenant_id: u32,
+    /// The listen address of the site that has the name.
+    pub listen: Option<SocketAddr>,
+    /// Whether the map holds the entry (false: configured, not yet written).
+    pub in_map: bool,
 }
 
 /// An API error: an HTTP status and a message that says what to fix.

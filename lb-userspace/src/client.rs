@@ -350,6 +350,13 @@ pub fn encode(request: &Request) -> (Method, String, Option<(&'static str, Vec<u
             json(serde_json::json!(backend)),
         ),
         Request::Stats => (Method::GET, "/stats".into(), None),
+        Request::ListSni => (Method::GET, "/sni".into(), None),
+        Request::AddSni { tenant, site, name } => (
+            Method::POST,
+            "/sni".into(),
+            json(serde_json::json!({ "tenant": tenant, "site": site, "name": name })),
+        ),
+        Request::RemoveSni { name } => (Method::DELETE, format!("/sni/{}", seg(name)), None),
         Request::Flows { filter } => {
             let mut query = Vec::new();
             if let Some(t) = &filter.tenant {

@@ -486,25 +486,7 @@ impl Daemon {
             Request::ListTenants => {
                 json(serde_json::to_value(inspect::tenants(&self.dp, self.ids())))
             }
-            Request::ShowTenant { name } => {
-                let summary = inspect::tenants(&self.dp, self.ids())
-                    .into_iter()
-                    .find(|t| t.name == name)
-                    .ok_or_else(|| ApiError::not_found(format!("no tenant {name:?}")))?;
-                let detail = api::TenantDetail {
-                    vips: inspect::vips(&self.dp, self.ids())
-                        .into_iter()
-                        .filter(|v| v.tenant == name)
-                        .collect(),
-                    pools: inspect::pools(&self.dp, self.ids())
-                        .into_iter()
-                        .filter(|p| p.tenant == name)
-                        .collect(),
-                    drops_by_reason: inspect::tenant_drops(&self.dp, summary.id),
-                    summary,
-                };
-                json(serde_json::to_value(detail))
-            }
+            Request::ShowTenant { name } => json(serde_json::to_value(self.tenant_detail(&name)?)),
             Request::AddTenant { toml } => self.add_tenant(toml),
             Request::RemoveTenant { name } => self.remove_tenant(&name),
             Request::ListVips => json(serde_json::to_value(inspect::vips(&self.dp, self.ids()))),
@@ -572,12 +554,34 @@ impl Daemon {
                     .collect();
                 json(serde_json::to_value(list))
             }
+            Request::ListSni | Request::AddSni { .. } | Request::RemoveSni { .. } => {
+                self.handle_sni(request)
+            }
             Request::ClearOverrides => {
                 let n = self.overrides.len();
                 self.set_overrides(&[])?;
                 Ok(serde_json::json!({ "cleared": n }))
             }
         }
+    }
+
+    fn tenant_detail(&self, name: &str) -> Result<api::TenantDetail, ApiError> {
+        let summary = inspect::tenants(&self.dp, self.ids())
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| ApiError::not_found(format!("no tenant {name:?}")))?;
+        Ok(api::TenantDetail {
+            vips: inspect::vips(&self.dp, self.ids())
+                .into_iter()
+                .filter(|v| v.tenant == name)
+                .collect(),
+            pools: inspect::pools(&self.dp, self.ids())
+                .into_iter()
+                .filter(|p| p.tenant == name)
+                .collect(),
+            drops_by_reason: inspect::tenant_drops(&self.dp, summary.id),
+            summary,
+        })
     }
 
     fn add_tenant(&mut self, toml: String) -> Response {
@@ -644,6 +648,65 @@ impl Daemon {
         });
         self.set_overrides(&list)?;
         Ok(serde_json::json!({ "added": sel }))
+    }
+
+    /// `lbctl sni`: list, add and remove host names.
+    fn handle_sni(&mut self, request: Request) -> Response {
+        match request {
+            Request::AddSni { tenant, site, name } => self.add_sni(tenant, site, name),
+            Request::RemoveSni { name } => self.remove_sni(&name),
+            _ => serde_json::to_value(inspect::sni(&self.dp, self.ids(), Some(&self.config)))
+                .map_err(|e| ApiError::internal(e.to_string())),
+        }
+    }
+
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "the values come out of the request, which is consumed"
+    )]
+    fn add_sni(&mut self, tenant: String, site: usize, name: String) -> Response {
+        let normalised = crate::config::normalise_host(&name);
+        let mut list = self.overrides.clone();
+        let undone = list.len();
+        // Adding back a name an override removed just drops that override.
+        list.retain(|o| {
+            !matches!(o, Override::RemoveSniName { name: n }
+                if crate::config::normalise_host(n) == normalised)
+        });
+        if list.len() == undone {
+            list.push(Override::AddSniName {
+                tenant: tenant.clone(),
+                site,
+                name: name.clone(),
+            });
+        }
+        self.set_overrides(&list)?;
+        Ok(serde_json::json!({ "added": name, "tenant": tenant, "site": site }))
+    }
+
+    fn remove_sni(&mut self, name: &str) -> Response {
+        let normalised = crate::config::normalise_host(name);
+        let owned = self
+            .config
+            .tenants
+            .iter()
+            .any(|t| t.l7.iter().any(|s| s.hosts.contains(&normalised)));
+        if !owned {
+            return Err(ApiError::not_found(format!("no L7 site has host {name:?}")));
+        }
+        let mut list = self.overrides.clone();
+        let before = list.len();
+        list.retain(|o| {
+            !matches!(o, Override::AddSniName { name: n, .. }
+                if crate::config::normalise_host(n) == normalised)
+        });
+        if list.len() == before {
+            list.push(Override::RemoveSniName {
+                name: name.to_owned(),
+            });
+        }
+        self.set_overrides(&list)?;
+        Ok(serde_json::json!({ "removed": name }))
     }
 
     fn remove_backend(&mut self, sel: &BackendSelector) -> Response {
@@ -757,10 +820,11 @@ fn tenant_name(toml: &str) -> Result<String, ApiError> {
 fn names_tenant(o: &Override, name: &str) -> bool {
     match o {
         Override::AddTenant { name: n, .. } | Override::RemoveTenant { name: n } => n == name,
-        Override::AddBackend { tenant, .. } => tenant == name,
+        Override::AddBackend { tenant, .. } | Override::AddSniName { tenant, .. } => tenant == name,
         Override::RemoveBackend { backend } | Override::SetWeight { backend, .. } => {
             backend.tenant == name
         }
+        Override::RemoveSniName { .. } => false,
     }
 }
 
@@ -777,6 +841,9 @@ fn names_backend(o: &Override, sel: &BackendSelector) -> bool {
                 && backend.port == sel.port
         }
         Override::RemoveBackend { backend } | Override::SetWeight { backend, .. } => backend == sel,
-        Override::AddTenant { .. } | Override::RemoveTenant { .. } => false,
+        Override::AddTenant { .. }
+        | Override::RemoveTenant { .. }
+        | Override::AddSniName { .. }
+        | Override::RemoveSniName { .. } => false,
     }
 }

@@ -38,9 +38,9 @@ use aya::{
 use lb_common::{
     ALL_MAPS, AclKey, Backend, DropCounters, FlowKey, FlowValue, LAYOUT_VERSION, MAP_ACL,
     MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_GLOBAL_STATS, MAP_NEXTHOPS, MAP_POOLS,
-    MAP_RINGS, MAP_SETTINGS, MAP_TENANT_DROPS, MAP_TENANT_POLICY, MAP_TENANT_STATS, MAP_VIP_ADDRS,
-    MAP_VIP_POLICY, MAP_VIP_STATS, MAP_VIPS, NextHop, PoolInfo, RING_ARENA_ENTRIES, Settings,
-    TenantPolicy, TrafficCounters, VipAddrKey, VipInfo, VipKey, VipPolicy,
+    MAP_RINGS, MAP_SETTINGS, MAP_SNI, MAP_TENANT_DROPS, MAP_TENANT_POLICY, MAP_TENANT_STATS,
+    MAP_VIP_ADDRS, MAP_VIP_POLICY, MAP_VIP_STATS, MAP_VIPS, NextHop, PoolInfo, RING_ARENA_ENTRIES,
+    Settings, TenantPolicy, TrafficCounters, VipAddrKey, VipInfo, VipKey, VipPolicy,
 };
 
 use crate::objects;
@@ -190,6 +190,7 @@ pub struct Dataplane {
     acl: LpmTrie<MapData, AclKey, u8>,
     tenant_policy: Array<MapData, TenantPolicy>,
     vip_policy: Array<MapData, VipPolicy>,
+    sni: HashMap<MapData, u64, u32>,
     arena: RingArena,
     /// Maps without a typed handle (rate-limiter state): kept open because
     /// the loaded program refers to them by file descriptor.
@@ -300,6 +301,7 @@ impl Dataplane {
             acl: typed!(MAP_ACL),
             tenant_policy: typed!(MAP_TENANT_POLICY),
             vip_policy: typed!(MAP_VIP_POLICY),
+            sni: typed!(MAP_SNI),
             arena,
             untyped: Vec::new(),
         };
@@ -482,6 +484,32 @@ impl Dataplane {
     /// All VIP addresses.
     pub fn vip_addrs(&self) -> Vec<(VipAddrKey, u32)> {
         self.vip_addrs
+            .iter()
+            .filter_map(std::result::Result::ok)
+            .collect()
+    }
+
+    /// Maps an SNI hash to its tenant.
+    ///
+    /// # Errors
+    /// On a failed map write (the map is full).
+    pub fn set_sni(&mut self, hash: u64, tenant: u32) -> Result<()> {
+        self.sni
+            .insert(hash, tenant, 0)
+            .map_err(map_op("writing an SNI name"))
+    }
+
+    /// Removes an SNI hash; absent is fine.
+    ///
+    /// # Errors
+    /// On a failed map operation other than "not found".
+    pub fn remove_sni(&mut self, hash: u64) -> Result<()> {
+        ignore_missing(self.sni.remove(&hash)).map_err(map_op("removing an SNI name"))
+    }
+
+    /// Every SNI hash and its tenant.
+    pub fn sni_entries(&self) -> Vec<(u64, u32)> {
+        self.sni
             .iter()
             .filter_map(std::result::Result::ok)
             .collect()

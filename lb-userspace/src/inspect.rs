@@ -346,6 +346,49 @@ pub fn stats(dp: &Dataplane, ids: &Ids, health: &HealthDetail) -> Stats {
     }
 }
 
+/// The SNI map, with the host names of `config` when there is one.
+#[must_use]
+pub fn sni(
+    dp: &Dataplane,
+    ids: &Ids,
+    config: Option<&crate::config::Config>,
+) -> Vec<crate::api::SniEntry> {
+    let tenants = ids.tenant_names();
+    let in_map: BTreeMap<u64, u32> = dp.sni_entries().into_iter().collect();
+    let mut out = Vec::new();
+    let mut named = std::collections::BTreeSet::new();
+    for t in config.map(|c| c.tenants.as_slice()).unwrap_or_default() {
+        for s in &t.l7 {
+            for h in &s.hosts {
+                let hash = crate::config::sni_hash(h);
+                named.insert(hash);
+                out.push(crate::api::SniEntry {
+                    name: Some(h.clone()),
+                    hash: format!("{hash:016x}"),
+                    tenant: t.name.clone(),
+                    tenant_id: ids.tenant(&t.name).unwrap_or(0),
+                    listen: Some(s.listen),
+                    in_map: in_map.contains_key(&hash),
+                });
+            }
+        }
+    }
+    for (hash, id) in &in_map {
+        if !named.contains(hash) {
+            out.push(crate::api::SniEntry {
+                name: None,
+                hash: format!("{hash:016x}"),
+                tenant: tenants.get(id).cloned().unwrap_or_else(|| format!("#{id}")),
+                tenant_id: *id,
+                listen: None,
+                in_map: true,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.tenant, &a.name, &a.hash).cmp(&(&b.tenant, &b.name, &b.hash)));
+    out
+}
+
 /// Drops by reason of one tenant.
 #[must_use]
 pub fn tenant_drops(dp: &Dataplane, id: u32) -> BTreeMap<String, u64> {

@@ -51,6 +51,17 @@ pub enum Override {
         backend: BackendSelector,
         weight: u32,
     },
+    /// An L7 host name (SNI) added to one of a tenant's `[[tenant.l7]]`
+    /// sites (by index, in file order).
+    AddSniName {
+        tenant: String,
+        site: usize,
+        name: String,
+    },
+    /// An L7 host name removed from whichever site has it.
+    RemoveSniName {
+        name: String,
+    },
 }
 
 impl Override {
@@ -76,6 +87,10 @@ impl Override {
             Self::SetWeight { backend, weight } => {
                 format!("set weight {weight} on backend {}", show_sel(backend))
             }
+            Self::AddSniName { tenant, site, name } => {
+                format!("add host {name} to {tenant}'s l7[{site}]")
+            }
+            Self::RemoveSniName { name } => format!("remove host {name}"),
         }
     }
 }
@@ -387,7 +402,55 @@ fn edit(doc: &mut DocumentMut, o: &Override) -> Result<(), String> {
             }
             Ok(())
         }
+        Override::AddSniName { tenant, site, name } => add_host(doc, tenant, *site, name),
+        Override::RemoveSniName { name } => remove_host(doc, name),
     }
+}
+
+/// Adds host `name` to the tenant's `l7[site]`.
+fn add_host(doc: &mut DocumentMut, tenant: &str, site: usize, name: &str) -> Result<(), String> {
+    let t = find_tenant(doc, tenant)?;
+    let sites = t.get_mut("l7").and_then(Item::as_array_of_tables_mut);
+    let count = sites.as_ref().map_or(0, |s| s.len());
+    let s = sites.and_then(|s| s.get_mut(site)).ok_or_else(|| {
+        format!("tenant {tenant:?} has {count} [[tenant.l7]] sites, no l7[{site}]")
+    })?;
+    if s.get("hosts").is_none() {
+        s.insert("hosts", Item::Value(Value::Array(Array::new())));
+    }
+    let hosts = s
+        .get_mut("hosts")
+        .and_then(Item::as_array_mut)
+        .ok_or("hosts is not an array")?;
+    hosts.push(name);
+    // Validation (uniqueness across tenants, the hash) happens when
+    // the edited document is parsed.
+    Ok(())
+}
+
+/// Removes host `name` from whichever site has it.
+fn remove_host(doc: &mut DocumentMut, name: &str) -> Result<(), String> {
+    let normalised = crate::config::normalise_host(name);
+    let ts = tenants(doc).ok_or_else(|| format!("no site has host {name:?}"))?;
+    for t in ts.iter_mut() {
+        let Some(sites) = t.get_mut("l7").and_then(Item::as_array_of_tables_mut) else {
+            continue;
+        };
+        for s in sites.iter_mut() {
+            let Some(hosts) = s.get_mut("hosts").and_then(Item::as_array_mut) else {
+                continue;
+            };
+            let found = hosts.iter().position(|v| {
+                v.as_str()
+                    .is_some_and(|h| crate::config::normalise_host(h) == normalised)
+            });
+            if let Some(i) = found {
+                hosts.remove(i);
+                return Ok(());
+            }
+        }
+    }
+    Err(format!("no site has host {name:?}"))
 }
 
 #[cfg(test)]

@@ -651,6 +651,27 @@ impl Reconciler {
             }
         }
 
+        // The SNI-derived tenant hashes of every L7 host name (the
+        // configuration guarantees they are unique).
+        let mut sni: BTreeMap<u64, u32> = BTreeMap::new();
+        for t in &config.tenants {
+            let Some(id) = self.ids.tenant(&t.name) else {
+                continue;
+            };
+            for host in t.l7.iter().flat_map(|s| &s.hosts) {
+                sni.insert(crate::config::sni_hash(host), id);
+            }
+        }
+        let current: BTreeMap<u64, u32> = dp.sni_entries().into_iter().collect();
+        for hash in current.keys().filter(|h| !sni.contains_key(h)) {
+            dp.remove_sni(*hash)?;
+        }
+        for (hash, id) in &sni {
+            if current.get(hash) != Some(id) {
+                dp.set_sni(*hash, *id)?;
+            }
+        }
+
         // L7 listen addresses: XDP applies their packet policy and passes
         // them to the local stack, where lbd listens. An address of one
         // tenant gets that tenant's ACL and budgets too; a shared one only

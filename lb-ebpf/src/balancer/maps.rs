@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     AclKey, Backend, BenchTemplate, DEFAULT_FLOW_TABLE_ENTRIES, DropCounters, FlowKey, FlowValue,
-    MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS, NextHop, PoolInfo,
-    RATE_ENTRIES, RING_ARENA_ELEMENTS, RateState, Settings, TenantPolicy, TrafficCounters,
-    VipAddrKey, VipInfo, VipKey, VipPolicy, global_counter,
+    MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_POOLS, MAX_SNI_NAMES, MAX_TENANTS, MAX_VIPS, NextHop,
+    PoolInfo, RATE_ENTRIES, RING_ARENA_ELEMENTS, RateState, Settings, TenantPolicy,
+    TrafficCounters, VipAddrKey, VipInfo, VipKey, VipPolicy, global_counter,
 };
 use lb_ebpf::parse::Packet;
 
@@ -25,6 +25,14 @@ pub static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(MAX_VIPS, 
 #[map(name = "LB_VIP_ADDRS")]
 pub static VIP_ADDRS: HashMap<VipAddrKey, u32> =
     HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+/// The SNI-derived tenant hash: FNV-1a 64 of a normalised L7 host name
+/// (lower case, no trailing dot; `*.x` for wildcards) -> tenant id. Written
+/// by `lbd` from the configuration and read by the L7 tier and `lbctl sni`,
+/// so one tenant id keys the L7 path and the XDP maps. The program itself
+/// never reads it (XDP never parses TLS).
+#[map(name = "LB_SNI")]
+pub static SNI: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SNI_NAMES, BPF_F_NO_PREALLOC);
 
 /// Pool id -> location of its ring. Swapped whole (RCU) to replace a ring.
 #[map(name = "LB_POOLS")]

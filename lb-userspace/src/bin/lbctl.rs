@@ -16,8 +16,8 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use lb::{
     api::{
         self, BackendInfo, BackendSelector, Explain, FlowFilter, FlowInfo, OverrideInfo,
-        PoolDetail, PoolSummary, ReloadResult, Request, Stats, Status, TenantDetail, TenantSummary,
-        VipSummary,
+        PoolDetail, PoolSummary, ReloadResult, Request, SniEntry, Stats, Status, TenantDetail,
+        TenantSummary, VipSummary,
     },
     client::{self, Client, Target},
     config::{self, BackendConf, Protocol},
@@ -94,6 +94,12 @@ enum Command {
         #[command(subcommand)]
         action: BackendAction,
     },
+    /// L7 host names (SNI) and the tenants they map to: the SNI-derived
+    /// tenant hash map that keys the L7 path and the XDP maps alike.
+    Sni {
+        #[command(subcommand)]
+        action: SniAction,
+    },
     /// Counters per tenant, VIP and backend, and drops by reason.
     Stats {
         /// Refresh every SECS seconds (with per-second rates) until Ctrl-C.
@@ -157,6 +163,26 @@ enum TenantAction {
         file: PathBuf,
     },
     /// Remove a tenant with its VIPs, pools and backends.
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SniAction {
+    /// Every host name with its hash and tenant (with --maps: hashes only).
+    List,
+    /// Add a host name to one of a tenant's L7 sites (a runtime override;
+    /// the site's certificate must cover it).
+    Add {
+        /// The host name, e.g. shop.acme.example or *.acme.example.
+        name: String,
+        /// The tenant that owns the name.
+        #[arg(long)]
+        tenant: String,
+        /// Which of the tenant's [[tenant.l7]] sites, in file order.
+        #[arg(long, default_value_t = 0)]
+        site: usize,
+    },
+    /// Remove a host name from its site (a runtime override).
     Remove { name: String },
 }
 
@@ -444,6 +470,11 @@ fn maps_call(pin_path: &Path, state_dir: &Path, request: Request) -> anyhow::Res
             &name,
         )?)),
         Request::ListVips => value(serde_json::to_value(inspect::vips(&open()?, &load_ids()?))),
+        Request::ListSni => value(serde_json::to_value(inspect::sni(
+            &open()?,
+            &load_ids()?,
+            None,
+        ))),
         Request::ListPools => value(serde_json::to_value(inspect::pools(&open()?, &load_ids()?))),
         Request::ShowPool { tenant, pool } => {
             let detail = inspect::pool(&open()?, &load_ids()?, &health, &tenant, &pool);
@@ -596,6 +627,7 @@ async fn command(source: &Source, out: &Output, command: Command) -> anyhow::Res
         }
         Command::Pool { action } => pool(source, out, action).await?,
         Command::Backend { action } => backend(source, out, action).await?,
+        Command::Sni { action } => sni(source, out, action).await?,
         Command::Stats { watch } => stats(source, out, watch).await?,
         Command::Flows {
             tenant,
@@ -665,6 +697,39 @@ async fn command(source: &Source, out: &Output, command: Command) -> anyhow::Res
         Command::Decap { .. } | Command::Pass { .. } => unreachable!("handled before"),
     }
     Ok(())
+}
+
+async fn sni(source: &Source, out: &Output, action: SniAction) -> anyhow::Result<()> {
+    let request = match action {
+        SniAction::List => {
+            let (list, raw) = source.get::<Vec<SniEntry>>(Request::ListSni).await?;
+            if !out.raw(&raw) {
+                print_sni(&list);
+            }
+            return Ok(());
+        }
+        SniAction::Add { name, tenant, site } => Request::AddSni { tenant, site, name },
+        SniAction::Remove { name } => Request::RemoveSni { name },
+    };
+    let raw = source.call(request).await?;
+    if !out.raw(&raw) {
+        print_done(&raw);
+    }
+    Ok(())
+}
+
+fn print_sni(list: &[SniEntry]) {
+    let mut t = Table::new(&["HOST", "HASH", "TENANT", "LISTEN", "IN_MAP"]);
+    for e in list {
+        t.row(vec![
+            e.name.clone().unwrap_or_else(|| "-".to_owned()),
+            e.hash.clone(),
+            e.tenant.clone(),
+            e.listen.map_or_else(|| "-".to_owned(), |l| l.to_string()),
+            if e.in_map { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    t.print_or("no L7 host names");
 }
 
 async fn tenant(source: &Source, out: &Output, action: TenantAction) -> anyhow::Result<()> {
