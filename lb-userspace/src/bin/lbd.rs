@@ -71,10 +71,12 @@ fn main() -> ExitCode {
     if args.check {
         let pools: usize = config.tenants.iter().map(|t| t.pools.len()).sum();
         let vips: usize = config.tenants.iter().map(|t| t.l4.len()).sum();
+        let sites: usize = config.tenants.iter().map(|t| t.l7.len()).sum();
         println!(
-            "{}: ok ({} tenants, {pools} pools, {vips} L4 VIPs)",
+            "{}: ok ({} tenants, {pools} pools, {vips} L4 VIPs, {sites} L7 sites on {} listeners)",
             args.config.display(),
-            config.tenants.len()
+            config.tenants.len(),
+            config.listeners.len()
         );
         return ExitCode::SUCCESS;
     }
