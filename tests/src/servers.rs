@@ -105,6 +105,48 @@ fn start_server<S: Send + 'static>(
     Ok((shared, addr, handle))
 }
 
+/// An HTTP/1.1 server that answers every request with its name: status
+/// 200, body `NAME\n`, and the `X-Forwarded-For` and `X-Tenant-ID` it
+/// received as response headers `X-Seen-Forwarded-For` and
+/// `X-Seen-Tenant-ID` (what a proxy in front told it). Keep-alive and
+/// pipelining work; request bodies are not supported (GET and HEAD).
+#[derive(Debug)]
+pub struct HttpNameServer {
+    inner: TcpNameServer,
+}
+
+impl HttpNameServer {
+    /// Like [`TcpNameServer::start`].
+    ///
+    /// # Errors
+    /// Entering the namespace or binding failed.
+    pub fn start(ns_path: &Path, bind: SocketAddr, name: &str) -> Result<HttpNameServer> {
+        let inner = TcpNameServer::start_mode(ns_path, bind, name, Mode::Http(name.to_owned()))?;
+        Ok(HttpNameServer { inner })
+    }
+
+    /// The bound address (with the actual port).
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr()
+    }
+
+    /// Connections accepted so far.
+    #[must_use]
+    pub fn accepted(&self) -> u64 {
+        self.inner.accepted()
+    }
+}
+
+/// What a TCP server does with a connection.
+#[derive(Debug, Clone)]
+enum Mode {
+    /// Write the greeting, then echo.
+    Echo(Vec<u8>),
+    /// Answer each HTTP request head with this name.
+    Http(String),
+}
+
 /// A TCP server that tells each client its name, then echoes.
 #[derive(Debug)]
 pub struct TcpNameServer {
@@ -124,6 +166,15 @@ impl TcpNameServer {
     /// Entering the namespace or binding failed.
     pub fn start(ns_path: &Path, bind: SocketAddr, name: &str) -> Result<TcpNameServer> {
         let greeting = format!("{name}\n").into_bytes();
+        Self::start_mode(ns_path, bind, name, Mode::Echo(greeting))
+    }
+
+    fn start_mode(
+        ns_path: &Path,
+        bind: SocketAddr,
+        name: &str,
+        mode: Mode,
+    ) -> Result<TcpNameServer> {
         let (shared, local, thread) = start_server(
             ns_path,
             &format!("tcp {name} {bind}"),
@@ -138,7 +189,7 @@ impl TcpNameServer {
                 let addr = listener.local_addr()?;
                 Ok((listener, addr))
             },
-            move |listener, shared| tcp_serve(&listener, &greeting, shared),
+            move |listener, shared| tcp_serve(&listener, &mode, shared),
         )?;
         Ok(TcpNameServer {
             name: name.to_owned(),
@@ -196,6 +247,8 @@ impl Drop for TcpNameServer {
 struct Conn {
     stream: TcpStream,
     out: Vec<u8>,
+    /// HTTP mode: bytes of request heads not answered yet.
+    pending: Vec<u8>,
     closed: bool,
 }
 
@@ -221,12 +274,25 @@ impl Conn {
         }
     }
 
-    /// Reads what is there and queues it for echoing.
-    fn read_echo(&mut self, buf: &mut [u8]) {
+    /// Reads what is there and queues the answer: the bytes themselves
+    /// (echo) or one response per complete request head (HTTP).
+    fn read_answer(&mut self, buf: &mut [u8], mode: &Mode) {
         match self.stream.read(buf) {
             Ok(0) => self.closed = true,
             Ok(n) => {
-                self.out.extend_from_slice(&buf[..n]);
+                match mode {
+                    Mode::Echo(_) => self.out.extend_from_slice(&buf[..n]),
+                    Mode::Http(name) => {
+                        self.pending.extend_from_slice(&buf[..n]);
+                        while let Some(end) = find_head_end(&self.pending) {
+                            let head: Vec<u8> = self.pending.drain(..end).collect();
+                            self.out.extend_from_slice(&http_answer(name, &head));
+                        }
+                        if self.pending.len() > 64 * 1024 {
+                            self.closed = true;
+                        }
+                    }
+                }
                 self.flush();
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
@@ -235,9 +301,47 @@ impl Conn {
     }
 }
 
+/// The length of the first complete request head in `buf`.
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// The response to one request head.
+fn http_answer(name: &str, head: &[u8]) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let text = String::from_utf8_lossy(head);
+    let header = |wanted: &str| {
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(wanted))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let mut extra = String::new();
+    for (from, to) in [
+        ("x-forwarded-for", "X-Seen-Forwarded-For"),
+        ("x-tenant-id", "X-Seen-Tenant-ID"),
+    ] {
+        if let Some(v) = header(from) {
+            let _ = write!(extra, "{to}: {v}\r\n");
+        }
+    }
+    let body = format!("{name}\n");
+    let head_only = text.starts_with("HEAD ");
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{extra}\r\n{}",
+        body.len(),
+        if head_only { "" } else { body.as_str() }
+    )
+    .into_bytes()
+}
+
 /// Single-threaded poll loop: one thread per server whatever the number of
 /// connections (idle-connection tests open thousands).
-fn tcp_serve(listener: &TcpListener, greeting: &[u8], shared: &Shared) {
+fn tcp_serve(listener: &TcpListener, mode: &Mode, shared: &Shared) {
+    let greeting: &[u8] = match mode {
+        Mode::Echo(g) => g,
+        Mode::Http(_) => &[],
+    };
     let mut conns: Vec<Conn> = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut fds: Vec<libc::pollfd> = Vec::new();
@@ -270,7 +374,7 @@ fn tcp_serve(listener: &TcpListener, greeting: &[u8], shared: &Shared) {
                 continue;
             }
             if conn.out.is_empty() {
-                conn.read_echo(&mut buf);
+                conn.read_answer(&mut buf, mode);
             } else {
                 conn.flush();
             }
@@ -293,6 +397,7 @@ fn tcp_serve(listener: &TcpListener, greeting: &[u8], shared: &Shared) {
                         let mut conn = Conn {
                             stream,
                             out: greeting.to_vec(),
+                            pending: Vec::new(),
                             closed: false,
                         };
                         conn.flush();
