@@ -27,6 +27,9 @@ apt_pkgs=()
 command -v ip >/dev/null || apt_pkgs+=(iproute2)
 command -v ethtool >/dev/null || apt_pkgs+=(ethtool)
 command -v nsenter >/dev/null || apt_pkgs+=(util-linux)
+# The demo's L7 part makes its certificates with openssl and asks with curl.
+command -v openssl >/dev/null || apt_pkgs+=(openssl)
+command -v curl >/dev/null || apt_pkgs+=(curl)
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
     log "installing Debian packages: ${apt_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

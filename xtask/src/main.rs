@@ -5,6 +5,7 @@
 //! it drives cargo and the built binaries instead.
 
 mod demo;
+mod demo_l7;
 
 use std::{
     path::{Path, PathBuf},
