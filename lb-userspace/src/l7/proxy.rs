@@ -60,7 +60,8 @@ pub struct ConnInfo {
 /// Shared by every connection of every listener.
 pub struct Proxy {
     pub routing: Arc<ArcSwap<Routing>>,
-    pub log: AccessLogger,
+    /// Swapped when `node.access_log` changes on a reload.
+    pub log: ArcSwap<AccessLogger>,
 }
 
 /// Why the proxy answers a request itself.
@@ -321,7 +322,7 @@ impl Proxy {
                 inner: body,
                 sent: 0,
                 done: Some(Box::new(Done {
-                    log: self.log.clone(),
+                    log: AccessLogger::clone(&self.log.load()),
                     stats,
                     entry,
                     start,

@@ -133,7 +133,7 @@ impl L7 {
         let mut l7 = Self {
             proxy: Arc::new(Proxy {
                 routing: Arc::new(ArcSwap::from_pointee(Routing::default())),
-                log,
+                log: ArcSwap::from_pointee(log),
             }),
             certs: CertStore::new(),
             config_dir,
@@ -181,12 +181,7 @@ impl L7 {
         if config.node.access_log != self.access_log {
             match AccessLogger::start(&config.node.access_log) {
                 Ok(log) => {
-                    // The proxy is shared by running connections: swap by
-                    // rebuilding it around the same routing.
-                    self.proxy = Arc::new(Proxy {
-                        routing: Arc::clone(&self.proxy.routing),
-                        log,
-                    });
+                    self.proxy.log.store(Arc::new(log));
                     self.access_log = config.node.access_log.clone();
                 }
                 Err(e) => warn!(error = %e, "keeping the old access log"),
@@ -385,7 +380,7 @@ impl L7 {
     /// Access-log lines lost because the writer fell behind.
     #[must_use]
     pub fn access_log_lost(&self) -> u64 {
-        self.proxy.log.lost()
+        self.proxy.log.load().lost()
     }
 }
 
@@ -666,7 +661,7 @@ async fn passthrough_to_pool(
         .and_then(|p| routing.pool(&s.tenant, p));
     let Some(pool) = pool else {
         entry.decision = "no_backend";
-        shared.proxy.log.log(&entry);
+        shared.proxy.log.load().log(&entry);
         return;
     };
     let key = routing::hash_key(&pool.l7.hash_on, client, &http::HeaderMap::new());
@@ -676,7 +671,7 @@ async fn passthrough_to_pool(
             entry.decision = "no_backend";
             entry.attempts = u32::try_from(tried.len()).unwrap_or(u32::MAX);
             entry.total_ms = start.elapsed().as_secs_f64() * 1e3;
-            shared.proxy.log.log(&entry);
+            shared.proxy.log.load().log(&entry);
             s.stats.refused_connections.fetch_add(1, Relaxed);
             return;
         };
@@ -713,7 +708,7 @@ async fn passthrough_to_pool(
     entry.bytes_in = spliced.client_to_backend;
     entry.bytes_out = spliced.backend_to_client;
     entry.total_ms = start.elapsed().as_secs_f64() * 1e3;
-    shared.proxy.log.log(&entry);
+    shared.proxy.log.load().log(&entry);
 }
 
 fn log_refused(
@@ -724,7 +719,7 @@ fn log_refused(
     e: &HelloError,
 ) {
     debug!(%client, %listen, error = %e, "connection closed before TLS");
-    shared.proxy.log.log(&Entry {
+    shared.proxy.log.load().log(&Entry {
         time: access_log::now(),
         client: Some(client),
         listener: Some(listen),
