@@ -17,7 +17,9 @@
 //! that the rest of the daemon can compare and clone freely.
 //!
 //! The L7 sections (`[[tenant.l7]]`, `[[listener]]` and the pool keys only
-//! the proxy reads) are validated in [`l7`](self::l7).
+//! the proxy reads) are validated in [`l7`](self::l7); the request policy
+//! (`tier`, the request keys of `[tenant.limits]`, `[tenant.auth]`,
+//! `node.max_inflight_requests`) in [`policy`](self::policy).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -42,6 +44,11 @@ pub use l7::{
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_OUTLIER_EJECTION, DEFAULT_OUTLIER_FAILURES,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, HashOn, Identify, L7Protocol, L7Site, Listener,
     Outlier, PoolL7, Route, Timeouts, TlsFiles, normalise_host, sni_hash,
+};
+mod policy;
+pub use policy::{
+    ApiKey, Auth, DEFAULT_JWT_LEEWAY, DEFAULT_TENANT_CLAIM, JwtAuth, MAX_JWT_LEEWAY,
+    MAX_KEYED_RATE, MAX_REQUEST_RATE, REQUEST_LIMIT_KEYS, RequestLimits, Tier, hex,
 };
 
 // ---- Defaults and limits (the README lists these) ----
@@ -319,6 +326,9 @@ pub struct Node {
     /// How long a stopping `lbd` lets in-flight L7 requests finish.
     #[serde(serialize_with = "serialize_duration")]
     pub drain_timeout: Duration,
+    /// L7 requests in flight at which `lbd` sheds tiers (free from 50 %,
+    /// standard from 80 %, premium at 100 %); `None`: never.
+    pub max_inflight_requests: Option<u64>,
 }
 
 /// `node.xdp_mode`.
@@ -362,9 +372,16 @@ pub struct Tenant {
     /// Unique name (`^[a-z0-9][a-z0-9_-]{0,62}$`).
     pub name: String,
     /// `[tenant.limits]`: rate limits by name (`packets_per_second`,
-    /// `bytes_per_second`, `requests_per_second`, ...). Only checked to be
-    /// non-negative integers here: interpreted by the policy layer.
+    /// `bytes_per_second`, `requests_per_second`, ...), each at least 1.
+    /// The packet keys are read from here by the XDP policy; the request
+    /// keys are also in `request_limits`.
     pub limits: Option<BTreeMap<String, u64>>,
+    /// The request keys of `[tenant.limits]`, typed (enforced by `lbd`).
+    pub request_limits: RequestLimits,
+    /// `tier`: who an overloaded `lbd` sheds first.
+    pub tier: Tier,
+    /// `[tenant.auth]`: API keys and JWTs that authenticate requests.
+    pub auth: Auth,
     /// `[tenant.acl]`: source prefixes the tenant accepts or refuses.
     pub acl: Acl,
     /// `[[tenant.pool]]`, in file order.
@@ -490,12 +507,17 @@ pub struct Acl {
 }
 
 /// Names `[tenant.limits]` accepts. The packet limits are enforced in XDP;
-/// the request limits are reserved for the L7 layer.
-pub const TENANT_LIMIT_KEYS: [&str; 4] = [
+/// the request limits ([`REQUEST_LIMIT_KEYS`]) by `lbd`'s L7 tier.
+pub const TENANT_LIMIT_KEYS: [&str; 9] = [
     "packets_per_second",
     "bytes_per_second",
     "new_flows_per_second",
     "requests_per_second",
+    "requests_burst",
+    "requests_per_second_per_client_ip",
+    "requests_per_second_per_api_key",
+    "max_connections",
+    "max_inflight_requests",
 ];
 
 /// `l4.protocol`.
@@ -580,14 +602,17 @@ struct RawNode {
     flow_idle_timeout: Option<String>,
     access_log: Option<String>,
     drain_timeout: Option<String>,
+    max_inflight_requests: Option<u64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTenant {
     name: String,
+    tier: Option<Tier>,
     limits: Option<BTreeMap<String, u64>>,
     acl: Option<RawAcl>,
+    auth: Option<policy::RawAuth>,
     #[serde(default)]
     pool: Vec<RawPool>,
     #[serde(default)]
@@ -949,6 +974,8 @@ impl Ctx<'_> {
             raw_l7.push(l7);
         }
 
+        self.unique_api_keys(&tenants)?;
+
         // Pass 2: VIPs, which refer to pools and must be unique across
         // tenants, so they need every tenant's pools first.
         let (all_l4, l4_vips) = self.vips(&tenants, raw_l4, &node)?;
@@ -1039,9 +1066,14 @@ impl Ctx<'_> {
                 }
             }
         }
+        let request_limits = self.request_limits(rt.limits.as_ref(), &tpath.key("limits"))?;
+        let auth = self.auth(rt.auth, &tpath.key("auth"))?;
         let tenant = Tenant {
             name: rt.name,
             limits: rt.limits,
+            request_limits,
+            tier: rt.tier.unwrap_or_default(),
+            auth,
             acl,
             pools,
             l4: Vec::new(),
@@ -1200,6 +1232,7 @@ impl Ctx<'_> {
             }
         };
 
+        let max_inflight_requests = self.max_inflight(raw.max_inflight_requests, path)?;
         Ok(Node {
             interface,
             xdp_mode: raw.xdp_mode.unwrap_or_default(),
@@ -1215,6 +1248,7 @@ impl Ctx<'_> {
             flow_idle_timeout,
             access_log,
             drain_timeout,
+            max_inflight_requests,
         })
     }
 

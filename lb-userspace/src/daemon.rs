@@ -334,6 +334,7 @@ impl Daemon {
         let (config, kept, dropped) =
             overrides::effective(&text, &label, &stored).map_err(|e| e.to_string())?;
         self.check_compatible(&config)?;
+        self.check_key_files(&config)?;
         if !dropped.is_empty() {
             store.save(&kept).map_err(|e| e.to_string())?;
         }
@@ -344,6 +345,17 @@ impl Daemon {
         self.update_checks();
         let report = self.apply().map_err(|e| format!("{e:#}"))?;
         Ok((report, dropped))
+    }
+
+    /// The tenants' JWT key files (relative to the configuration file's
+    /// directory) must all be usable before a configuration is applied.
+    fn check_key_files(&self, new: &Config) -> Result<(), String> {
+        let dir = self
+            .config_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        crate::l7::policy::check_key_files(new, dir)
     }
 
     /// Settings a reload cannot change without a restart, and ring sizes,
@@ -390,6 +402,8 @@ impl Daemon {
             return Err(ApiError::bad_request(why));
         }
         self.check_compatible(&config)
+            .map_err(ApiError::bad_request)?;
+        self.check_key_files(&config)
             .map_err(ApiError::bad_request)?;
         let store = Store::open(&self.config.node.state_dir)
             .map_err(|e| ApiError::internal(e.to_string()))?;

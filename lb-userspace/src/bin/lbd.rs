@@ -69,6 +69,15 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        let dir = args
+            .config
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if let Err(e) = lb::l7::policy::check_key_files(&config, dir) {
+            eprintln!("error: {}: {e}", args.config.display());
+            return ExitCode::from(2);
+        }
         let pools: usize = config.tenants.iter().map(|t| t.pools.len()).sum();
         let vips: usize = config.tenants.iter().map(|t| t.l4.len()).sum();
         let sites: usize = config.tenants.iter().map(|t| t.l7.len()).sum();

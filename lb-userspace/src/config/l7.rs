@@ -177,6 +177,12 @@ pub enum Identify {
     Host,
     /// A site's `path_prefix`.
     Path,
+    /// The `X-Tenant-ID` header, trusted only when the request also
+    /// authenticates as that tenant (its API key or JWT).
+    Header,
+    /// The tenant claim of a bearer JWT, which must verify with that
+    /// tenant's keys.
+    Jwt,
 }
 
 /// A pool's `balance`: how the L7 proxy picks a backend (the XDP path
@@ -847,6 +853,39 @@ impl Ctx<'_> {
         Ok(t)
     }
 
+    /// `"header"` and `"jwt"` identification trust only authenticated
+    /// requests: some tenant on the address must have the credentials.
+    fn identify_credentials(
+        &self,
+        tenants: &[Tenant],
+        address: SocketAddr,
+        id: Identify,
+        at: &FieldPath,
+    ) -> Result<(), super::ConfigError> {
+        let mut here = tenants
+            .iter()
+            .filter(|t| t.l7.iter().any(|s| s.listen == address));
+        let (name, what, ok) = match id {
+            Identify::Header => (
+                "header",
+                "[tenant.auth] (API keys or a JWT)",
+                here.any(|t| t.auth.is_configured()),
+            ),
+            Identify::Jwt => ("jwt", "auth.jwt", here.any(|t| t.auth.jwt.is_some())),
+            Identify::Sni | Identify::Host | Identify::Path => return Ok(()),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(self.error(
+            at,
+            format!(
+                "\"{name}\" identification trusts only authenticated requests, and no tenant on \
+                 {address} has {what}"
+            ),
+        ))
+    }
+
     /// `[[listener]]` entries, plus defaults for every site address without
     /// one.
     fn listeners(
@@ -886,7 +925,8 @@ impl Ctx<'_> {
                     if list.is_empty() {
                         return Err(self.error(
                             &lpath.key("identify"),
-                            "identify needs at least one of \"sni\", \"host\", \"path\"",
+                            "identify needs at least one of \"sni\", \"host\", \"path\", \
+                             \"header\", \"jwt\"",
                         ));
                     }
                     for (i, id) in list.iter().enumerate() {
@@ -902,6 +942,12 @@ impl Ctx<'_> {
                                 "\"sni\" needs TLS; this is a plain HTTP listener",
                             ));
                         }
+                        self.identify_credentials(
+                            tenants,
+                            address,
+                            *id,
+                            &lpath.key("identify").index(i, None),
+                        )?;
                     }
                     list
                 }

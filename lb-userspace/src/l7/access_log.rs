@@ -48,10 +48,15 @@ pub struct Entry {
     /// What decided the outcome: `route`, `misdirected`, `tenant_mismatch`,
     /// `unknown_host`, `no_route`, `no_backend`, `upstream_error`,
     /// `upstream_timeout`, `body_too_large`, `redirect_https`,
-    /// `passthrough`, `bad_client_hello`.
+    /// `passthrough`, `bad_client_hello`, or a request-policy refusal
+    /// ([`super::policy::Reason::code`]: `rate_limit`, `jwt_expired`, ...).
     pub decision: &'static str,
-    /// The rule that applied, e.g. `routes[1]`.
+    /// The rule that applied, e.g. `routes[1]`, `limits.requests_per_second`.
     pub rule: Option<String>,
+    /// Who the request authenticated as: `api_key:NAME` or `jwt[:SUB]`
+    /// (never a key or a token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// Where entries go. Cheap to clone.

@@ -10,6 +10,8 @@
 //!   the PROXY protocol v2 header, and the byte copy both ways.
 //! * [`upstream`]: which backend of a pool serves a request (Maglev,
 //!   least request, weighted round robin) and passive outlier detection.
+//! * [`policy`]: per-tenant request policy (ACLs, rate and concurrency
+//!   limits, API keys and JWTs, shedding by tier), kept across reloads.
 //! * [`stats`], [`access_log`]: per-tenant counters and the JSON log.
 
 pub mod access_log;
@@ -17,6 +19,7 @@ pub mod backend_client;
 pub mod handoff;
 pub mod headers;
 pub mod passthrough;
+pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod server;

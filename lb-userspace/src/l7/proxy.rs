@@ -1,8 +1,9 @@
 //! The reverse proxy: one request from identification to the backend's
 //! answer.
 //!
-//! For every request: find the tenant ([`routing`](super::routing)), refuse
-//! what must be refused (421, 403, 404, 413, 431), pick the route and a
+//! For every request: find the tenant ([`routing`](super::routing)), apply
+//! its request policy ([`policy`](super::policy): 401, 403, 429, 503),
+//! refuse what must be refused (421, 403, 404, 413, 431), pick the route and a
 //! backend of the tenant's pool, rewrite the headers the proxy owns
 //! ([`headers`](super::headers)), send it with the pool's pooled client,
 //! and stream the answer back. An idempotent request without a body whose
@@ -20,7 +21,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll},
@@ -39,6 +40,7 @@ use crate::config::{BackendProtocol, L7Protocol};
 use super::{
     access_log::{self, AccessLogger, Entry},
     headers::{self, Forwarding},
+    policy::{self, Ask, ConnectionGuard, InflightGuard, Policy, Proof, bucket::Quota},
     routing::{self, Identified, ListenerRouting, PoolRouting, Refusal, RequestFacts, Routing},
     stats::TenantStats,
 };
@@ -48,13 +50,59 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// What a connection knows about itself.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnInfo {
     pub client: SocketAddr,
     pub listen: SocketAddr,
     /// Normalised SNI of the TLS session.
     pub sni: Option<String>,
     pub https: bool,
+    /// The connection's place in its tenant's `max_connections`, taken
+    /// when the tenant is first known (at the TLS accept from the SNI,
+    /// else at the first request).
+    pub slot: OnceLock<ConnSlot>,
+}
+
+impl ConnInfo {
+    #[must_use]
+    pub fn new(client: SocketAddr, listen: SocketAddr, sni: Option<String>, https: bool) -> Self {
+        Self {
+            client,
+            listen,
+            sni,
+            https,
+            slot: OnceLock::new(),
+        }
+    }
+}
+
+/// Whose connection it is, for `max_connections`.
+#[derive(Debug)]
+pub enum ConnSlot {
+    /// Counted against `tenant` until the connection closes.
+    Held {
+        tenant: String,
+        _guard: ConnectionGuard,
+    },
+    /// Over `tenant`'s limit: its requests get 429 and the connection
+    /// closes.
+    Refused { tenant: String },
+}
+
+impl ConnSlot {
+    /// Counts a connection of `tenant`.
+    #[must_use]
+    pub fn take(policy: &Policy, tenant: &str) -> Self {
+        match policy.connect(tenant) {
+            Ok(guard) => Self::Held {
+                tenant: tenant.to_owned(),
+                _guard: guard,
+            },
+            Err(_) => Self::Refused {
+                tenant: tenant.to_owned(),
+            },
+        }
+    }
 }
 
 /// Shared by every connection of every listener.
@@ -62,6 +110,8 @@ pub struct Proxy {
     pub routing: Arc<ArcSwap<Routing>>,
     /// Swapped when `node.access_log` changes on a reload.
     pub log: ArcSwap<AccessLogger>,
+    /// Per-tenant request policy (its state outlives routing snapshots).
+    pub policy: Arc<Policy>,
 }
 
 /// Why the proxy answers a request itself.
@@ -160,6 +210,54 @@ fn head_size<B>(req: &Request<B>) -> usize {
         + line
 }
 
+/// The answer of a request the policy refused: the JSON error, with
+/// `Retry-After`, the `RateLimit-*` headers or `WWW-Authenticate` as the
+/// refusal says; `close` asks an HTTP/1.1 client to close the connection.
+fn policy_answer(r: &policy::Refusal, request_id: &str, close: bool) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": r.reason.code(), "request_id": request_id });
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = r.reason.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(headers::X_REQUEST_ID, v);
+    }
+    if let Some(secs) = r.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Some(q) = &r.quota {
+        quota_headers(h, q);
+    }
+    if let Some(challenge) = r
+        .www_authenticate
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        h.insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    if close {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The `RateLimit-Limit`, `-Remaining`, `-Reset` headers (IETF
+/// httpapi-ratelimit-headers draft): the bucket's size, the requests left,
+/// the seconds until it is full again; and `RateLimit-Policy` with the
+/// window it fills over.
+fn quota_headers(h: &mut http::HeaderMap, q: &Quota) {
+    let secs = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    h.insert("ratelimit-limit", HeaderValue::from(q.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(q.remaining));
+    h.insert("ratelimit-reset", HeaderValue::from(secs(q.reset)));
+    if let Ok(v) = HeaderValue::from_str(&format!("{};w={}", q.limit, secs(q.window).max(1))) {
+        h.insert("ratelimit-policy", v);
+    }
+}
+
 /// Where an admitted request goes.
 struct Admitted {
     tenant: String,
@@ -169,6 +267,11 @@ struct Admitted {
     retries: u32,
     timeout: std::time::Duration,
     max_body: u64,
+    /// The quota to tell the client about.
+    quota: Option<Quota>,
+    /// Its place in the tenant's and the node's in-flight counts, held
+    /// until the response is finished.
+    inflight: Option<InflightGuard>,
 }
 
 /// Why a request was answered by the proxy, and whose it was.
@@ -233,28 +336,18 @@ impl Proxy {
 
         let admitted = admit(
             &routing,
+            &self.policy,
             &conn,
             &req,
             host.as_deref(),
             &path_and_query,
             &mut entry,
         );
-        let admitted = match admitted {
+        let mut admitted = match admitted {
             Ok(a) => a,
-            Err(refused) => {
-                let refused = *refused;
-                entry.tenant = refused.tenant;
-                let answer = match (refused.answer, refused.rejection) {
-                    (Some(answer), _) => answer,
-                    (None, Some(r)) => {
-                        entry.decision = r.code();
-                        reject(r, &request_id)
-                    }
-                    (None, None) => reject(Rejection::NoRoute, &request_id),
-                };
-                return self.finish(answer, entry, refused.stats, None, start);
-            }
+            Err(refused) => return self.refused(*refused, entry, &request_id, start),
         };
+        let inflight = admitted.inflight.take();
         entry.tenant = Some(admitted.tenant.clone());
         entry.pool = Some(admitted.pool.name.clone());
 
@@ -275,6 +368,7 @@ impl Proxy {
                     Some(admitted.stats),
                     Some(bytes_in),
                     start,
+                    inflight,
                 );
             }
         };
@@ -296,16 +390,41 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             parts.headers.insert(headers::X_REQUEST_ID, v);
         }
+        if let Some(q) = &admitted.quota {
+            quota_headers(&mut parts.headers, q);
+        }
         self.finish(
             Response::from_parts(parts, body.map_err(BoxError::from).boxed()),
             entry,
             Some(admitted.stats),
             Some(bytes_in),
             start,
+            inflight,
         )
     }
 
-    /// The response with the body that records the request when done.
+    /// The answer to a request the proxy refused.
+    fn refused(
+        &self,
+        refused: Refused,
+        mut entry: Entry,
+        request_id: &str,
+        start: Instant,
+    ) -> Response<Tracked> {
+        entry.tenant = refused.tenant;
+        let answer = match (refused.answer, refused.rejection) {
+            (Some(answer), _) => answer,
+            (None, Some(r)) => {
+                entry.decision = r.code();
+                reject(r, request_id)
+            }
+            (None, None) => reject(Rejection::NoRoute, request_id),
+        };
+        self.finish(answer, entry, refused.stats, None, start, None)
+    }
+
+    /// The response with the body that records the request when done (and
+    /// releases its place in the in-flight counts then).
     fn finish(
         &self,
         resp: Response<ProxyBody>,
@@ -313,6 +432,7 @@ impl Proxy {
         stats: Option<Arc<TenantStats>>,
         bytes_in: Option<Arc<AtomicU64>>,
         start: Instant,
+        inflight: Option<InflightGuard>,
     ) -> Response<Tracked> {
         let (parts, body) = resp.into_parts();
         entry.status = parts.status.as_u16();
@@ -327,6 +447,7 @@ impl Proxy {
                     entry,
                     start,
                     bytes_in,
+                    _inflight: inflight,
                 })),
             },
         )
@@ -347,9 +468,10 @@ fn request_authority<B>(req: &Request<B>) -> Option<String> {
 }
 
 /// Identification and every check before the request may go to a
-/// backend: the tenant, its limits, the route and the pool.
+/// backend: the tenant, its policy, the route and the pool.
 fn admit<B: Body>(
     routing: &Routing,
+    policy: &Policy,
     conn: &ConnInfo,
     req: &Request<B>,
     host: Option<&str>,
@@ -403,6 +525,7 @@ fn admit<B: Body>(
         // A Host naming a passthrough site on a terminated connection.
         return Err(refuse(Rejection::Misdirected));
     }
+    let admission = check_policy(policy, conn, req, identified, site, entry)?;
     if head_size(req) > site.config.max_header_bytes {
         return Err(refuse(Rejection::HeadersTooLarge));
     }
@@ -429,7 +552,57 @@ fn admit<B: Body>(
         retries: site.config.retries,
         timeout: site.config.timeouts.request,
         max_body: site.config.max_body_bytes,
+        quota: admission.quota,
+        inflight: admission.guard,
     })
+}
+
+/// The tenant's request policy: its connection slot, then
+/// [`Policy::admit`]. A refusal is counted, logged with its reason and
+/// rule, and answered here.
+fn check_policy<B>(
+    policy: &Policy,
+    conn: &ConnInfo,
+    req: &Request<B>,
+    identified: Identified,
+    site: &routing::Site,
+    entry: &mut Entry,
+) -> Result<policy::Admission, Box<Refused>> {
+    let slot = conn
+        .slot
+        .get_or_init(|| ConnSlot::take(policy, &site.tenant));
+    let over_connections = matches!(slot, ConnSlot::Refused { tenant } if *tenant == site.tenant);
+    let checked = if over_connections {
+        Err(policy::Refusal::connection_limit())
+    } else {
+        policy.admit(
+            &site.tenant,
+            &Ask {
+                client: conn.client.ip(),
+                headers: req.headers(),
+                proof: Proof::of(identified.by),
+            },
+        )
+    };
+    match checked {
+        Ok(admission) => {
+            entry.auth.clone_from(&admission.principal);
+            Ok(admission)
+        }
+        Err(r) => {
+            site.stats.refused(r.reason);
+            entry.decision = r.reason.code();
+            entry.rule = Some(r.rule.clone());
+            let close = over_connections && req.version() < Version::HTTP_2;
+            let request_id = entry.request_id.as_deref().unwrap_or_default();
+            Err(Box::new(Refused {
+                rejection: None,
+                tenant: Some(site.tenant.clone()),
+                stats: Some(Arc::clone(&site.stats)),
+                answer: Some(policy_answer(&r, request_id, close)),
+            }))
+        }
+    }
 }
 
 /// Sends the request to a backend of the pool: another one on a connect
@@ -620,6 +793,8 @@ struct Done {
     entry: Entry,
     start: Instant,
     bytes_in: Option<Arc<AtomicU64>>,
+    /// Released when the response is done.
+    _inflight: Option<InflightGuard>,
 }
 
 /// A response body that records the request (counters, access log) when it
@@ -669,6 +844,7 @@ impl Tracked {
             mut entry,
             start,
             bytes_in,
+            _inflight,
         } = *done;
         let elapsed = start.elapsed();
         let bytes_in = bytes_in.map_or(0, |b| b.load(Relaxed));

@@ -9,12 +9,16 @@
 //! carried from the previous one.
 //!
 //! Identification ([`ListenerRouting::identify`]) follows the listener's
-//! `identify` order (SNI, Host, path prefix). The first method that names a
-//! tenant decides; a later one that names a *different* tenant makes the
-//! request misdirected (421), because a client that reached tenant A's TLS
-//! session must never be served by tenant B. A client-sent `X-Tenant-ID`
-//! that names another tenant is refused (403): the header is an assertion
-//! the proxy checks, never a way in.
+//! `identify` order (SNI, Host, path prefix, `X-Tenant-ID`, a JWT's tenant
+//! claim). The first method that names a tenant decides; a later SNI, Host
+//! or path that names a *different* tenant makes the request misdirected
+//! (421), because a client that reached tenant A's TLS session must never
+//! be served by tenant B. A client-sent `X-Tenant-ID` (or a JWT claim) that
+//! names another tenant is refused (403): the header is an assertion the
+//! proxy checks, never a way in. When the header or a JWT claim is what
+//! identified the tenant, that is only a candidate: the policy
+//! ([`super::policy`]) then requires the request to authenticate as that
+//! tenant (`Identified::by` says so).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -45,6 +49,8 @@ pub struct Site {
     pub tenant: String,
     pub config: L7Site,
     pub stats: Arc<TenantStats>,
+    /// The tenant's `auth.jwt.tenant_claim`, when it accepts JWTs.
+    pub jwt_claim: Option<String>,
 }
 
 /// Everything about one listen address.
@@ -63,6 +69,8 @@ pub struct ListenerRouting {
     prefixes: Vec<(String, SiteId)>,
     /// The default tenant's first site here.
     default_site: Option<SiteId>,
+    /// Each tenant's first site here.
+    tenant_sites: HashMap<String, SiteId>,
 }
 
 /// A tenant's pool as the proxy uses it.
@@ -150,6 +158,12 @@ impl ListenerRouting {
                 Identify::Sni => req.sni.and_then(|s| self.site_for_host(s)),
                 Identify::Host => req.host.and_then(|h| self.site_for_host(h)),
                 Identify::Path => self.site_for_path(req.path),
+                Identify::Header => req
+                    .headers
+                    .get(super::headers::X_TENANT_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|t| self.tenant_sites.get(t).copied()),
+                Identify::Jwt => self.site_for_jwt(req.headers),
             };
             let Some(site) = site else { continue };
             match found {
@@ -160,9 +174,16 @@ impl ListenerRouting {
                     });
                 }
                 Some(first) if self.sites[first.site].tenant != self.sites[site].tenant => {
-                    return Err(Refusal::Misdirected {
-                        identified: self.sites[first.site].tenant.clone(),
-                        other: self.sites[site].tenant.clone(),
+                    let identified = self.sites[first.site].tenant.clone();
+                    let other = self.sites[site].tenant.clone();
+                    return Err(match method {
+                        Identify::Header | Identify::Jwt => Refusal::TenantMismatch {
+                            identified,
+                            claimed: other,
+                        },
+                        Identify::Sni | Identify::Host | Identify::Path => {
+                            Refusal::Misdirected { identified, other }
+                        }
                     });
                 }
                 Some(_) => {}
@@ -183,6 +204,19 @@ impl ListenerRouting {
             }
         }
         Ok(identified)
+    }
+
+    /// The site of the tenant a bearer JWT's tenant claim names (unverified:
+    /// the policy verifies it with that tenant's keys).
+    fn site_for_jwt(&self, headers: &HeaderMap) -> Option<SiteId> {
+        let token = super::policy::auth::bearer(headers)
+            .filter(|t| super::policy::auth::looks_like_jwt(t))?;
+        self.sites.iter().position(|s| {
+            s.jwt_claim.as_deref().is_some_and(|claim| {
+                super::policy::auth::unverified_claim(token, claim).as_deref()
+                    == Some(s.tenant.as_str())
+            })
+        })
     }
 
     /// The first route of `site` whose conditions all hold.
@@ -286,9 +320,11 @@ impl ListenerRouting {
         let mut sites = Vec::new();
         let mut hosts = HashMap::new();
         let mut prefixes = Vec::new();
+        let mut tenant_sites = HashMap::new();
         for t in &config.tenants {
             for s in t.l7.iter().filter(|s| s.listen == l.address) {
                 let id = sites.len();
+                tenant_sites.entry(t.name.clone()).or_insert(id);
                 for h in &s.hosts {
                     hosts.insert(sni_hash(h), id);
                 }
@@ -301,6 +337,7 @@ impl ListenerRouting {
                     stats: tenants
                         .get(&t.name)
                         .map_or_else(|| Arc::new(TenantStats::default()), Arc::clone),
+                    jwt_claim: t.auth.jwt.as_ref().map(|j| j.tenant_claim.clone()),
                 });
             }
         }
@@ -321,6 +358,7 @@ impl ListenerRouting {
             hosts,
             prefixes,
             default_site,
+            tenant_sites,
         }
     }
 }

@@ -49,7 +49,8 @@ use crate::{
 use super::{
     access_log::{self, AccessLogger, Entry},
     passthrough::{self, HelloError},
-    proxy::{ConnInfo, Proxy},
+    policy::Policy,
+    proxy::{ConnInfo, ConnSlot, Proxy},
     routing::{self, ListenerRouting, Routing},
     stats::{ActiveConnection, ListenerStats},
     tls::{CertSpec, CertStore},
@@ -134,6 +135,7 @@ impl L7 {
             proxy: Arc::new(Proxy {
                 routing: Arc::new(ArcSwap::from_pointee(Routing::default())),
                 log: ArcSwap::from_pointee(log),
+                policy: Arc::new(Policy::new()),
             }),
             certs: CertStore::new(),
             config_dir,
@@ -186,6 +188,11 @@ impl L7 {
                 }
                 Err(e) => warn!(error = %e, "keeping the old access log"),
             }
+        }
+        // Policy before routing: a new tenant is routable only with its
+        // limits and credentials in place.
+        for e in self.proxy.policy.update(config, &self.config_dir) {
+            warn!(error = %e, "key file not loaded (the tenant keeps its previous keys, if any)");
         }
         // Certificates first: a site must never be routable before its
         // certificate is served.
@@ -472,12 +479,9 @@ async fn connection(stream: TcpStream, client: SocketAddr, listen: SocketAddr, s
         .max()
         .unwrap_or(crate::config::DEFAULT_HEADER_TIMEOUT);
     if !listener.tls {
-        let info = ConnInfo {
-            client,
-            listen,
-            sni: None,
-            https: false,
-        };
+        // The tenant (and its connection count) comes with the first
+        // request.
+        let info = ConnInfo::new(client, listen, None, false);
         serve_http(stream, info, &listener, &shared).await;
         return;
     }
@@ -514,6 +518,13 @@ async fn connection(stream: TcpStream, client: SocketAddr, listen: SocketAddr, s
     }
 
     let tenant_stats = site.map(|id| Arc::clone(&listener.sites[id].stats));
+    // The SNI names the tenant: count the connection now, and close it
+    // before the handshake when the tenant is at its max_connections.
+    let slot = site.map(|id| ConnSlot::take(&shared.proxy.policy, &listener.sites[id].tenant));
+    if let (Some(ConnSlot::Refused { tenant }), Some(stats)) = (&slot, &tenant_stats) {
+        refuse_connection(&shared, client, listen, sni, tenant, stats);
+        return;
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.load_full());
     let replay = Replay::new(first_bytes, stream);
     let tls = match tokio::time::timeout(header_timeout, acceptor.accept(replay)).await {
@@ -534,12 +545,10 @@ async fn connection(stream: TcpStream, client: SocketAddr, listen: SocketAddr, s
             return;
         }
     };
-    let info = ConnInfo {
-        client,
-        listen,
-        sni,
-        https: true,
-    };
+    let info = ConnInfo::new(client, listen, sni, true);
+    if let Some(slot) = slot {
+        let _ = info.slot.set(slot);
+    }
     let _active = tenant_stats.map(ActiveConnection::new);
     serve_http(tls, info, &listener, &shared).await;
 }
@@ -642,6 +651,32 @@ async fn passthrough_to_pool(
 ) {
     let start = Instant::now();
     let s = &listener.sites[site];
+    // No request to answer: a connection the tenant's ACL refuses, or one
+    // over its max_connections, is closed.
+    let policy = &shared.proxy.policy;
+    let slot = policy
+        .check_acl(&s.tenant, client.ip())
+        .and_then(|()| policy.connect(&s.tenant));
+    let _slot = match slot {
+        Ok(guard) => guard,
+        Err(r) => {
+            s.stats.refused(r.reason);
+            s.stats.refused_connections.fetch_add(1, Relaxed);
+            shared.proxy.log.load().log(&Entry {
+                time: access_log::now(),
+                tenant: Some(s.tenant.clone()),
+                client: Some(client),
+                listener: Some(listen),
+                sni: s.config.hosts.first().cloned(),
+                protocol: Some("tls"),
+                decision: r.reason.code(),
+                rule: Some(r.rule),
+                total_ms: start.elapsed().as_secs_f64() * 1e3,
+                ..Entry::default()
+            });
+            return;
+        }
+    };
     let _active = ActiveConnection::new(Arc::clone(&s.stats));
     let mut entry = Entry {
         time: access_log::now(),
@@ -709,6 +744,33 @@ async fn passthrough_to_pool(
     entry.bytes_out = spliced.backend_to_client;
     entry.total_ms = start.elapsed().as_secs_f64() * 1e3;
     shared.proxy.log.load().log(&entry);
+}
+
+/// A TLS connection over its tenant's `max_connections`: counted, logged
+/// and closed before the handshake.
+fn refuse_connection(
+    shared: &Shared,
+    client: SocketAddr,
+    listen: SocketAddr,
+    sni: Option<String>,
+    tenant: &str,
+    stats: &super::stats::TenantStats,
+) {
+    let r = super::policy::Refusal::connection_limit();
+    stats.refused(r.reason);
+    stats.refused_connections.fetch_add(1, Relaxed);
+    debug!(%client, %listen, tenant, "connection over the tenant's max_connections closed");
+    shared.proxy.log.load().log(&Entry {
+        time: access_log::now(),
+        tenant: Some(tenant.to_owned()),
+        client: Some(client),
+        listener: Some(listen),
+        sni,
+        protocol: Some("tls"),
+        decision: r.reason.code(),
+        rule: Some(r.rule),
+        ..Entry::default()
+    });
 }
 
 fn log_refused(

@@ -4,11 +4,14 @@
 //! them.
 
 use std::{
+    collections::BTreeMap,
     sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
+
+use super::policy::Reason;
 
 /// Upper bounds of the latency histogram's buckets, in seconds (the last,
 /// `+Inf`, is implicit).
@@ -33,6 +36,9 @@ pub struct TenantStats {
     /// Passthrough connections closed because the `ClientHello` was
     /// malformed, and other refused connections.
     pub refused_connections: AtomicU64,
+    /// Requests and connections the request policy refused, by
+    /// [`Reason`] (in [`Reason::ALL`] order).
+    policy_refusals: [AtomicU64; Reason::ALL.len()],
     /// Latency histogram (non-cumulative bucket counts; the last is +Inf).
     latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// Sum of latencies in microseconds.
@@ -51,9 +57,23 @@ pub struct TenantStatsView {
     /// Cumulative counts per bucket of [`LATENCY_BUCKETS`], then +Inf.
     pub latency_cumulative: Vec<u64>,
     pub latency_sum_seconds: f64,
+    /// Policy refusals by reason code (every reason, zeros included).
+    #[serde(default)]
+    pub policy_refusals: BTreeMap<String, u64>,
 }
 
 impl TenantStats {
+    /// Counts one refusal of the request policy.
+    pub fn refused(&self, reason: Reason) {
+        self.policy_refusals[reason.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Refusals counted for `reason`.
+    #[must_use]
+    pub fn refusals(&self, reason: Reason) -> u64 {
+        self.policy_refusals[reason.index()].load(Relaxed)
+    }
+
     /// Counts one answered request.
     pub fn record(&self, status: u16, latency: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
@@ -93,6 +113,10 @@ impl TenantStats {
             refused_connections: self.refused_connections.load(Relaxed),
             latency_cumulative: cumulative,
             latency_sum_seconds: sum,
+            policy_refusals: Reason::ALL
+                .iter()
+                .map(|r| (r.code().to_owned(), self.refusals(*r)))
+                .collect(),
         }
     }
 }
@@ -140,6 +164,11 @@ mod tests {
         assert_eq!(v.latency_cumulative[LATENCY_BUCKETS.len() - 1], 2);
         assert_eq!(v.latency_cumulative.last(), Some(&3));
         assert!((v.latency_sum_seconds - 10.0303).abs() < 1e-6);
+        assert_eq!(v.policy_refusals.len(), Reason::ALL.len());
+        assert!(v.policy_refusals.values().all(|&n| n == 0));
+        s.refused(Reason::Shed);
+        s.refused(Reason::Shed);
+        assert_eq!(s.view().policy_refusals["shed"], 2);
         let g = ActiveConnection::new(std::sync::Arc::new(TenantStats::default()));
         assert_eq!(g.0.active_connections.load(Relaxed), 1);
     }
