@@ -26,6 +26,7 @@
 //! | `lb_l7_bytes_total` | counter | `tenant`, `direction` (`in`, `out`) |
 //! | `lb_l7_active_connections` | gauge | `tenant` |
 //! | `lb_l7_tls_handshake_failures_total` | counter | `tenant` |
+//! | `lb_l7_policy_refusals_total` | counter | `tenant`, `reason` (`rate_limit`, `jwt_expired`, `shed`, ...) |
 //! | `lb_l7_listener_connections_total`, `_tls_handshake_failures_total`, `_bad_client_hellos_total` | counter | `listener` |
 //! | `lb_access_log_lost_total` | counter | |
 //!
@@ -383,6 +384,20 @@ impl Exposition {
                 self.sample(name, &[("tenant", &t.tenant)], value(&t.counters));
             }
         }
+        self.family(
+            "lb_l7_policy_refusals_total",
+            "counter",
+            "Requests and connections of a tenant refused by its request policy, by reason.",
+        );
+        for t in &stats.l7_tenants {
+            for (reason, n) in &t.counters.policy_refusals {
+                self.sample(
+                    "lb_l7_policy_refusals_total",
+                    &[("tenant", &t.tenant), ("reason", reason)],
+                    n,
+                );
+            }
+        }
         self.l7_listeners(stats);
     }
 
@@ -613,6 +628,7 @@ mod tests {
                     let s = crate::l7::stats::TenantStats::default();
                     s.record(200, Duration::from_millis(3));
                     s.record(503, Duration::from_millis(30));
+                    s.refused(crate::l7::policy::Reason::RateLimit);
                     s.view()
                 },
             }],
@@ -682,6 +698,8 @@ mod tests {
             "lb_l7_request_duration_seconds_bucket{tenant=\"acme\",le=\"+Inf\"} 2",
             "lb_l7_request_duration_seconds_count{tenant=\"acme\"} 2",
             "lb_l7_listener_tls_handshake_failures_total{listener=\"203.0.113.20:443\"} 2",
+            "lb_l7_policy_refusals_total{tenant=\"acme\",reason=\"rate_limit\"} 1",
+            "lb_l7_policy_refusals_total{tenant=\"acme\",reason=\"shed\"} 0",
             "# TYPE lb_l7_request_duration_seconds histogram",
             "# TYPE lb_tenant_drops_total counter",
             "# TYPE lb_backend_up gauge",

@@ -1511,9 +1511,16 @@ fn print_l7(stats: &Stats) {
         "BYTES_OUT",
         "CONNS",
         "TLS_FAIL",
+        "POLICY_REFUSALS",
     ]);
     for s in &stats.l7_tenants {
         let c = &s.counters;
+        let refused: BTreeMap<String, u64> = c
+            .policy_refusals
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
         t.row(vec![
             s.tenant.clone(),
             c.responses[1].to_string(),
@@ -1524,6 +1531,7 @@ fn print_l7(stats: &Stats) {
             c.bytes_out.to_string(),
             c.active_connections.to_string(),
             c.tls_handshake_failures.to_string(),
+            drops_text(&refused),
         ]);
     }
     t.print_or("no L7 tenants");
