@@ -1,7 +1,8 @@
-//! `lbd` as a child process in the LB namespace, and the guard that
-//! removes its pins.
+//! `lbd` as a child process in the LB namespace, and the guards that
+//! remove its pins and files.
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
@@ -28,7 +29,20 @@ impl Lbd {
     /// going to `log`.
     pub fn start(ns: &Path, config: &Path, log: PathBuf) -> Lbd {
         let file = std::fs::File::create(&log).expect("lbd log file");
-        let child = Command::new("nsenter")
+        let mut cmd = Command::new("nsenter");
+        // SAFETY: only the async-signal-safe prctl(2) runs between fork and
+        // exec. If the test process dies without unwinding (killed), lbd
+        // gets SIGTERM instead of living on in a deleted namespace.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = cmd
             .arg(format!("--net={}", ns.display()))
             .arg(LBD)
             .arg("--config")
@@ -113,6 +127,54 @@ impl Drop for Pins {
     fn drop(&mut self) {
         let _ = lb::dataplane::cleanup(&self.0);
     }
+}
+
+/// Removes what test processes that no longer run (killed before their
+/// guards ran) left: pins under `/sys/fs/bpf/lbt<pid>...-lb` and work
+/// directories `<tmp>/<work_prefix>lbt<pid>...`.
+pub fn cleanup_stale(work_prefix: &str) {
+    for pins in stale(Path::new("/sys/fs/bpf"), "", "-lb") {
+        let _ = lb::dataplane::cleanup(&pins);
+    }
+    for dir in stale(&std::env::temp_dir(), work_prefix, "") {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Entries `<prefix>lbt<pid>...<suffix>` of `dir` whose pid is gone.
+fn stale(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(suffix)
+                && name
+                    .strip_prefix(prefix)
+                    .and_then(test_pid)
+                    .is_some_and(|pid| !alive(pid))
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The pid in a topology prefix such as `lbt4242a-lb`.
+fn test_pid(name: &str) -> Option<i32> {
+    let digits: String = name
+        .strip_prefix(lb_tests::netns::NAME_PREFIX)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Removes a directory tree on drop.

@@ -34,12 +34,14 @@ use super::{
     backend::{Backend, Front},
     certs::{Ca, Leaf},
     client::{Conn, Http},
-    daemon::{Lbd, Pins, WorkDir},
+    daemon::{Lbd, Pins, WorkDir, cleanup_stale},
     metrics,
 };
 
 /// The shared HTTPS listener of every tenant.
 pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(vip_v4(50)), 443);
+/// Work directories are `<tmp>/<WORK_PREFIX><topology prefix>`.
+const WORK_PREFIX: &str = "lb-l7-";
 /// The port of the plain HTTP backends.
 const HTTP_PORT: u16 = 8080;
 /// g2's TLS port (passthrough without PROXY protocol).
@@ -100,7 +102,8 @@ impl World {
             ],
         )
         .expect("the listen address on the LB's lo");
-        let dir = std::env::temp_dir().join(format!("lb-l7-{}", topo.prefix()));
+        cleanup_stale(WORK_PREFIX);
+        let dir = std::env::temp_dir().join(format!("{WORK_PREFIX}{}", topo.prefix()));
         std::fs::create_dir_all(&dir).expect("work dir");
         let work = WorkDir(dir.clone());
         let pins = Pins(PathBuf::from(format!("/sys/fs/bpf/{}-lb", topo.prefix())));
