@@ -1633,8 +1633,11 @@ impl Ctx<'_> {
                     .index(pi, Some(&p.name));
                 pools += 1;
                 backends += p.backends.len();
-                ring_slots += u64::from(p.ring_size);
-                largest = largest.max(u64::from(p.ring_size));
+                // Only pools behind an L4 VIP get a ring in the data plane.
+                if t.l4.iter().any(|v| v.pool == p.name) {
+                    ring_slots += u64::from(p.ring_size);
+                    largest = largest.max(u64::from(p.ring_size));
+                }
                 if pools > POOLS as usize {
                     return Err(too_many(&ppath, "pools", POOLS));
                 }
@@ -2403,20 +2406,39 @@ default_tenant = "acme"     # optional
     #[test]
     fn rings_must_fit_the_arena() {
         // As many rings of 655373 slots as fit with room to replace one;
-        // one more does not.
+        // one more does not. Only pools behind a VIP have a ring.
         let fit = (RING_ARENA_ENTRIES / 655_373 - 1) as usize;
         let pools = |n: usize| {
             let pool = |i| format!("[[tenant.pool]]\nname = \"p{i}\"\nring_size = 655373\n");
             (0..n).map(pool).collect::<Vec<_>>().concat()
         };
-        let text = format!("{NODE}[[tenant]]\nname = \"big\"\n{}", pools(fit + 1));
+        let vips = |n: usize| {
+            let vip = |i| {
+                format!(
+                    "[[tenant.l4]]\nvip = \"10.1.0.{}\"\nport = 80\nprotocol = \"tcp\"\npool = \"p{i}\"\n",
+                    i + 1
+                )
+            };
+            (0..n).map(vip).collect::<Vec<_>>().concat()
+        };
+        let text = format!(
+            "{NODE}[[tenant]]\nname = \"big\"\n{}{}",
+            pools(fit + 1),
+            vips(fit + 1)
+        );
         assert_err(
             &text,
             5 + fit * 3 + 2,
             &format!("tenant[0] (\"big\").pool[{fit}] (\"p{fit}\").ring_size"),
             &format!("more than the {RING_ARENA_ENTRIES} the data plane holds"),
         );
-        ok(&format!("{NODE}[[tenant]]\nname = \"big\"\n{}", pools(fit)));
+        ok(&format!(
+            "{NODE}[[tenant]]\nname = \"big\"\n{}{}",
+            pools(fit),
+            vips(fit)
+        ));
+        // Pools only the L7 proxy uses take no ring slots.
+        ok(&format!("{NODE}[[tenant]]\nname = \"big\"\n{}", pools(fit + 5)));
     }
 
     #[test]

@@ -424,6 +424,9 @@ struct DesiredPool {
     ring_size: u32,
     /// (backend id, map value, weight, identity key bytes)
     backends: Vec<(u32, Backend, u32, Vec<u8>)>,
+    /// Whether an L4 VIP uses the pool. Only those get a Maglev ring: the
+    /// L7 proxy balances in `lbd` and needs only the backends' state.
+    in_xdp: bool,
 }
 
 /// Applies configurations to the maps, remembering id assignments between
@@ -571,6 +574,7 @@ impl Reconciler {
                     name: p.name.clone(),
                     ring_size: p.ring_size,
                     backends,
+                    in_xdp: t.l4.iter().any(|v| v.pool == p.name),
                 });
             }
             for v in &t.l4 {
@@ -758,6 +762,14 @@ impl Reconciler {
             let published = dp
                 .pool(pool.id)
                 .is_some_and(|p| p.tenant_id == pool.tenant_id);
+            if !pool.in_xdp {
+                // No VIP points at the pool: free its ring, if it had one.
+                if dp.pool(pool.id).is_some() {
+                    dp.remove_pool(pool.id)?;
+                }
+                self.ring_inputs.remove(&pool.id);
+                continue;
+            }
             if published && self.ring_inputs.get(&pool.id) == Some(&inputs) {
                 // Built from the same inputs last time: the ring is the same.
                 continue;
