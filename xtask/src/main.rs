@@ -70,6 +70,18 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// lbd's L7 proxy next to nginx and `HAProxy` (two TLS tenants, one core
+    /// each): HTTPS keep-alive requests/s and p50/p99 (HTTP/1.1 with wrk,
+    /// h2 with h2load), full TLS 1.3 handshakes per second and per proxy
+    /// CPU-second, memory per idle TLS connection. Installs nginx, haproxy,
+    /// wrk and nghttp2-client when missing. Writes
+    /// results/bench-l7.{json,md,svg}.
+    L7 {
+        /// Short windows, one round, 500 idle connections (a smoke run,
+        /// under two minutes: the figures are noisy).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,6 +109,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             bootstrap()?;
             bench_control(quick, "results/bench-control.json")
+        }
+        Task::Bench {
+            bench: Bench::L7 { quick },
+        } => {
+            bootstrap()?;
+            bench_l7(quick, "results/bench-l7.json")
         }
     }
 }
@@ -170,6 +188,15 @@ fn bench_l4(quick: bool, out: &str) -> anyhow::Result<()> {
     bench("bench_l4", quick, out)
 }
 
+/// The L7 bench runs `target/release/lbd` as one of its candidates.
+fn bench_l7(quick: bool, out: &str) -> anyhow::Result<()> {
+    run(
+        "building lbd (release)",
+        cargo().args(["build", "--release", "-p", "lb-userspace", "--bins"]),
+    )?;
+    bench("bench_l7", quick, out)
+}
+
 /// Smoke run of every benchmark: each completes and writes well-formed
 /// results (no timing assertions).
 fn bench_smoke() -> anyhow::Result<()> {
@@ -222,6 +249,51 @@ fn bench_smoke() -> anyhow::Result<()> {
         let path = root().join("target/bench-smoke").join(file);
         if !path.is_file() {
             bail!("bench l4 smoke run: {} was not written", path.display());
+        }
+    }
+    bench_l7(true, "target/bench-smoke/bench-l7.json")?;
+    check_l7_smoke(&root().join("target/bench-smoke"))
+}
+
+/// The L7 smoke run's results: every candidate with every figure, and the
+/// report files.
+fn check_l7_smoke(dir: &Path) -> anyhow::Result<()> {
+    let json = std::fs::read_to_string(dir.join("bench-l7.json"))
+        .context("reading the bench l7 smoke results")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&json).context("bench l7 smoke run: its results are not JSON")?;
+    let candidates = v["candidates"].as_array().map_or(&[][..], Vec::as_slice);
+    let names: Vec<&str> = candidates
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    if names != ["lbd", "nginx", "haproxy"] {
+        bail!("bench l7 smoke run: candidates {names:?}, expected lbd, nginx, haproxy: {json}");
+    }
+    for c in candidates {
+        for key in [
+            "/h1/requests_per_s",
+            "/h1/p99_ms",
+            "/h2/requests_per_s",
+            "/h2/p99_ms",
+            "/handshakes/handshakes_per_s",
+            "/handshakes/handshakes_per_proxy_cpu_s",
+            "/memory/bytes_per_connection",
+        ] {
+            if !c.pointer(key).is_some_and(serde_json::Value::is_number) {
+                bail!("bench l7 smoke run: {} has no {key}: {json}", c["name"]);
+            }
+        }
+    }
+    if !v["ratios"]["lbd_vs_nginx_handshakes_per_proxy_cpu_s"].is_number() {
+        bail!("bench l7 smoke run: ratios missing: {json}");
+    }
+    for file in ["bench-l7.md", "bench-l7.svg"] {
+        if !dir.join(file).is_file() {
+            bail!(
+                "bench l7 smoke run: {} was not written",
+                dir.join(file).display()
+            );
         }
     }
     Ok(())
