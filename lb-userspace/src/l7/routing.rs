@@ -154,6 +154,12 @@ impl ListenerRouting {
     pub fn identify(&self, req: &RequestFacts<'_>) -> Result<Identified, Refusal> {
         let mut found: Option<Identified> = None;
         for &method in &self.listener.identify {
+            if method == Identify::Jwt && found.is_some() {
+                // Already identified: a JWT naming another tenant is the
+                // policy's to refuse (403 when it is that tenant's, 401
+                // when it is not valid at all).
+                continue;
+            }
             let site = match method {
                 Identify::Sni => req.sni.and_then(|s| self.site_for_host(s)),
                 Identify::Host => req.host.and_then(|h| self.site_for_host(h)),
@@ -659,6 +665,64 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
         assert!(
             l.identify(&facts(Some("acme.example"), None, "/", &h))
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn header_and_jwt_name_candidates_and_never_override_the_host() {
+        use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+        let r = routing(
+            "[tenant.auth]\njwt = { jwks_file = \"k.json\", tenant_claim = \"org\" }",
+            "[[listener]]\naddress = \"203.0.113.20:443\"\nidentify = [\"host\", \"header\", \"jwt\"]\n",
+        );
+        let l = listener(&r);
+        let x_tenant = |t: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(super::super::headers::X_TENANT_ID, t.parse().expect("v"));
+            h
+        };
+        let who = |host: Option<&str>, h: &HeaderMap| {
+            l.identify(&facts(None, host, "/", h))
+                .map(|i| (l.sites[i.site].tenant.clone(), i.by))
+        };
+        // The header names a candidate the policy must then see proven.
+        assert_eq!(
+            who(Some("unknown.example"), &x_tenant("acme")),
+            Ok(("acme".into(), Some(Identify::Header)))
+        );
+        assert_eq!(
+            who(Some("acme.example"), &x_tenant("globex")),
+            Err(Refusal::TenantMismatch {
+                identified: "acme".into(),
+                claimed: "globex".into()
+            })
+        );
+        // A JWT's claim (unverified here) names globex, whose claim is
+        // "org" (text_extra lands in the last tenant).
+        let token = |claims: &str| {
+            let mut h = HeaderMap::new();
+            let t = format!(
+                "eyJhbGciOiJFUzI1NiJ9.{}.c2ln",
+                URL_SAFE_NO_PAD.encode(claims)
+            );
+            h.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().expect("v"),
+            );
+            h
+        };
+        assert_eq!(
+            who(Some("unknown.example"), &token(r#"{"org":"globex"}"#)),
+            Ok(("globex".into(), Some(Identify::Jwt)))
+        );
+        // acme takes no JWTs; and the Host decides before any token.
+        assert_eq!(
+            who(Some("unknown.example"), &token(r#"{"org":"acme"}"#)),
+            Err(Refusal::UnknownHost)
+        );
+        assert_eq!(
+            who(Some("acme.example"), &token(r#"{"org":"globex"}"#)),
+            Ok(("acme".into(), Some(Identify::Host)))
         );
     }
 
