@@ -206,16 +206,17 @@ const MICROS: u64 = 1_000;
 /// over is exact). Only when all four slots of its set are busy with other
 /// keys does a key share the one with the least debt, charging it too:
 /// collisions make limits stricter, never looser. Memory never grows,
-/// whatever the number of keys.
+/// whatever the number of keys: the table (128 KiB) is allocated by the
+/// first key, so a limit nobody uses costs nothing.
 pub struct KeyedBuckets {
-    slots: Box<[AtomicU64]>,
+    slots: std::sync::OnceLock<Box<[AtomicU64]>>,
     hasher: std::hash::RandomState,
 }
 
 impl std::fmt::Debug for KeyedBuckets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyedBuckets")
-            .field("slots", &self.slots.len())
+            .field("slots", &self.slots.get().map_or(0, |s| s.len()))
             .finish_non_exhaustive()
     }
 }
@@ -237,19 +238,24 @@ fn fingerprint(slot: u64) -> u64 {
 }
 
 impl KeyedBuckets {
-    /// An empty table (every bucket full).
+    /// An empty table (every bucket full), not allocated yet.
     #[must_use]
     pub fn new() -> Self {
         Self {
-            slots: (0..SETS * WAYS).map(|_| AtomicU64::new(0)).collect(),
+            slots: std::sync::OnceLock::new(),
             hasher: std::hash::RandomState::new(),
         }
     }
 
-    /// Bytes the table holds (fixed).
+    fn slots(&self) -> &[AtomicU64] {
+        self.slots
+            .get_or_init(|| (0..SETS * WAYS).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Bytes the table holds: 0 until the first key, then fixed.
     #[must_use]
     pub fn memory(&self) -> usize {
-        std::mem::size_of_val(&*self.slots)
+        self.slots.get().map_or(0, |s| std::mem::size_of_val(&**s))
     }
 
     /// Takes one token of `key`'s bucket at `now` (ns).
@@ -261,7 +267,7 @@ impl KeyedBuckets {
         let fp = ((hash >> TAT_BITS) & 0x00ff_ffff).max(1);
         let now_us = (now / MICROS) & TAT_MASK;
         let (interval, tau) = rate.scaled(MICROS);
-        let slots = &self.slots[set..set + WAYS];
+        let slots = &self.slots()[set..set + WAYS];
         loop {
             let values: [u64; WAYS] = std::array::from_fn(|i| slots[i].load(Relaxed));
             // Own slot, else an empty or idle one (claimed), else the one
@@ -305,8 +311,11 @@ impl KeyedBuckets {
     /// Converts every bucket from `from` to `to` at `now` (ns), keeping the
     /// tokens each has.
     pub fn rescale(&self, from: &Rate, to: &Rate, now: u64) {
+        let Some(slots) = self.slots.get() else {
+            return;
+        };
         let now_us = (now / MICROS) & TAT_MASK;
-        for slot in &*self.slots {
+        for slot in &**slots {
             let _ = slot.fetch_update(Relaxed, Relaxed, |v| {
                 if v == 0 {
                     return None;
@@ -321,7 +330,7 @@ impl KeyedBuckets {
     #[must_use]
     pub fn busy(&self, now: u64) -> usize {
         let now_us = (now / MICROS) & TAT_MASK;
-        self.slots
+        self.slots()
             .iter()
             .filter(|s| {
                 let v = s.load(Relaxed);
@@ -445,6 +454,8 @@ mod tests {
     fn a_million_keys_stay_in_the_table_and_only_tighten_limits() {
         let rate = Rate::new(1, 1);
         let t = KeyedBuckets::new();
+        assert_eq!(t.memory(), 0, "allocated by the first key");
+        assert!(allowed(t.take(b"first", &rate, 0)));
         let memory = t.memory();
         assert_eq!(memory, SETS * WAYS * 8);
         // One key at its limit...
