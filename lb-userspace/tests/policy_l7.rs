@@ -26,6 +26,10 @@
 //!   tenant's requests all succeed.
 //! * `connections_over_max_connections_get_429`: a tenant's third
 //!   connection over `max_connections = 2` gets 429 and is closed.
+//! * `limits_change_on_reload_without_resetting_their_state`: a reload
+//!   that raises a tenant's rate and burst keeps the tokens it had spent.
+//! * `check_refuses_unreadable_key_files`: `lbd --check` reads the JWT key
+//!   files (missing, unusable, then good).
 //!
 //! Needs root (namespaces, BPF). Every test builds its own fixture and
 //! tears it down, also when it fails.
@@ -1170,4 +1174,108 @@ fn connections_over_max_connections_get_429() {
     f.wait_for_log("of delta's connection_limit", |l| {
         l["tenant"] == "delta" && l["decision"] == "connection_limit" && l["status"] == 429
     });
+}
+
+impl Fixture {
+    /// Rewrites alpha's limits in `lb.toml` (`lbd` reloads on the write)
+    /// and waits until the reload is done.
+    fn set_alpha_limits(&self, limits: &str) {
+        let path = self.dir.join("lb.toml");
+        let text = std::fs::read_to_string(&path).expect("lb.toml");
+        let start = text.find("[tenant.limits]\n").expect("alpha's limits") + 16;
+        let end = start + text[start..].find("[tenant.auth]").expect("alpha's auth");
+        let before = self.metric("lb_reloads_total").unwrap_or(0.0);
+        let new = format!("{}{limits}\n{}", &text[..start], &text[end..]);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, new).expect("writing lb.toml");
+        std::fs::rename(&tmp, &path).expect("replacing lb.toml");
+        self.wait_for_metric("lb_reloads_total", |n| n > before);
+        self.wait_for_metric("lb_last_reload_success", |ok| ok > 0.5);
+    }
+}
+
+#[test]
+fn limits_change_on_reload_without_resetting_their_state() {
+    /// Sends `n` requests to alpha back to back (not at once: that would
+    /// cross the node's shedding threshold); returns (200s, 429s).
+    fn burst(f: &Fixture, n: usize) -> (usize, usize) {
+        f.client(move || async move {
+            let mut conn = H2::open().await;
+            let (mut ok, mut limited) = (0, 0);
+            for _ in 0..n {
+                match conn.fetch("alpha.example", "/", &[]).await.status {
+                    StatusCode::OK => ok += 1,
+                    StatusCode::TOO_MANY_REQUESTS => limited += 1,
+                    s => panic!("unexpected {s}"),
+                }
+            }
+            (ok, limited)
+        })
+    }
+    let f = Fixture::start(true);
+    // A slow rate, a bucket of 20: the full bucket (40) is clamped to 20.
+    f.set_alpha_limits("requests_per_second = 1\nrequests_burst = 20");
+    let (ok, _) = burst(&f, 30);
+    assert!((20..=22).contains(&ok), "{ok} of 30 with a bucket of 20");
+    // A bigger rate and bucket: the tokens alpha has (about none) stay;
+    // a reset would admit 30 at once.
+    f.set_alpha_limits("requests_per_second = 2\nrequests_burst = 30");
+    let (ok, limited) = burst(&f, 10);
+    assert!(
+        ok <= 4 && limited >= 6,
+        "{ok} of 10 admitted right after the reload: the bucket was reset"
+    );
+    // And the new rate applies: about 2 per second from now on.
+    let line = f.wait_for_log("of alpha limited after the reload", |l| {
+        l["tenant"] == "alpha" && l["decision"] == "rate_limit"
+    });
+    assert_eq!(line["rule"], "limits.requests_per_second");
+}
+
+#[test]
+fn check_refuses_unreadable_key_files() {
+    let dir = std::env::temp_dir().join(format!("lb-policy-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let _work = WorkDir(dir.clone());
+    let config = dir.join("lb.toml");
+    std::fs::write(
+        &config,
+        "[node]\ninterface = \"eth0\"\n[[tenant]]\nname = \"acme\"\n[tenant.auth]\n\
+         jwt = { jwks_file = \"keys.json\" }\n",
+    )
+    .expect("lb.toml");
+    let check = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lbd"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--check")
+            .output()
+            .expect("running lbd --check")
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tenant \"acme\" auth.jwt") && err.contains("keys.json"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.join("keys.json"),
+        r#"{"keys":[{"kty":"oct","k":"c2hvcnQ"}]}"#,
+    )
+    .expect("keys.json");
+    let out = check();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 32"),
+        "{out:?}"
+    );
+    let key = URL_SAFE_NO_PAD.encode(b"a-secret-of-at-least-thirty-two-bytes");
+    std::fs::write(
+        dir.join("keys.json"),
+        format!(r#"{{"keys":[{{"kty":"oct","k":"{key}"}}]}}"#),
+    )
+    .expect("keys.json");
+    let out = check();
+    assert!(out.status.success(), "{out:?}");
 }
