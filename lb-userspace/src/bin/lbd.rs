@@ -72,15 +72,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if args.check {
+    // JWT key files are part of the configuration: --check and a start
+    // refuse broken ones like an invalid file (--cleanup does not care).
+    let key_files = || {
         let dir = args
             .config
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
-        if let Err(e) = lb::l7::policy::check_key_files(&config, dir) {
+        lb::l7::policy::check_key_files(&config, dir).map_err(|e| {
             eprintln!("error: {}: {e}", args.config.display());
-            return ExitCode::from(2);
+            ExitCode::from(2)
+        })
+    };
+    if args.check {
+        if let Err(code) = key_files() {
+            return code;
         }
         let pools: usize = config.tenants.iter().map(|t| t.pools.len()).sum();
         let vips: usize = config.tenants.iter().map(|t| t.l4.len()).sum();
@@ -111,6 +118,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Err(code) = key_files() {
+        return code;
     }
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
