@@ -2438,7 +2438,10 @@ default_tenant = "acme"     # optional
             vips(fit)
         ));
         // Pools only the L7 proxy uses take no ring slots.
-        ok(&format!("{NODE}[[tenant]]\nname = \"big\"\n{}", pools(fit + 5)));
+        ok(&format!(
+            "{NODE}[[tenant]]\nname = \"big\"\n{}",
+            pools(fit + 5)
+        ));
     }
 
     #[test]
