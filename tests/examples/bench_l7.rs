@@ -122,11 +122,12 @@ impl Plan {
 }
 
 const USAGE: &str =
-    "usage: bench_l7 [--quick] [--out FILE.json] [--lbd PATH] [--proxies lbd,nginx,haproxy]
+    "usage: bench_l7 [--quick] [--out FILE.json] [--lbd PATH] [--proxies lbd,nginx,haproxy] [--idle N]
        bench_l7 --hold lbd|nginx|haproxy [--lbd PATH]
   FILE.md and FILE.svg are written next to FILE.json.
   --lbd      the lbd binary (default: target/release/lbd of this workspace)
   --proxies  which candidates (default: all three; also BENCH_L7_PROXIES)
+  --idle N   idle connections for the memory figure (default 9000, --quick 500)
   --hold     set everything up with one candidate running, print how to load
              it by hand (e.g. to profile it), and wait for Ctrl-C";
 
@@ -144,6 +145,7 @@ fn parse_args() -> Result<Opts> {
     let mut lbd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lbd");
     let mut proxies = std::env::var("BENCH_L7_PROXIES").ok();
     let mut hold = None;
+    let mut idle = None;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -155,6 +157,7 @@ fn parse_args() -> Result<Opts> {
             "--out" => out = Some(PathBuf::from(value()?)),
             "--lbd" => lbd = PathBuf::from(value()?),
             "--proxies" => proxies = Some(value()?),
+            "--idle" => idle = Some(value()?.parse().context("--idle N")?),
             "--hold" => {
                 let v = value()?;
                 hold =
@@ -166,6 +169,9 @@ fn parse_args() -> Result<Opts> {
             }
             other => bail!("unknown argument {other}\n{USAGE}"),
         }
+    }
+    if let Some(n) = idle {
+        plan.idle_conns = n;
     }
     if let Some(k) = hold {
         proxies = Some(k.name().to_owned());
@@ -733,12 +739,19 @@ impl Bench<'_> {
             rss_before_kib,
             rss_after_kib,
             alive_after: idle.alive_after,
+            closed: idle.closed.clone(),
             probed: idle.probed,
             probed_ok: idle.probed_ok,
             open_seconds: idle.open_seconds,
             processes,
             threads,
         };
+        for (why, n) in &idle.closed {
+            println!(
+                "  {:<8} {n} idle connections ended before the end: {why}",
+                kind.name()
+            );
+        }
         ensure!(
             idle.failed == 0,
             "{}: {} of {} idle connections failed to open (first: {})",

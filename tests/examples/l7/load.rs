@@ -573,6 +573,9 @@ pub struct Idle {
     pub open_seconds: f64,
     /// Still open after the measurement.
     pub alive_after: usize,
+    /// How the others ended (the client saw the proxy close them, or an
+    /// error), with counts.
+    pub closed: Vec<(String, usize)>,
     /// A second request on a sample of them.
     pub probed: usize,
     pub probed_ok: usize,
@@ -621,14 +624,16 @@ pub fn idle<T: Send>(
             ..Idle::default()
         };
         let mut held: Vec<(Held, &'static str, &'static str)> = Vec::with_capacity(count);
+        let closed: Closed = Arc::default();
         let mut set = JoinSet::new();
         let mut next = 0usize;
         while next < count || !set.is_empty() {
             while next < count && set.len() < concurrency {
                 let t = &tenants[next % tenants.len()];
                 let (host, name, cfg, target) = (t.host, t.name, cfg.clone(), g.target);
+                let closed = closed.clone();
                 set.spawn(async move {
-                    let res = open_idle(target, host, name, &cfg).await;
+                    let res = open_idle(target, host, name, &cfg, closed).await;
                     (res, host, name)
                 });
                 next += 1;
@@ -679,11 +684,15 @@ pub fn idle<T: Send>(
     })
 }
 
+/// How idle connections ended: reason -> count.
+type Closed = Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>;
+
 async fn open_idle(
     target: SocketAddr,
     host: &'static str,
     tenant: &'static str,
     cfg: &Arc<ClientConfig>,
+    closed: Closed,
 ) -> Result<Held> {
     let tls = connect(target, host, cfg).await?;
     ensure!(
@@ -693,7 +702,13 @@ async fn open_idle(
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls)).await?;
     let task = tokio::spawn(async move {
-        let _ = conn.await;
+        let why = match conn.await {
+            Ok(()) => "closed by the proxy".to_owned(),
+            Err(e) => format!("{e}"),
+        };
+        if let Ok(mut m) = closed.lock() {
+            *m.entry(why).or_default() += 1;
+        }
     });
     probe(&mut sender, host, tenant).await?;
     Ok((sender, task))

@@ -417,7 +417,9 @@ fn nginx_conf(env: &Env, dir: &Path) -> String {
          \tkeepalive_requests 100000000;\n\
          \tssl_protocols TLSv1.2 TLSv1.3;\n",
         nofile = env.max_conns * 2 + 100,
-        conns = env.max_conns + 200,
+        // nginx starts closing idle keep-alive connections once fewer than
+        // 1/16 of its connections are free: leave plenty free.
+        conns = env.max_conns * 2,
     );
     for t in &env.tenants {
         let servers = t.backends.iter().fold(String::new(), |mut acc, b| {

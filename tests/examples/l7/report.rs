@@ -233,6 +233,8 @@ pub struct Memory {
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
     pub alive_after: usize,
+    /// How the connections that did not stay open ended.
+    pub closed: Vec<(String, usize)>,
     pub probed: usize,
     pub probed_ok: usize,
     pub open_seconds: f64,
@@ -256,6 +258,7 @@ impl Memory {
             "rss_after_kib": self.rss_after_kib,
             "bytes_per_connection": round(self.bytes_per_conn(), 0),
             "alive_after_measurement": self.alive_after,
+            "closed": self.closed.iter().map(|(why, n)| json!({"reason": why, "count": n})).collect::<Vec<_>>(),
             "probed": self.probed,
             "probed_ok": self.probed_ok,
             "open_seconds": round(self.open_seconds, 2),
