@@ -202,7 +202,10 @@ fn idempotent(method: &Method) -> bool {
 /// The size of a request head as it arrived (approximately: names,
 /// values and separators).
 fn head_size<B>(req: &Request<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     req.headers()
         .iter()
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
@@ -317,21 +320,26 @@ impl Proxy {
             .uri()
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-        let mut entry = Entry {
-            time: access_log::now(),
-            request_id: Some(request_id.clone()),
-            client: Some(conn.client),
-            listener: Some(conn.listen),
-            sni: conn.sni.clone(),
-            host: host.clone(),
-            method: Some(req.method().as_str().to_owned()),
-            path: Some(path_and_query.clone()),
-            protocol: Some(if req.version() == Version::HTTP_2 {
-                "HTTP/2"
-            } else {
-                "HTTP/1.1"
-            }),
-            ..Entry::default()
+        // The log line's texts are only made when the log is on.
+        let mut entry = if self.log.load().enabled() {
+            Entry {
+                time: access_log::now(),
+                request_id: Some(request_id.clone()),
+                client: Some(conn.client),
+                listener: Some(conn.listen),
+                sni: conn.sni.clone(),
+                host: host.clone(),
+                method: Some(req.method().as_str().to_owned()),
+                path: Some(path_and_query.clone()),
+                protocol: Some(if req.version() == Version::HTTP_2 {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
+                }),
+                ..Entry::default()
+            }
+        } else {
+            Entry::default()
         };
 
         let admitted = admit(
@@ -615,7 +623,11 @@ async fn forward(
     upgrade: bool,
     bytes_in: &Arc<AtomicU64>,
 ) -> Forwarded {
-    let hash_key = routing::hash_key(&to.pool.l7.hash_on, conn.client, req.headers());
+    let hash_key = if to.pool.l7.balance == crate::config::Balance::Maglev {
+        routing::hash_key(&to.pool.l7.hash_on, conn.client, req.headers())
+    } else {
+        None
+    };
     let (mut parts, body) = req.into_parts();
     if parts.version == Version::HTTP_2
         && !parts.headers.contains_key(header::HOST)
@@ -667,7 +679,13 @@ async fn forward(
         tried.push(picked.addr);
         out.attempts += 1;
         out.upstream = Some(picked.addr);
-        let mut request = Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty));
+        // The last attempt takes the request head instead of a copy.
+        let head = if out.attempts > retries {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        } else {
+            parts.clone()
+        };
+        let mut request = Request::from_parts(head, body.take().unwrap_or_else(empty));
         *request.uri_mut() = backend_uri(&to.pool, picked.addr, &to.backend_path);
         let sent_at = Instant::now();
         let result = tokio::time::timeout(to.timeout, to.pool.client.request(request)).await;
