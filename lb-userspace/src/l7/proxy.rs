@@ -613,22 +613,16 @@ fn check_policy<B>(
     }
 }
 
-/// Sends the request to a backend of the pool: another one on a connect
-/// failure while retries are left and the request can be sent again.
-async fn forward(
-    req: Request<Incoming>,
+/// The request head as the backend sees it: a Host header for h2
+/// clients, no hop-by-hop headers, the proxy's forwarding headers, the
+/// pool's HTTP version.
+fn backend_head(
+    parts: &mut http::request::Parts,
     conn: &ConnInfo,
     to: &Admitted,
     request_id: &str,
     upgrade: bool,
-    bytes_in: &Arc<AtomicU64>,
-) -> Forwarded {
-    let hash_key = if to.pool.l7.balance == crate::config::Balance::Maglev {
-        routing::hash_key(&to.pool.l7.hash_on, conn.client, req.headers())
-    } else {
-        None
-    };
-    let (mut parts, body) = req.into_parts();
+) {
     if parts.version == Version::HTTP_2
         && !parts.headers.contains_key(header::HOST)
         && let Some(a) = parts.uri.authority()
@@ -650,6 +644,25 @@ async fn forward(
         BackendProtocol::Http1 => Version::HTTP_11,
         BackendProtocol::H2 => Version::HTTP_2,
     };
+}
+
+/// Sends the request to a backend of the pool: another one on a connect
+/// failure while retries are left and the request can be sent again.
+async fn forward(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    to: &Admitted,
+    request_id: &str,
+    upgrade: bool,
+    bytes_in: &Arc<AtomicU64>,
+) -> Forwarded {
+    let hash_key = if to.pool.l7.balance == crate::config::Balance::Maglev {
+        routing::hash_key(&to.pool.l7.hash_on, conn.client, req.headers())
+    } else {
+        None
+    };
+    let (mut parts, body) = req.into_parts();
+    backend_head(&mut parts, conn, to, request_id, upgrade);
     // Only a request without a body can be sent twice: a streamed body is
     // gone once sent.
     let retryable = idempotent(&parts.method) && body.is_end_stream() && !upgrade;
