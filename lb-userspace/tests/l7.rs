@@ -350,7 +350,7 @@ fn a_dead_backend_is_retried_around_and_a_dead_pool_answers_503() {
 
 #[test]
 fn certificate_rotation_keeps_open_connections() {
-    let world = World::start();
+    let mut world = World::start();
     let ca = world.pki.alpha.clone();
     let rotation = world.next_alpha_certificate();
     let new_leaf = rotation.leaf.der.clone();
@@ -421,7 +421,6 @@ fn certificate_rotation_keeps_open_connections() {
         "-----BEGIN CERTIFICATE-----\nbroken\n",
     )
     .expect("breaking alpha.pem");
-    let mut world = world;
     let deadline = Instant::now() + ROTATION_LIMIT;
     while !world.lbd(0).log_tail().contains("certificate not reloaded") {
         assert!(
