@@ -512,8 +512,6 @@ fn passthrough_keeps_the_backends_tls_and_refuses_garbage_cleanly() {
 }
 
 #[test]
-#[ignore = "bug: passthrough access-log lines carry the site's first host as sni, not the \
-            client's SNI (l7/server.rs passthrough_to_pool)"]
 fn passthrough_logs_the_clients_sni() {
     let world = World::start();
     let ca = world.pki.gamma_backend.clone();
@@ -614,9 +612,6 @@ fn a_restart_under_h2_load_loses_no_request() {
 }
 
 #[test]
-#[ignore = "bug: a draining lbd closes an idle HTTP/1.1 keep-alive connection at once \
-            (l7/server.rs serve_http), so a request the client sends meanwhile is lost \
-            (IncompleteMessage)"]
 fn a_restart_under_http1_keep_alive_load_loses_no_request() {
     let h1 = Sender::Pooled {
         http: Http::H1,
@@ -626,9 +621,6 @@ fn a_restart_under_http1_keep_alive_load_loses_no_request() {
 }
 
 #[test]
-#[ignore = "bug: a draining lbd closes a just-accepted connection before it reads its first \
-            request (l7/server.rs serve_http calls graceful_shutdown at once), so the client \
-            gets EOF or a reset"]
 fn a_restart_under_new_connection_load_loses_no_request() {
     restart_under_load(&[Sender::Fresh, Sender::Fresh, Sender::Fresh]);
 }

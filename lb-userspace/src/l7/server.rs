@@ -58,8 +58,13 @@ use super::{
 
 /// Backlog of each listening socket.
 const BACKLOG: i32 = 4096;
-/// How often an idle connection's watchdog looks at it.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// A connection's idle timer sleeps until the idle timeout would expire;
+/// when it wakes early (a request is in flight), it looks again this late.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// How often a draining connection looks for the moment to close.
+const DRAIN_CHECK: Duration = Duration::from_millis(20);
+/// A draining connection with no request ends after this long.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// The L7 tier of one `lbd`.
 pub struct L7 {
@@ -505,7 +510,7 @@ async fn connection(stream: TcpStream, client: SocketAddr, listen: SocketAddr, s
     {
         passthrough_to_pool(
             stream,
-            first_bytes,
+            (first_bytes, sni),
             client,
             listen,
             &listener,
@@ -596,19 +601,33 @@ where
     let proxy = Arc::clone(&shared.proxy);
     let client = info.client;
     let info = Arc::new(info);
+    let requests = Arc::new(Requests::default());
+    let counted = Arc::clone(&requests);
     let service = hyper::service::service_fn(move |req| {
         let proxy = Arc::clone(&proxy);
         let info = Arc::clone(&info);
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, info).await) }
+        let guard = RequestGuard::new(&counted);
+        async move {
+            let resp = proxy.handle(req, info).await;
+            drop(guard);
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut conn = pin!(conn);
     let mut drain = shared.connections.drain.subscribe();
-    let mut draining = *drain.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
+    // Set once the drain (or the idle timeout) asked the connection to end:
+    // the requests started by then, and when.
+    let mut closing: Option<(u64, tokio::time::Instant)> = None;
+    if *drain.borrow() {
+        closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
     }
-    let mut tick = tokio::time::interval(IDLE_CHECK);
+    let mut shut = false;
+    let idle_deadline = |last: &AtomicU64| {
+        tokio::time::Instant::from_std(started + Duration::from_millis(last.load(Relaxed)) + idle)
+    };
+    let mut idle_timer = pin!(tokio::time::sleep_until(idle_deadline(&last_activity)));
+    let mut drain_tick = tokio::time::interval(DRAIN_CHECK);
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -617,20 +636,62 @@ where
                 }
                 break;
             }
-            changed = drain.changed(), if !draining => {
+            changed = drain.changed(), if closing.is_none() => {
                 if changed.is_ok() {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
+                    closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
                 }
             }
-            _ = tick.tick(), if !draining => {
-                let last = Duration::from_millis(last_activity.load(Relaxed));
-                if started.elapsed().saturating_sub(last) > idle {
-                    draining = true;
+            () = idle_timer.as_mut(), if closing.is_none() => {
+                let deadline = idle_deadline(&last_activity);
+                if deadline <= tokio::time::Instant::now() && requests.inflight.load(Relaxed) == 0 {
+                    // Idle: nothing in flight, nothing moved for `idle`.
+                    shut = true;
+                    closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    idle_timer.as_mut().reset(deadline.max(tokio::time::Instant::now() + IDLE_RECHECK));
+                }
+            }
+            _ = drain_tick.tick(), if closing.is_some() && !shut => {
+                // Closing an HTTP/1.1 connection between requests can cut a
+                // request the client is sending at that instant, so a
+                // draining connection ends right after a request (which
+                // then carries `Connection: close`), or once it has been
+                // quiet for a grace period.
+                let Some((seen, since)) = closing else { continue };
+                if requests.inflight.load(Relaxed) > 0
+                    || requests.started.load(Relaxed) > seen
+                    || since.elapsed() >= DRAIN_GRACE
+                {
+                    shut = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
         }
+    }
+}
+
+/// A connection's requests, for the drain.
+#[derive(Debug, Default)]
+struct Requests {
+    started: AtomicU64,
+    inflight: AtomicUsize,
+}
+
+/// Counts one request as started and in flight until dropped.
+struct RequestGuard(Arc<Requests>);
+
+impl RequestGuard {
+    fn new(r: &Arc<Requests>) -> Self {
+        r.started.fetch_add(1, Relaxed);
+        r.inflight.fetch_add(1, Relaxed);
+        Self(Arc::clone(r))
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -641,7 +702,7 @@ where
 )]
 async fn passthrough_to_pool(
     mut stream: TcpStream,
-    first_bytes: Vec<u8>,
+    (first_bytes, sni): (Vec<u8>, Option<String>),
     client: SocketAddr,
     listen: SocketAddr,
     listener: &ListenerRouting,
@@ -667,7 +728,7 @@ async fn passthrough_to_pool(
                 tenant: Some(s.tenant.clone()),
                 client: Some(client),
                 listener: Some(listen),
-                sni: s.config.hosts.first().cloned(),
+                sni: sni.clone(),
                 protocol: Some("tls"),
                 decision: r.reason.code(),
                 rule: Some(r.rule),
@@ -683,7 +744,7 @@ async fn passthrough_to_pool(
         tenant: Some(s.tenant.clone()),
         client: Some(client),
         listener: Some(listen),
-        sni: s.config.hosts.first().cloned(),
+        sni,
         protocol: Some("tls"),
         pool: s.config.pool.clone(),
         decision: "passthrough",
