@@ -23,6 +23,9 @@ use notify::Watcher as _;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// lb's daemon: programs the XDP balancer from a configuration file.
 #[derive(Debug, Parser)]
 #[command(name = "lbd", version)]
