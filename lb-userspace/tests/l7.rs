@@ -35,6 +35,14 @@
 //!   request); the first drains and exits by itself; every request gets
 //!   200.
 //!
+//! * `backend_tls_body_limit_and_https_redirect`: TLS to a backend
+//!   verified against the backends' own CA (a relative `backend_tls.ca`),
+//!   413 for a body over `max_body_bytes`, and a plain listener's 308 to
+//!   HTTPS.
+//! * `lbctl_lists_and_edits_the_sni_map`: `lbctl sni list` shows every
+//!   host's FNV-1a hash and tenant in the map; `sni add` and `sni remove`
+//!   change it; a name of another tenant is refused.
+//!
 //! Where `lbd` exports them, the per-tenant and per-listener `lb_l7_*`
 //! metrics are checked along the way (requests by class, latency count,
 //! handshake failures, bad `ClientHello`s).
@@ -749,3 +757,119 @@ async fn fresh_get(ca: &CertificateDer<'static>) -> Result<StatusCode, String> {
 /// How long new handshakes may keep showing a replaced certificate (lbd
 /// polls the files every 2 s).
 const ROTATION_LIMIT: Duration = Duration::from_secs(15);
+
+#[test]
+fn backend_tls_body_limit_and_https_redirect() {
+    let world = World::start();
+    let pki = world.pki.clone();
+    world.client(move || async move {
+        // TLS to the backend, verified against the backends' own CA.
+        let mut conn = Conn::open(LISTEN, "gamma.example", &pki.gamma, Http::H1)
+            .await
+            .expect("connecting to gamma.example");
+        let r = conn.fetch("gamma.example", "/secure/x?y=1", &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{r}");
+        let echo = r.json();
+        assert_eq!(echo["backend"], "g2-tls", "{r}");
+        assert_eq!(echo["tls"], true, "the backend terminated TLS: {r}");
+        assert_eq!(echo["path"], "/x?y=1", "{r}");
+
+        // A body over the site's max_body_bytes (1024) is refused.
+        let req = client::request(Http::H1, "gamma.example", "/upload")
+            .method("PUT")
+            .body(Full::new(Bytes::from(vec![b'x'; 2048])))
+            .expect("request");
+        let mut conn = Conn::open(LISTEN, "gamma.example", &pki.gamma, Http::H1)
+            .await
+            .expect("connecting to gamma.example");
+        let r = conn.send(req).await.expect("an answer");
+        assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{r}");
+        assert_eq!(r.json()["error"], "body_too_large", "{r}");
+
+        // The plain listener redirects to HTTPS, keeping host and path.
+        let mut tcp = TcpStream::connect(l7::world::PLAIN)
+            .await
+            .expect("connecting to the plain listener");
+        tcp.write_all(b"GET /a/b?c=d HTTP/1.1\r\nHost: alpha.example\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("request");
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("location: https://alpha.example/a/b?c=d"),
+            "{answer}"
+        );
+    });
+}
+
+/// `lbctl` against the daemon's admin socket, as JSON.
+fn lbctl(world: &World, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .arg("--socket")
+        .arg(world.dir.join("admin.sock"))
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("running lbctl")
+}
+
+#[test]
+fn lbctl_lists_and_edits_the_sni_map() {
+    let world = World::start();
+    let list = |world: &World| -> Vec<serde_json::Value> {
+        let out = lbctl(world, &["sni", "list"]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).expect("a JSON list")
+    };
+    let entry = |list: &[serde_json::Value], name: &str| {
+        list.iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {list:?}"))
+    };
+    let all = list(&world);
+    // Every configured name is in the map, under its tenant, keyed by the
+    // FNV-1a 64 hash of the normalised name.
+    let alpha = entry(&all, "alpha.example");
+    assert_eq!(alpha["tenant"], "alpha");
+    assert_eq!(alpha["in_map"], true);
+    assert_eq!(
+        alpha["hash"],
+        format!("{:016x}", lb::config::sni_hash("alpha.example"))
+    );
+    assert_eq!(entry(&all, "*.raw.gamma.example")["tenant"], "gamma");
+    assert!(all.iter().all(|e| e["in_map"] == true), "{all:?}");
+
+    // Added at runtime: in the map, and served (the wildcard certificate
+    // covers it).
+    let out = lbctl(
+        &world,
+        &["sni", "add", "shop.alpha.example", "--tenant", "alpha"],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let added = entry(&list(&world), "shop.alpha.example");
+    assert_eq!(
+        (added["tenant"].clone(), added["in_map"].clone()),
+        (json!("alpha"), json!(true))
+    );
+    // A name of another tenant is refused, naming the owner.
+    let out = lbctl(&world, &["sni", "add", "beta.example", "--tenant", "alpha"]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("already used") && err.contains("beta"),
+        "{err}"
+    );
+    // Removed again.
+    let out = lbctl(&world, &["sni", "remove", "shop.alpha.example"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        list(&world)
+            .iter()
+            .all(|e| e["name"] != "shop.alpha.example"),
+        "still listed"
+    );
+}

@@ -378,6 +378,7 @@ impl Routing {
         down: &BTreeSet<BackendKey>,
         previous: Option<&Routing>,
         seed: u32,
+        config_dir: &Path,
     ) -> Routing {
         let mut tenants = HashMap::new();
         let mut pools = HashMap::new();
@@ -427,7 +428,11 @@ impl Routing {
                 let client = if let Some(old) = reusable {
                     old.client.clone()
                 } else {
-                    let (client, error) = client_for(&p.l7, connect_timeout);
+                    let mut settings = p.l7.clone();
+                    if let Some(tls) = &mut settings.backend_tls {
+                        tls.ca = resolve(config_dir, &tls.ca);
+                    }
+                    let (client, error) = client_for(&settings, connect_timeout);
                     if let Some(e) = error {
                         tracing::error!(tenant = %t.name, pool = %p.name, error = %e,
                             "cannot set up TLS to the pool's backends; requests to it will fail");
@@ -569,7 +574,7 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
 {listener}"#
         );
         let config = config::parse(&text, "lb.toml").expect("valid");
-        Routing::build(&config, &BTreeSet::new(), None, 0)
+        Routing::build(&config, &BTreeSet::new(), None, 0, Path::new("."))
     }
 
     fn facts<'a>(

@@ -175,7 +175,7 @@ impl L7 {
     /// Rebuilds only the routing snapshot (a health change).
     pub fn update_health(&self, config: &Config, down: &BTreeSet<BackendKey>) {
         let previous = self.proxy.routing.load();
-        let routing = Routing::build(config, down, Some(&previous), self.seed);
+        let routing = Routing::build(config, down, Some(&previous), self.seed, &self.config_dir);
         self.proxy.routing.store(Arc::new(routing));
     }
 

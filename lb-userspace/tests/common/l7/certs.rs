@@ -43,6 +43,11 @@ impl Ca {
         self.cert.der().clone()
     }
 
+    /// The CA certificate as PEM (for files the proxy reads).
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
     /// A server certificate for `names` (exact or `*.` wildcard) with a
     /// fresh key.
     pub fn issue(&self, names: &[&str]) -> Leaf {

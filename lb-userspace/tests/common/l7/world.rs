@@ -40,6 +40,8 @@ use super::{
 
 /// The shared HTTPS listener of every tenant.
 pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(vip_v4(50)), 443);
+/// The plain-HTTP address on the same IP, which redirects to HTTPS.
+pub const PLAIN: SocketAddr = SocketAddr::new(IpAddr::V4(vip_v4(50)), 80);
 /// Work directories are `<tmp>/<WORK_PREFIX><topology prefix>`.
 const WORK_PREFIX: &str = "lb-l7-";
 /// The port of the plain HTTP backends.
@@ -126,6 +128,8 @@ impl World {
             "*.raw.gamma.example",
             "pp.gamma.example",
         ]);
+        std::fs::write(dir.join("gamma-backend-ca.pem"), gamma_backend_ca.pem())
+            .expect("writing the gamma backends' CA");
         let pki = Pki {
             alpha: alpha_ca.der(),
             beta: beta_ca.der(),
@@ -416,6 +420,15 @@ routes = [
 retries = 2
 timeouts = {{ connect = "1s", header = "5s", idle = "30s", request = "10s" }}
 
+[[tenant.l7]]
+listen = "{PLAIN}"
+protocol = "http"
+routes = [ {{ path_prefix = "/", pool = "web" }} ]
+
+[[listener]]
+address = "{PLAIN}"
+redirect_https = true
+
 [[tenant]]
 name = "beta"
 [[tenant.pool]]
@@ -440,11 +453,19 @@ backends = {gamma_tls}
 name = "tls_pp"
 backends = {gamma_tls_pp}
 proxy_protocol = "v2"
+[[tenant.pool]]
+name = "secure"
+backends = {gamma_tls}
+backend_tls = {{ ca = "gamma-backend-ca.pem", server_name = "raw.gamma.example" }}
 [[tenant.l7]]
 listen = "{LISTEN}"
 hosts = ["gamma.example"]
 tls = {{ cert = "gamma.pem", key = "gamma.key" }}
-routes = [ {{ path_prefix = "/", pool = "web" }} ]
+routes = [
+  {{ path_prefix = "/secure", pool = "secure", strip_prefix = true }},
+  {{ path_prefix = "/", pool = "web" }},
+]
+max_body_bytes = 1024
 [[tenant.l7]]
 listen = "{LISTEN}"
 protocol = "tls_passthrough"
