@@ -5,6 +5,10 @@
 //!   addresses, pools, backend slots, counters, flow-table entries), and a
 //!   VIP re-created for another tenant never reaches the old tenant's
 //!   backends, not even through a flow the old tenant had established;
+//! - L7 listen addresses become local VIPs (a shared one owned by no
+//!   tenant, a single tenant's one by that tenant) whose packet limits XDP
+//!   enforces, every L7 host name is in the SNI map under its tenant, and
+//!   pools only the proxy uses take no ring;
 //! - a re-apply of the same configuration writes nothing;
 //! - pinned maps of another layout version are refused with what to do.
 
@@ -202,4 +206,120 @@ fn pinned_maps_of_another_layout_are_refused() {
         "the error says what to do: {err}"
     );
     cleanup();
+}
+
+/// A SYN from `client_port` to `vip:port`; the XDP action.
+fn syn_to(dp: &mut Dataplane, vip: Ipv4Addr, port: u16, client_port: u16) -> u32 {
+    let mut pkt = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 1])
+        .ipv4([198, 51, 100, 7], vip.octets(), 64)
+        .tcp(client_port, port, 1, 64240)
+        .syn()
+        .write(&mut pkt, &[])
+        .expect("packet");
+    let mut out = vec![0u8; 256];
+    let prog = dp.program("lb_balancer").expect("program");
+    prog.test_run(TestRunOptions {
+        data_in: Some(&pkt),
+        data_out: Some(&mut out),
+        ..Default::default()
+    })
+    .expect("test run")
+    .return_value
+}
+
+#[test]
+fn l7_addresses_are_local_vips_with_their_limits_and_hosts_fill_the_sni_map() {
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    let text = r#"[node]
+interface = "eth0"
+[[tenant]]
+name = "acme"
+[[tenant.pool]]
+name = "web"
+backends = [ { address = "10.0.1.1", port = 8080 } ]
+[[tenant.l7]]
+listen = "203.0.113.30:443"
+hosts = ["acme.example", "*.acme.example"]
+tls = { cert = "a.pem", key = "a.key" }
+routes = [ { pool = "web" } ]
+[[tenant.l7]]
+listen = "203.0.113.31:443"
+hosts = ["own.acme.example"]
+tls = { cert = "a.pem", key = "a.key" }
+routes = [ { pool = "web" } ]
+[[tenant]]
+name = "globex"
+[[tenant.pool]]
+name = "web"
+backends = [ { address = "10.0.2.1", port = 8080 } ]
+[[tenant.l7]]
+listen = "203.0.113.30:443"
+hosts = ["globex.example"]
+tls = { cert = "g.pem", key = "g.key" }
+routes = [ { pool = "web" } ]
+[[listener]]
+address = "203.0.113.30:443"
+limits = { syn_per_second = 50 }
+"#;
+    let config = config::parse(text, "l7.toml").unwrap_or_else(|e| panic!("{e}"));
+    let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
+    let mut r = Reconciler::new();
+    r.apply(&config, &mut dp).expect("apply");
+    let acme = r.ids().tenant("acme").expect("acme id");
+    let globex = r.ids().tenant("globex").expect("globex id");
+
+    let vips = dp.vips();
+    let local = |ip: [u8; 4]| {
+        vips.iter()
+            .find(|(k, _)| k.addr[..4] == ip && u16::from_be(k.port) == 443)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no VIP for {ip:?}: {vips:?}"))
+    };
+    let shared = local([203, 0, 113, 30]);
+    assert_eq!(shared.flags, lb_common::VIP_F_LOCAL);
+    assert_eq!(
+        shared.tenant_id,
+        lb_common::NO_TENANT,
+        "a shared address belongs to no one tenant"
+    );
+    let own = local([203, 0, 113, 31]);
+    assert_eq!((own.flags, own.tenant_id), (lb_common::VIP_F_LOCAL, acme));
+    assert_eq!(
+        dp.vip_policy(shared.vip_id)
+            .expect("policy")
+            .syns_per_window,
+        5,
+        "50 SYN/s is 5 per 100 ms window"
+    );
+
+    // Every host name in the SNI map, under its tenant.
+    let sni: std::collections::BTreeMap<u64, u32> = dp.sni_entries().into_iter().collect();
+    for (host, tenant) in [
+        ("acme.example", acme),
+        ("*.acme.example", acme),
+        ("own.acme.example", acme),
+        ("globex.example", globex),
+    ] {
+        assert_eq!(sni.get(&config::sni_hash(host)), Some(&tenant), "{host}");
+    }
+    assert_eq!(sni.len(), 4);
+    // Pools only the proxy uses take no ring.
+    let pool = r.ids().pool("acme", "web").expect("pool id");
+    assert!(dp.pool(pool).is_none(), "an L7-only pool got a ring");
+
+    // XDP passes the address's SYNs to the stack within its budget and
+    // drops the rest.
+    let vip = Ipv4Addr::new(203, 0, 113, 30);
+    let actions: Vec<u32> = (0..20)
+        .map(|i| syn_to(&mut dp, vip, 443, 40_000 + i))
+        .collect();
+    let passed = actions.iter().filter(|&&a| a == XDP_PASS).count();
+    let dropped = actions.iter().filter(|&&a| a == XDP_DROP).count();
+    assert_eq!(passed + dropped, 20, "{actions:?}");
+    assert!(
+        (5..=10).contains(&passed),
+        "budget 5 per window (maybe two windows): {actions:?}"
+    );
 }
