@@ -274,9 +274,9 @@ limits = { syn_per_second = 50 }
     let local = |ip: [u8; 4]| {
         vips.iter()
             .find(|(k, _)| k.addr[..4] == ip && u16::from_be(k.port) == 443)
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("no VIP for {ip:?}: {vips:?}"))
+            .map_or_else(|| panic!("no VIP for {ip:?}: {vips:?}"), |(_, v)| *v)
     };
+
     let shared = local([203, 0, 113, 30]);
     assert_eq!(shared.flags, lb_common::VIP_F_LOCAL);
     assert_eq!(
