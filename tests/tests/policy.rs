@@ -2,7 +2,10 @@
 //! maps programmed from a configuration: source ACLs (allow and deny lists,
 //! IPv4 and IPv6), tenant and VIP packet budgets, the SYN budget of a VIP,
 //! and the tenant's new-flow budget that keeps a flood out of the flow
-//! table. Another tenant on the same node is never affected.
+//! table (a 20,000-source SYN flood against a 1,024-entry table leaves every
+//! one of another tenant's 300 established flows in place; without the
+//! budget it evicts them all). Another tenant on the same node is never
+//! affected.
 //!
 //! Budgets are per 100 ms window; a loop of test runs may cross one window
 //! boundary, so counts are asserted between one and two windows' worth.
@@ -33,9 +36,17 @@ struct Node {
 
 impl Node {
     fn new(tenants: &str) -> Node {
+        Self::with_flow_table(tenants, LoadOptions::default().flow_table_size)
+    }
+
+    fn with_flow_table(tenants: &str, flow_table_size: u32) -> Node {
         let text = format!("[node]\ninterface = \"eth0\"\n{tenants}");
         let cfg = config::parse(&text, "policy.toml").unwrap_or_else(|e| panic!("config: {e}"));
-        let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
+        let mut dp = Dataplane::load(&LoadOptions {
+            pin_path: None,
+            flow_table_size,
+        })
+        .expect("load");
         let mut reconciler = Reconciler::new();
         reconciler.apply(&cfg, &mut dp).expect("apply");
         common::seed_nexthops(&mut dp, 0..8);
@@ -243,6 +254,52 @@ fn new_flows_over_the_tenant_budget_never_enter_the_flow_table() {
             XDP_TX
         );
     }
+}
+
+#[test]
+fn a_syn_flood_from_many_sources_never_evicts_another_tenants_flows() {
+    // A flow table of 1024 entries: without the flooding tenant's new-flow
+    // budget, its 20,000 SYNs would evict every established flow.
+    let mut node = Node::with_flow_table(
+        &(tenant(
+            "flood",
+            "203.0.113.10",
+            "10.0.1.1",
+            "[tenant.limits]\nnew_flows_per_second = 100",
+            "",
+        ) + &tenant("calm", "203.0.113.20", "10.0.2.1", "", "")),
+        1024,
+    );
+    let calm_id = node.reconciler.ids().tenant("calm").expect("id");
+    // The calm tenant's 300 long-lived connections.
+    let clients: Vec<(IpAddr, u16)> = (0..300u16)
+        .map(|i| (ip(&format!("198.51.100.{}", 1 + i % 200)), 20_000 + i))
+        .collect();
+    for &(src, port) in &clients {
+        assert_eq!(node.send(src, port, ip("203.0.113.20"), false), XDP_TX);
+    }
+    let calm_flows = |node: &Node| -> std::collections::BTreeSet<(Vec<u8>, u16)> {
+        node.dp
+            .flows()
+            .iter()
+            .filter(|(_, v)| v.tenant_id == calm_id)
+            .map(|(k, _)| (k.src.to_vec(), u16::from_be(k.sport)))
+            .collect()
+    };
+    let before = calm_flows(&node);
+    assert_eq!(before.len(), 300);
+    // The flood: 20,000 SYNs from 20,000 sources (bounded by count).
+    for i in 0..20_000u32 {
+        let [_, _, b, c] = i.to_be_bytes();
+        let src = IpAddr::from([10, 99, b, c]);
+        node.send(src, 1024 + (i % 60_000) as u16, ip("203.0.113.10"), false);
+    }
+    assert_eq!(calm_flows(&node), before, "a calm flow was evicted");
+    // And every calm connection still reaches its backend.
+    for &(src, port) in &clients {
+        assert_eq!(node.send(src, port, ip("203.0.113.20"), true), XDP_TX);
+    }
+    assert!(node.drops("flood", drop_reason::NEW_FLOW_RATE) > 19_000);
 }
 
 #[test]
