@@ -22,6 +22,8 @@
 mod backend;
 #[path = "l7/certs.rs"]
 mod certs;
+#[path = "common/cleanup.rs"]
+mod cleanup;
 #[path = "l7/load.rs"]
 mod load;
 #[path = "l7/proxies.rs"]
@@ -43,6 +45,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use backend::{BackendSpec, Backends};
+use cleanup::{DirGuard, NsProcesses, cleanup_stale};
 use lb_tests::netns::{LINE_GEN_V4, LINE_LB_V4, LineTopology, Side, pin_thread, write_sysctls};
 use load::Gen;
 use proxies::{Env, Kind, Proxy, Tenant};
@@ -213,71 +216,6 @@ fn main() -> Result<()> {
     }
     println!("bench l7 took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
-}
-
-/// Kills, by pid, whatever still runs in the bench's namespaces (only
-/// processes the bench started can be there), before they are deleted.
-struct NsProcesses(Vec<String>);
-
-impl Drop for NsProcesses {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
-                continue;
-            };
-            for pid in String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                if u32::try_from(pid).ok() != Some(std::process::id()) {
-                    // SAFETY: signal only, to a process inside our own namespace.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-    }
-}
-
-/// A directory removed with everything in it when dropped.
-struct DirGuard(PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Removes leftovers of bench runs whose process is gone: hosts files
-/// under `/etc/netns` and lbd pins under `/sys/fs/bpf` (namespaces are
-/// removed by `LineTopology::create`).
-fn cleanup_stale() {
-    let dead = |name: &str| -> bool {
-        let Some(rest) = name.strip_prefix("lbt") else {
-            return false;
-        };
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits
-            .parse::<u32>()
-            .is_ok_and(|pid| std::fs::metadata(format!("/proc/{pid}")).is_err())
-    };
-    for dir in ["/etc/netns", "/sys/fs/bpf"] {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !dead(&name) {
-                continue;
-            }
-            if dir == "/sys/fs/bpf" {
-                if name.ends_with("-l7") {
-                    let _ = lb::dataplane::cleanup(&e.path());
-                }
-            } else {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
 }
 
 /// Installs the peers and the load generators when missing (apt-get).
@@ -905,6 +843,7 @@ fn bench(opts: &Opts, stop: &AtomicBool) -> Result<Option<Results>> {
             host,
             cert,
             backends,
+            lbd_policy: String::new(),
         });
     }
     let backends = Backends::start(line.path(Side::Gen), GEN_CPU, specs)?;

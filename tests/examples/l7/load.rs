@@ -306,7 +306,7 @@ impl ServerCertVerifier for NoVerify {
 
 /// TLS 1.3 only, no session resumption (every handshake is a full one),
 /// ring's default groups (X25519 first, like OpenSSL's) and suites.
-fn client_config(roots: Option<RootCertStore>, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>> {
+pub fn client_config(roots: Option<RootCertStore>, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?;
@@ -324,7 +324,7 @@ fn client_config(roots: Option<RootCertStore>, alpn: &[&[u8]]) -> Result<Arc<Cli
 
 /// Runs `f` on a thread in the generator's namespace, pinned to its CPU,
 /// inside a current-thread runtime; `f` may borrow.
-fn on_gen<T: Send, F>(g: &Gen, f: impl FnOnce() -> F + Send) -> Result<T>
+pub fn on_gen<T: Send, F>(g: &Gen, f: impl FnOnce() -> F + Send) -> Result<T>
 where
     F: std::future::Future<Output = Result<T>>,
 {
@@ -352,7 +352,7 @@ async fn timed<T>(
         .with_context(|| what.to_owned())
 }
 
-async fn connect(
+pub async fn connect(
     target: SocketAddr,
     host: &'static str,
     cfg: &Arc<ClientConfig>,

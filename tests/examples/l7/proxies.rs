@@ -49,6 +49,11 @@ pub struct Tenant {
     pub host: &'static str,
     pub cert: TenantCert,
     pub backends: Vec<SocketAddr>,
+    /// Lines (each ending in a newline) for the tenant's table in lbd's
+    /// configuration, such as its `[tenant.limits]` (the isolation bench's
+    /// request limit). nginx and `HAProxy` get no equivalent, so the L7
+    /// bench leaves it empty.
+    pub lbd_policy: String,
 }
 
 /// What every candidate's configuration is made from.
@@ -549,6 +554,7 @@ fn lbd_conf(env: &Env, dir: &Path) -> String {
             s,
             "\n[[tenant]]\n\
              name = \"{name}\"\n\
+             {policy}\
              [[tenant.pool]]\n\
              name = \"web\"\n\
              backends = [ {backends} ]\n\
@@ -559,6 +565,7 @@ fn lbd_conf(env: &Env, dir: &Path) -> String {
              tls = {{ cert = \"{cert}\", key = \"{key}\" }}\n\
              routes = [ {{ path_prefix = \"/\", pool = \"web\" }} ]\n",
             name = t.name,
+            policy = t.lbd_policy,
             backends = backends.join(", "),
             listen = env.listen,
             host = t.host,
