@@ -82,29 +82,34 @@ pub fn request_id(headers: &HeaderMap) -> String {
 /// What the proxy tells the backend about the request.
 #[derive(Debug, Clone, Copy)]
 pub struct Forwarding<'a> {
-    pub client_ip: std::net::IpAddr,
+    /// The client's address as `X-Forwarded-For` carries it
+    /// ([`forwarded_for`]: made once per connection, not per request).
+    pub forwarded_for: &'a HeaderValue,
     pub https: bool,
     pub request_id: &'a str,
     pub tenant: &'a str,
 }
 
+/// The `X-Forwarded-For` value of a client address.
+#[must_use]
+pub fn forwarded_for(client_ip: std::net::IpAddr) -> HeaderValue {
+    // An address prints as digits, dots, colons and hex letters only.
+    HeaderValue::try_from(client_ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
 /// Replaces the client's copies of the headers the proxy owns with its own.
 pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
-    for name in [
-        X_FORWARDED_FOR,
-        X_FORWARDED_PROTO,
-        X_TENANT_ID,
-        FORWARDED,
-        X_REQUEST_ID,
-    ] {
-        headers.remove(name);
-    }
+    headers.remove(FORWARDED);
+    // `insert` drops every copy the client sent; a value that cannot be a
+    // header leaves none.
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
+        } else {
+            headers.remove(name);
         }
     };
-    set(headers, X_FORWARDED_FOR, &f.client_ip.to_string());
+    headers.insert(X_FORWARDED_FOR, f.forwarded_for.clone());
     headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if f.https { "https" } else { "http" }),
@@ -128,7 +133,7 @@ mod tests {
         set_forwarding(
             &mut h,
             &Forwarding {
-                client_ip: "192.0.2.7".parse().expect("ip"),
+                forwarded_for: &forwarded_for("192.0.2.7".parse().expect("ip")),
                 https: true,
                 request_id: "req-1",
                 tenant: "acme",

@@ -30,7 +30,10 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header,
+    uri::{PathAndQuery, Scheme},
+};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Empty, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
@@ -57,6 +60,8 @@ pub struct ConnInfo {
     /// Normalised SNI of the TLS session.
     pub sni: Option<String>,
     pub https: bool,
+    /// `client`'s `X-Forwarded-For` value.
+    pub forwarded_for: HeaderValue,
     /// The connection's place in its tenant's `max_connections`, taken
     /// when the tenant is first known (at the TLS accept from the SNI,
     /// else at the first request).
@@ -71,6 +76,7 @@ impl ConnInfo {
             listen,
             sni,
             https,
+            forwarded_for: headers::forwarded_for(client.ip()),
             slot: OnceLock::new(),
         }
     }
@@ -266,7 +272,10 @@ struct Admitted {
     tenant: String,
     stats: Arc<TenantStats>,
     pool: Arc<PoolRouting>,
-    backend_path: String,
+    /// `None` when the rewritten path is not a valid URI path.
+    backend_path: Option<PathAndQuery>,
+    /// The index of the route in the site's `routes` (the log's rule).
+    route: usize,
     retries: u32,
     timeout: std::time::Duration,
     max_body: u64,
@@ -321,7 +330,8 @@ impl Proxy {
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
         // The log line's texts are only made when the log is on.
-        let mut entry = if self.log.load().enabled() {
+        let logging = self.log.load().enabled();
+        let mut entry = if logging {
             Entry {
                 time: access_log::now(),
                 request_id: Some(request_id.clone()),
@@ -356,8 +366,11 @@ impl Proxy {
             Err(refused) => return self.refused(*refused, entry, &request_id, start),
         };
         let inflight = admitted.inflight.take();
-        entry.tenant = Some(admitted.tenant.clone());
-        entry.pool = Some(admitted.pool.name.clone());
+        if logging {
+            entry.tenant = Some(admitted.tenant.clone());
+            entry.pool = Some(admitted.pool.name.clone());
+            entry.rule = Some(format!("routes[{}]", admitted.route));
+        }
 
         let upgrade = headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -548,15 +561,23 @@ fn admit<B: Body>(
     let Some((index, route)) = route_of(listener, identified, &facts) else {
         return Err(refuse(Rejection::NoRoute));
     };
-    entry.rule = Some(format!("routes[{index}]"));
     let Some(pool) = routing.pool(&site.tenant, &route.pool).cloned() else {
+        entry.rule = Some(format!("routes[{index}]"));
         return Err(refuse(Rejection::NoBackend));
     };
     Ok(Admitted {
         tenant: site.tenant.clone(),
         stats: Arc::clone(&site.stats),
         pool,
-        backend_path: routing::backend_path(&site.config, route, path_and_query),
+        backend_path: PathAndQuery::from_maybe_shared(Bytes::from(routing::backend_path(
+            &site.config,
+            route,
+            path_and_query,
+        )))
+        .ok()
+        // What followed the authority in the URI this replaces.
+        .filter(|p| p.as_str().starts_with('/')),
+        route: index,
         retries: site.config.retries,
         timeout: site.config.timeouts.request,
         max_body: site.config.max_body_bytes,
@@ -634,7 +655,7 @@ fn backend_head(
     headers::set_forwarding(
         &mut parts.headers,
         &Forwarding {
-            client_ip: conn.client.ip(),
+            forwarded_for: &conn.forwarded_for,
             https: conn.https,
             request_id,
             tenant: &to.tenant,
@@ -699,7 +720,7 @@ async fn forward(
             parts.clone()
         };
         let mut request = Request::from_parts(head, body.take().unwrap_or_else(empty));
-        *request.uri_mut() = backend_uri(&to.pool, picked.addr, &to.backend_path);
+        *request.uri_mut() = backend_uri(&to.pool, picked.addr, to.backend_path.as_ref());
         let sent_at = Instant::now();
         let result = tokio::time::timeout(to.timeout, to.pool.client.request(request)).await;
         out.upstream_ms = Some(sent_at.elapsed().as_secs_f64() * 1e3);
@@ -759,15 +780,28 @@ fn route_of<'a>(
     Some((index, route))
 }
 
-fn backend_uri(pool: &PoolRouting, addr: SocketAddr, path: &str) -> Uri {
-    let scheme = if pool.l7.backend_tls.is_some() {
-        "https"
-    } else {
-        "http"
+/// The absolute URI of a request to `addr` (the pooled client keys its
+/// connections by scheme and authority); `/` when it cannot be made.
+fn backend_uri(pool: &PoolRouting, addr: SocketAddr, path: Option<&PathAndQuery>) -> Uri {
+    let Some(path) = path else {
+        return Uri::from_static("/");
     };
-    format!("{scheme}://{addr}{path}")
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"))
+    let authority = match pool.authorities.get(&addr) {
+        Some(a) => a.clone(),
+        None => match addr.to_string().parse() {
+            Ok(a) => a,
+            Err(_) => return Uri::from_static("/"),
+        },
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(if pool.l7.backend_tls.is_some() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    });
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path.clone());
+    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// 308 to the same URL over HTTPS.

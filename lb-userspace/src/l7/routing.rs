@@ -86,6 +86,9 @@ pub struct PoolRouting {
     /// The connect timeout of `client`: the shortest `timeouts.connect` of
     /// the sites that route to the pool.
     connect_timeout: std::time::Duration,
+    /// Each configured backend's URI authority, made once per snapshot
+    /// rather than formatted and parsed for every request.
+    pub authorities: HashMap<SocketAddr, http::uri::Authority>,
 }
 
 /// The snapshot.
@@ -258,6 +261,19 @@ pub fn strip_site_prefix<'a>(site: &L7Site, path: &'a str) -> &'a str {
         }
         _ => path,
     }
+}
+
+/// Each configured backend's URI authority (backends without a port are
+/// not L7 backends).
+fn authorities(backends: &[config::BackendConf]) -> HashMap<SocketAddr, http::uri::Authority> {
+    backends
+        .iter()
+        .filter_map(|b| {
+            let addr = SocketAddr::new(b.address, b.port?);
+            let authority = addr.to_string().parse().ok()?;
+            Some((addr, authority))
+        })
+        .collect()
 }
 
 /// The path the backend sees: the site's prefix and the route's prefix
@@ -461,6 +477,7 @@ impl Routing {
                         balancer,
                         client,
                         connect_timeout,
+                        authorities: authorities(&p.backends),
                     }),
                 );
             }
