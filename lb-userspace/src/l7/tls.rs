@@ -631,6 +631,10 @@ impl CertStore {
         } else {
             vec![b"http/1.1".to_vec()]
         };
+        // One ticket per handshake instead of rustls' two: a client resumes
+        // one connection with it and gets a fresh ticket on that one, and
+        // each ticket costs an encryption, a record and random bytes.
+        config.send_tls13_tickets = 1;
         let resumption = self.resumption(listen);
         config.session_storage = resumption.sessions;
         if let Some(tickets) = resumption.tickets {
