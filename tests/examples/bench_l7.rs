@@ -24,6 +24,8 @@ mod backend;
 mod certs;
 #[path = "common/cleanup.rs"]
 mod cleanup;
+#[path = "common/cpu.rs"]
+mod cpu;
 #[path = "l7/load.rs"]
 mod load;
 #[path = "l7/proxies.rs"]
@@ -46,6 +48,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use backend::{BackendSpec, Backends};
 use cleanup::{DirGuard, NsProcesses, cleanup_stale};
+use cpu::{CoreTicks, core_ticks};
 use lb_tests::netns::{LINE_GEN_V4, LINE_LB_V4, LineTopology, Side, pin_thread, write_sysctls};
 use load::Gen;
 use proxies::{Env, Kind, Proxy, Tenant};
@@ -287,40 +290,6 @@ fn raise_nofile() -> Result<u64> {
     }
 }
 
-/// Ticks of one CPU since boot, from `/proc/stat`.
-#[derive(Clone, Copy, Default)]
-struct CoreTicks {
-    busy: u64,
-    softirq: u64,
-    total: u64,
-}
-
-fn core_ticks(cpu: usize) -> CoreTicks {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let name = format!("cpu{cpu}");
-    let Some(line) = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
-    else {
-        return CoreTicks::default();
-    };
-    let t: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    if t.len() < 8 {
-        return CoreTicks::default();
-    }
-    // user nice system idle iowait irq softirq steal
-    let busy = t[0] + t[1] + t[2] + t[5] + t[6] + t[7];
-    CoreTicks {
-        busy,
-        softirq: t[6],
-        total: busy + t[3] + t[4],
-    }
-}
-
 /// Measures one window: the proxy's CPU time and both cores' busy shares.
 struct Window {
     t0: Instant,
@@ -347,9 +316,9 @@ impl Window {
         Cpu {
             window_s,
             proxy_s,
-            proxy_core_busy: p1.busy.saturating_sub(p0.busy) as f64 / total(p0, p1),
+            proxy_core_busy: p1.busy_since(&p0),
             proxy_core_softirq: p1.softirq.saturating_sub(p0.softirq) as f64 / total(p0, p1),
-            gen_core_busy: g1.busy.saturating_sub(g0.busy) as f64 / total(g0, g1),
+            gen_core_busy: g1.busy_since(&g0),
         }
     }
 }

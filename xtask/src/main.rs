@@ -82,6 +82,18 @@ enum Bench {
         #[arg(long)]
         quick: bool,
     },
+    /// Tenant B's p50/p99 latency and throughput at a steady rate, alone
+    /// and while tenant A floods, as ratios from one run: L4 (B's TCP
+    /// exchanges through its XDP VIP while the live-frames generator
+    /// floods A's VIP over A's packet and new-flow limits) and L7 (B's
+    /// HTTPS requests through lbd while A sends 10x its request limit).
+    /// Writes results/bench-isolation.{json,md,svg}.
+    Isolation {
+        /// Short windows, one round (a smoke run, under a minute: the
+        /// figures are noisy).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +127,12 @@ fn main() -> anyhow::Result<()> {
         } => {
             bootstrap()?;
             bench_l7(quick, "results/bench-l7.json")
+        }
+        Task::Bench {
+            bench: Bench::Isolation { quick },
+        } => {
+            bootstrap()?;
+            bench_isolation(quick, "results/bench-isolation.json")
         }
     }
 }
@@ -197,6 +215,15 @@ fn bench_l7(quick: bool, out: &str) -> anyhow::Result<()> {
     bench("bench_l7", quick, out)
 }
 
+/// The isolation bench runs `target/release/lbd` for its L7 half.
+fn bench_isolation(quick: bool, out: &str) -> anyhow::Result<()> {
+    run(
+        "building lbd (release)",
+        cargo().args(["build", "--release", "-p", "lb-userspace", "--bins"]),
+    )?;
+    bench("bench_isolation", quick, out)
+}
+
 /// Smoke run of every benchmark: each completes and writes well-formed
 /// results (no timing assertions).
 fn bench_smoke() -> anyhow::Result<()> {
@@ -252,7 +279,51 @@ fn bench_smoke() -> anyhow::Result<()> {
         }
     }
     bench_l7(true, "target/bench-smoke/bench-l7.json")?;
-    check_l7_smoke(&root().join("target/bench-smoke"))
+    check_l7_smoke(&root().join("target/bench-smoke"))?;
+    bench_isolation(true, "target/bench-smoke/bench-isolation.json")?;
+    check_isolation_smoke(&root().join("target/bench-smoke"))
+}
+
+/// The isolation smoke run's results: B's figures in both phases at both
+/// layers, A's side, the ratios, and the report files.
+fn check_isolation_smoke(dir: &Path) -> anyhow::Result<()> {
+    let json = std::fs::read_to_string(dir.join("bench-isolation.json"))
+        .context("reading the bench isolation smoke results")?;
+    let v: serde_json::Value = serde_json::from_str(&json)
+        .context("bench isolation smoke run: its results are not JSON")?;
+    for key in [
+        "/l4/b/phases/baseline/per_s",
+        "/l4/b/phases/baseline/p99_ms",
+        "/l4/b/phases/flood/per_s",
+        "/l4/b/phases/flood/p99_ms",
+        "/l4/a/sent_pps",
+        "/l4/a/admitted_pps",
+        "/l7/b/phases/baseline/per_s",
+        "/l7/b/phases/baseline/p99_ms",
+        "/l7/b/phases/flood/per_s",
+        "/l7/b/phases/flood/p99_ms",
+        "/l7/a/limited_share",
+        "/ratios/l4_p99",
+        "/ratios/l4_throughput",
+        "/ratios/l7_p99",
+        "/ratios/l7_throughput",
+    ] {
+        if !v.pointer(key).is_some_and(serde_json::Value::is_number) {
+            bail!("bench isolation smoke run: {key} missing: {json}");
+        }
+    }
+    if !v["l4"]["a"]["drops_per_s"].is_object() {
+        bail!("bench isolation smoke run: A's drops by reason missing: {json}");
+    }
+    for file in ["bench-isolation.md", "bench-isolation.svg"] {
+        if !dir.join(file).is_file() {
+            bail!(
+                "bench isolation smoke run: {} was not written",
+                dir.join(file).display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The L7 smoke run's results: every candidate with every figure, and the

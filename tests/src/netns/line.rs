@@ -69,7 +69,8 @@ pub enum Side {
     Lb,
 }
 
-/// A built line; dropping it deletes both namespaces.
+/// A built line; dropping it deletes the namespaces it created (both,
+/// unless built with [`LineTopology::create_into`]).
 #[derive(Debug)]
 pub struct LineTopology {
     prefix: String,
@@ -87,6 +88,23 @@ impl LineTopology {
     /// # Errors
     /// A failing `ip` command or sysctl write.
     pub fn create() -> Result<LineTopology> {
+        Self::create_with(None)
+    }
+
+    /// A line whose LB end goes into `lb_ns`, an existing namespace (e.g.
+    /// the LB of a bridge [`super::Topology`], which then takes a
+    /// generator's frames on an interface of their own, without the
+    /// bridge). Only the generator namespace is created, and dropping the
+    /// line deletes only that (the veth pair goes with it). The LB end gets
+    /// the line's addresses and the one-armed sysctls.
+    ///
+    /// # Errors
+    /// A failing `ip` command or sysctl write.
+    pub fn create_into(lb_ns: &str) -> Result<LineTopology> {
+        Self::create_with(Some(lb_ns))
+    }
+
+    fn create_with(lb_ns: Option<&str>) -> Result<LineTopology> {
         if let Err(e) = cleanup_stale() {
             eprintln!("lb-tests: cleaning up stale namespaces failed: {e:#}");
         }
@@ -95,19 +113,23 @@ impl LineTopology {
         let prefix = format!("{NAME_PREFIX}{id}");
         let mut line = LineTopology {
             gen_ns: format!("{prefix}-gen"),
-            lb_ns: format!("{prefix}-lb"),
+            lb_ns: lb_ns.map_or_else(|| format!("{prefix}-lb"), str::to_owned),
             gen_if: format!("g{id}"),
             lb_if: format!("l{id}"),
             prefix,
             namespaces: Vec::new(),
         };
         // On `?` below, `line` is dropped and deletes what exists so far.
-        line.build()?;
+        line.build(lb_ns.is_none())?;
         Ok(line)
     }
 
-    fn build(&mut self) -> Result<()> {
-        for ns in [self.gen_ns.clone(), self.lb_ns.clone()] {
+    fn build(&mut self, own_lb: bool) -> Result<()> {
+        let mut create = vec![self.gen_ns.clone()];
+        if own_lb {
+            create.push(self.lb_ns.clone());
+        }
+        for ns in create {
             run_checked(Command::new("ip").args(["netns", "add", &ns]))?;
             self.namespaces.push(ns.clone());
             // Before the veth arrives, so its link-local address is never
