@@ -326,6 +326,7 @@ fn bench(opts: &Opts, stop: &Stop) -> Result<Results> {
     };
 
     let l7 = if opts.l7 {
+        stop.check()?;
         pin_thread(0, l7::GEN_CPU)?;
         println!(
             "L7: B's HTTPS requests at {:.0}/s; A at {}x its {} requests/s",
