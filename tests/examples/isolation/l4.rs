@@ -352,9 +352,9 @@ impl L4 {
         Ok(())
     }
 
-    /// One window of B's exchanges, with A's flood (`flood`) or without.
-    /// Returns B's tally, the LB core's busy share over B's window, and
-    /// what happened to A's flood.
+    /// One window of B's exchanges, with A's flood (`flood`) or without:
+    /// B's tally with the LB core's figures over B's window, and what
+    /// happened to A's flood.
     #[expect(
         clippy::too_many_lines,
         reason = "one window: start both loads, read the counters at its edges, sum up"

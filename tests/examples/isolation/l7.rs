@@ -251,8 +251,8 @@ impl L7 {
         Ok(out)
     }
 
-    /// One window of B's requests, with A's flood (`flood`) or without.
-    /// Returns B's tally, lbd's CPU share over B's window, and A's tally
+    /// One window of B's requests, with A's flood (`flood`) or without:
+    /// B's tally with lbd's CPU figures over B's window, and A's tally
     /// with what A's backends served per second.
     fn phase(&mut self, flood: bool, stop: &Stop) -> Result<(PhaseRun, Option<AFlood>)> {
         stop.check()?;
