@@ -61,6 +61,8 @@ mod paced;
 mod proxies;
 #[path = "isolation/report.rs"]
 mod report;
+#[path = "common/results.rs"]
+mod results;
 
 use std::{
     path::{Path, PathBuf},

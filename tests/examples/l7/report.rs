@@ -3,13 +3,15 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::load::{Checked, ToolRun};
 
 #[path = "../common/machine.rs"]
 mod machine;
+#[path = "../common/results.rs"]
+mod results;
 
 pub use machine::Machine;
 
@@ -537,28 +539,7 @@ pub fn print(r: &Results) {
 
 /// Writes `out` (JSON) and, next to it, the markdown report and the chart.
 pub fn write(r: &Results, out: &Path) -> Result<()> {
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let json = serde_json::to_string_pretty(&r.to_json())?;
-    std::fs::write(out, format!("{json}\n"))
-        .with_context(|| format!("writing {}", out.display()))?;
-    let svg_path = out.with_extension("svg");
-    std::fs::write(&svg_path, svg(r)).with_context(|| format!("writing {}", svg_path.display()))?;
-    let md_path = out.with_extension("md");
-    let svg_name = svg_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    std::fs::write(&md_path, markdown(r, &svg_name))
-        .with_context(|| format!("writing {}", md_path.display()))?;
-    println!(
-        "results written to {}, {} and {}",
-        out.display(),
-        md_path.display(),
-        svg_path.display()
-    );
-    Ok(())
+    results::write(out, &r.to_json(), &svg(r), |svg_name| markdown(r, svg_name))
 }
 
 #[expect(
