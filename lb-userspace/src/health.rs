@@ -565,8 +565,10 @@ fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
 /// it carries: HTTPS health checks do NOT authenticate the backend (see the
 /// module documentation for why). The handshake signatures are still
 /// verified, so the server must hold the key of the certificate it shows.
+/// The L7 tests use it too, to reach certificates of names they do not
+/// verify.
 #[derive(Debug)]
-struct AcceptAnyCertificate(Arc<CryptoProvider>);
+pub(crate) struct AcceptAnyCertificate(pub(crate) Arc<CryptoProvider>);
 
 impl ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(

@@ -994,10 +994,9 @@ mod tests {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SerialNumber, date_time_ymd,
     };
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
     use rustls::{
-        AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, HandshakeKind,
-        ProtocolVersion, RootCertStore, SignatureScheme, SupportedProtocolVersion,
+        AlertDescription, CertificateError, ClientConfig, HandshakeKind, ProtocolVersion,
+        RootCertStore, SupportedProtocolVersion,
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
@@ -1232,63 +1231,15 @@ mod tests {
             .unwrap_or_else(|| panic!("not a TLS error: {e}"))
     }
 
-    /// Accepts any certificate (still checking handshake signatures): for
-    /// the names a default tenant's certificate does not carry.
-    #[derive(Debug)]
-    struct AcceptAny(Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for AcceptAny {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
     fn accept_any_client() -> Arc<ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(BOTH)
             .expect("protocol versions")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_custom_certificate_verifier(Arc::new(crate::health::AcceptAnyCertificate(
+                provider,
+            )))
             .with_no_client_auth();
         Arc::new(config)
     }
