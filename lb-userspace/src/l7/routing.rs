@@ -25,6 +25,7 @@ use std::{
     net::SocketAddr,
     path::Path,
     sync::Arc,
+    time::Duration,
 };
 
 use http::{HeaderMap, Method};
@@ -59,9 +60,11 @@ pub struct ListenerRouting {
     pub listener: Listener,
     /// TLS (terminated or passthrough) rather than plain HTTP.
     pub tls: bool,
-    /// Whether any site here is `tls_passthrough` (the accept path must read
-    /// the `ClientHello` before choosing).
-    pub has_passthrough: bool,
+    /// What a connection gets before its tenant is known: the longest
+    /// header and idle timeouts and the largest request head of the sites.
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
     pub sites: Vec<Site>,
     /// SNI hash of an exact or wildcard host name -> its site.
     hosts: HashMap<u64, SiteId>,
@@ -85,7 +88,7 @@ pub struct PoolRouting {
     pub client: UpstreamClient,
     /// The connect timeout of `client`: the shortest `timeouts.connect` of
     /// the sites that route to the pool.
-    connect_timeout: std::time::Duration,
+    connect_timeout: Duration,
     /// Each configured backend's URI authority, made once per snapshot
     /// rather than formatted and parsed for every request.
     pub authorities: HashMap<SocketAddr, http::uri::Authority>,
@@ -369,13 +372,19 @@ impl ListenerRouting {
             .as_ref()
             .and_then(|d| sites.iter().position(|s| &s.tenant == d));
         let tls = sites.iter().any(|s| s.config.protocol != L7Protocol::Http);
-        let has_passthrough = sites
-            .iter()
-            .any(|s| s.config.protocol == L7Protocol::TlsPassthrough);
+        let configs = || sites.iter().map(|s| &s.config);
+        let header_timeout = configs()
+            .map(|c| c.timeouts.header)
+            .max()
+            .unwrap_or(config::DEFAULT_HEADER_TIMEOUT);
+        let idle_timeout = configs().map(|c| c.timeouts.idle).max().unwrap_or_default();
+        let max_header_bytes = configs().map(|c| c.max_header_bytes).max().unwrap_or(0);
         ListenerRouting {
             listener: l.clone(),
             tls,
-            has_passthrough,
+            header_timeout,
+            idle_timeout,
+            max_header_bytes,
             sites,
             hosts,
             prefixes,

@@ -477,12 +477,7 @@ async fn connection(stream: TcpStream, client: SocketAddr, listen: SocketAddr, s
     let Some(listener) = routing.listeners.get(&listen).cloned() else {
         return;
     };
-    let header_timeout = listener
-        .sites
-        .iter()
-        .map(|s| s.config.timeouts.header)
-        .max()
-        .unwrap_or(crate::config::DEFAULT_HEADER_TIMEOUT);
+    let header_timeout = listener.header_timeout;
     if !listener.tls {
         // The tenant (and its connection count) comes with the first
         // request.
@@ -568,17 +563,11 @@ where
         rt::{TokioExecutor, TokioIo, TokioTimer},
         server::conn::auto,
     };
-    let (header_timeout, idle, max_header) =
-        listener
-            .sites
-            .iter()
-            .fold((Duration::ZERO, Duration::ZERO, 0usize), |(h, i, m), s| {
-                (
-                    h.max(s.config.timeouts.header),
-                    i.max(s.config.timeouts.idle),
-                    m.max(s.config.max_header_bytes),
-                )
-            });
+    let (header_timeout, idle, max_header) = (
+        listener.header_timeout,
+        listener.idle_timeout,
+        listener.max_header_bytes,
+    );
     let last_activity = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let io = Activity {
