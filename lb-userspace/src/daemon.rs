@@ -29,6 +29,15 @@ use crate::{
     reconcile::{ApplyReport, BackendKey, Ids, Reconciler},
 };
 
+/// What an apply follows.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// The effective configuration (file, overrides) may have changed.
+    Config,
+    /// Only the backends' health changed.
+    Health,
+}
+
 /// The id assignment's file under `node.state_dir` (read by `lbctl --maps`).
 pub const IDS_FILE: &str = "ids.json";
 
@@ -170,11 +179,20 @@ impl Daemon {
     /// # Errors
     /// When a map write fails.
     pub fn apply(&mut self) -> anyhow::Result<ApplyReport> {
+        self.apply_after(Change::Config)
+    }
+
+    fn apply_after(&mut self, change: Change) -> anyhow::Result<ApplyReport> {
         let report = self
             .reconciler
             .apply_with_health(&self.config, &self.down, &mut self.dp)?;
         if let Some(l7) = &mut self.l7 {
-            l7.update(&self.config, &self.down)?;
+            match change {
+                // Listeners and certificates follow the configuration.
+                Change::Config => l7.update(&self.config, &self.down)?,
+                // Only which backends are up changed: the routing snapshot.
+                Change::Health => l7.update_health(&self.config, &self.down),
+            }
         }
         let path = self.config.node.state_dir.join(IDS_FILE);
         self.reconciler
@@ -266,7 +284,7 @@ impl Daemon {
         info!(backend = %event.backend.address, tenant = %event.backend.tenant,
               pool = %event.backend.pool, health = %event.health, reason = %event.reason,
               "backend health changed");
-        if let Err(e) = self.apply() {
+        if let Err(e) = self.apply_after(Change::Health) {
             warn!(error = %format!("{e:#}"), "applying a health change failed");
         }
     }
