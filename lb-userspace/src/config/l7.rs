@@ -83,7 +83,17 @@ pub struct L7Site {
     /// Extra attempts of an idempotent request whose backend could not be
     /// connected to, each on a backend not tried yet.
     pub retries: u32,
+    /// Collapse runs of `/` in the path before routing.
+    pub merge_slashes: bool,
+    /// Let paths with `%2F` or `%5C` through (otherwise 400).
+    pub allow_encoded_slashes: bool,
+    /// `Upgrade` tokens proxied as tunnels (lower case); any other
+    /// `Upgrade` is removed from the request.
+    pub upgrades: Vec<String>,
 }
+
+/// Default `upgrades`.
+pub const DEFAULT_UPGRADES: &[&str] = &["websocket"];
 
 /// `l7.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -272,6 +282,31 @@ pub enum AccessLog {
     Off,
 }
 
+/// One of a site's `upgrades`: an HTTP token, lower-cased. `h2c` is
+/// refused: its tunnel would carry h2 straight to the backend, past every
+/// route and policy of the proxy.
+fn check_upgrade(token: &str) -> Result<String, String> {
+    let valid = !token.is_empty()
+        && token.len() <= 64
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+    if !valid {
+        return Err(format!(
+            "{token:?} is not an Upgrade token (expected a protocol name like \"websocket\")"
+        ));
+    }
+    let token = token.to_ascii_lowercase();
+    if token == "h2c" || token.starts_with("h2c/") {
+        return Err(
+            "h2c cannot be an upgrade: its tunnel would bypass the proxy's routes and policy; \
+             lbd speaks h2 to clients itself (ALPN, or prior knowledge on plain HTTP)"
+                .to_owned(),
+        );
+    }
+    Ok(token)
+}
+
 /// Lower case, without one trailing dot: how host names, SNI and Host
 /// headers are compared.
 #[must_use]
@@ -310,6 +345,9 @@ pub(super) struct RawL7 {
     max_header_bytes: Option<usize>,
     max_body_bytes: Option<u64>,
     retries: Option<u32>,
+    merge_slashes: Option<bool>,
+    allow_encoded_slashes: Option<bool>,
+    upgrades: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -707,6 +745,17 @@ impl Ctx<'_> {
         if retries > 10 {
             return Err(self.error(&path.key("retries"), "retries must be at most 10"));
         }
+        let upgrades = match raw.upgrades {
+            None => DEFAULT_UPGRADES.iter().map(|&t| t.to_owned()).collect(),
+            Some(tokens) => {
+                let mut upgrades = Vec::with_capacity(tokens.len());
+                for (i, t) in tokens.iter().enumerate() {
+                    let at = path.key("upgrades").index(i, None);
+                    upgrades.push(check_upgrade(t).map_err(|m| self.error(&at, m))?);
+                }
+                upgrades
+            }
+        };
         Ok(L7Site {
             listen,
             protocol,
@@ -720,6 +769,9 @@ impl Ctx<'_> {
             max_header_bytes,
             max_body_bytes: raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             retries,
+            merge_slashes: raw.merge_slashes.unwrap_or(false),
+            allow_encoded_slashes: raw.allow_encoded_slashes.unwrap_or(false),
+            upgrades,
         })
     }
 

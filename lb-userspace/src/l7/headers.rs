@@ -4,7 +4,11 @@
 //! Clients cannot be trusted with `X-Forwarded-For`, `X-Forwarded-Proto`,
 //! `X-Tenant-ID` or `Forwarded`: a backend that reads them would believe a
 //! forged client address or tenant. The proxy removes every client-sent copy
-//! and writes its own. `X-Request-ID` is kept when it looks like an id (so a
+//! and writes its own. `X-Forwarded-Host`, `X-Forwarded-Port`,
+//! `X-Forwarded-Prefix` and `X-Real-IP` are removed and not written: the
+//! backend has the true host in `Host` and the client in
+//! `X-Forwarded-For`. Only a listener's `trusted_proxies` may extend
+//! `X-Forwarded-For` rather than have it replaced. `X-Request-ID` is kept when it looks like an id (so a
 //! caller can trace its own ids through), and generated otherwise.
 //! `traceparent`/`tracestate` pass through untouched.
 
@@ -19,6 +23,11 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// The h2c upgrade's settings (RFC 7540 section 3.2), hop-by-hop.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -40,7 +49,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for name in named {
         headers.remove(name);
     }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER, TRANSFER_ENCODING] {
+    for name in [
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        HTTP2_SETTINGS,
+    ] {
         headers.remove(name);
     }
     if keep_upgrade {
@@ -61,6 +77,28 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The first protocol of the request's `Upgrade` that `allowed` names
+/// (lower-case tokens, a version after `/` ignored), when the request asks
+/// for an upgrade at all. Any other upgrade, `h2c` above all, is not
+/// proxied: its tunnel would carry a protocol the proxy cannot see into.
+#[must_use]
+pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+    if !is_upgrade(headers) {
+        return None;
+    }
+    headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|offered| {
+            let name = offered.split_once('/').map_or(*offered, |(n, _)| n);
+            allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
+        .and_then(|t| HeaderValue::from_str(t).ok())
 }
 
 /// The client's `X-Request-ID` when it is 1 to 128 characters of
@@ -99,7 +137,15 @@ pub fn forwarded_for(client_ip: std::net::IpAddr) -> HeaderValue {
 
 /// Replaces the client's copies of the headers the proxy owns with its own.
 pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
-    headers.remove(FORWARDED);
+    for name in [
+        FORWARDED,
+        X_FORWARDED_HOST,
+        X_FORWARDED_PORT,
+        X_FORWARDED_PREFIX,
+        X_REAL_IP,
+    ] {
+        headers.remove(name);
+    }
     // `insert` drops every copy the client sent; a value that cannot be a
     // header leaves none.
     let set = |headers: &mut HeaderMap, name: HeaderName, value: &str| {
@@ -129,6 +175,10 @@ mod tests {
         h.append(X_FORWARDED_FOR, "7.7.7.7".parse().expect("v"));
         h.insert(X_TENANT_ID, "other".parse().expect("v"));
         h.insert("forwarded", "for=6.6.6.6".parse().expect("v"));
+        h.insert("x-forwarded-host", "evil.example".parse().expect("v"));
+        h.insert("x-forwarded-port", "8443".parse().expect("v"));
+        h.insert("x-forwarded-prefix", "/admin".parse().expect("v"));
+        h.insert("x-real-ip", "6.6.6.6".parse().expect("v"));
         h.insert("traceparent", "00-abc-def-01".parse().expect("v"));
         set_forwarding(
             &mut h,
@@ -150,6 +200,14 @@ mod tests {
         assert_eq!(all(X_FORWARDED_PROTO), ["https"]);
         assert_eq!(all(X_REQUEST_ID), ["req-1"]);
         assert!(!h.contains_key("forwarded"));
+        for forged in [
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-real-ip",
+        ] {
+            assert!(!h.contains_key(forged), "{forged} kept");
+        }
         assert_eq!(
             all(HeaderName::from_static("traceparent")),
             ["00-abc-def-01"]
@@ -192,5 +250,32 @@ mod tests {
             h.get(CONNECTION).map(HeaderValue::as_bytes),
             Some(&b"upgrade"[..])
         );
+    }
+
+    #[test]
+    fn only_allowed_upgrades_are_proxied() {
+        let allowed = vec!["websocket".to_owned()];
+        let ask = |upgrade: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, "Upgrade, HTTP2-Settings".parse().expect("v"));
+            h.insert(UPGRADE, upgrade.parse().expect("v"));
+            allowed_upgrade(&h, &allowed).map(|v| v.to_str().expect("ascii").to_owned())
+        };
+        assert_eq!(ask("WebSocket").as_deref(), Some("WebSocket"));
+        assert_eq!(ask("h2c"), None);
+        assert_eq!(ask("h2c, websocket").as_deref(), Some("websocket"));
+        assert_eq!(ask("foo/2"), None);
+        // No `Connection: upgrade`: no upgrade at all.
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, "websocket".parse().expect("v"));
+        assert_eq!(allowed_upgrade(&h, &allowed), None);
+
+        // An upgrade that is not proxied leaves nothing of itself.
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, "Upgrade, HTTP2-Settings".parse().expect("v"));
+        h.insert(UPGRADE, "h2c".parse().expect("v"));
+        h.insert("http2-settings", "AAMAAABkAAQAAP__".parse().expect("v"));
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 }

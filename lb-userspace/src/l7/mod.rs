@@ -4,8 +4,10 @@
 //! * [`routing`]: the snapshot of which tenant and pool serve a request.
 //! * [`proxy`]: one request, from identification to the backend's answer.
 //! * [`headers`]: the headers the proxy owns.
+//! * [`path`]: the request path normalised before routing.
 //! * [`tls`]: the certificates of every tenant, chosen by SNI, reloaded
 //!   when their files change.
+//! * [`tunnel`]: an upgraded connection's bytes, with an idle timeout.
 //! * [`passthrough`]: the `ClientHello`'s SNI read without terminating TLS,
 //!   the PROXY protocol v2 header, and the byte copy both ways.
 //! * [`upstream`]: which backend of a pool serves a request (Maglev,
@@ -19,10 +21,12 @@ pub mod backend_client;
 pub mod handoff;
 pub mod headers;
 pub mod passthrough;
+pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod routing;
 pub mod server;
 pub mod stats;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;

@@ -18,11 +18,12 @@
 //! [`Rejection`].
 
 use std::{
+    borrow::Cow,
     net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll},
     time::Instant,
@@ -43,9 +44,11 @@ use crate::config::{BackendProtocol, L7Protocol};
 use super::{
     access_log::{self, AccessLogger, Entry},
     headers::{self, Forwarding},
+    path,
     policy::{self, Ask, ConnectionGuard, InflightGuard, Policy, Proof, bucket::Quota},
     routing::{self, Identified, ListenerRouting, PoolRouting, Refusal, RequestFacts, Routing},
     stats::TenantStats,
+    tunnel,
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -53,7 +56,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// What a connection knows about itself.
-#[derive(Debug)]
 pub struct ConnInfo {
     pub client: SocketAddr,
     pub listen: SocketAddr,
@@ -66,6 +68,22 @@ pub struct ConnInfo {
     /// when the tenant is first known (at the TLS accept from the SNI,
     /// else at the first request).
     pub slot: OnceLock<ConnSlot>,
+    /// The connection's place in the drain's count of open connections,
+    /// released with the last reference (a tunnel's included).
+    open: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnInfo")
+            .field("client", &self.client)
+            .field("listen", &self.listen)
+            .field("sni", &self.sni)
+            .field("https", &self.https)
+            .field("slot", &self.slot)
+            .field("open", &self.open.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnInfo {
@@ -78,7 +96,16 @@ impl ConnInfo {
             https,
             forwarded_for: headers::forwarded_for(client.ip()),
             slot: OnceLock::new(),
+            open: None,
         }
+    }
+
+    /// Keeps `guard` for as long as the connection (or a tunnel made of
+    /// it) lives.
+    #[must_use]
+    pub fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
+        self.open = Some(Box::new(guard));
+        self
     }
 }
 
@@ -133,6 +160,15 @@ pub enum Rejection {
     UpstreamError,
     UpstreamTimeout,
     ListenerGone,
+    /// The client's upload went wrong (malformed chunking, an aborted
+    /// body): 400. Never counted against the backend.
+    BadRequestBody,
+    /// The client's upload did not finish within `timeouts.request`: 408.
+    /// Never counted against the backend.
+    RequestBodyTimeout,
+    /// A request the proxy will not read as it stands (duplicate or
+    /// disagreeing hosts, a malformed path): 400, with this code.
+    Malformed(&'static str),
 }
 
 impl Rejection {
@@ -147,6 +183,8 @@ impl Rejection {
             Self::NoBackend | Self::ListenerGone => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamError => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Malformed(_) | Self::BadRequestBody => StatusCode::BAD_REQUEST,
+            Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -164,6 +202,9 @@ impl Rejection {
             Self::UpstreamError => "upstream_error",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::ListenerGone => "listener_removed",
+            Self::BadRequestBody => "bad_request_body",
+            Self::RequestBodyTimeout => "request_body_timeout",
+            Self::Malformed(code) => code,
         }
     }
 }
@@ -269,6 +310,10 @@ fn quota_headers(h: &mut http::HeaderMap, q: &Quota) {
 
 /// Where an admitted request goes.
 struct Admitted {
+    /// The `Upgrade` token the request asks for, when the site allows it.
+    upgrade: Option<HeaderValue>,
+    /// The Host the backend receives.
+    authority: Option<HeaderValue>,
     tenant: String,
     stats: Arc<TenantStats>,
     pool: Arc<PoolRouting>,
@@ -278,6 +323,8 @@ struct Admitted {
     route: usize,
     retries: u32,
     timeout: std::time::Duration,
+    /// The site's idle timeout (for a tunnel).
+    idle: std::time::Duration,
     max_body: u64,
     /// The quota to tell the client about.
     quota: Option<Quota>,
@@ -324,43 +371,27 @@ impl Proxy {
         let start = Instant::now();
         let routing = self.routing.load_full();
         let request_id = headers::request_id(req.headers());
-        let host = request_authority(&req).map(|a| routing::request_host(&a));
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let target = request_target(&req, conn.https);
         // The log line's texts are only made when the log is on.
         let logging = self.log.load().enabled();
         let mut entry = if logging {
-            Entry {
-                time: access_log::now(),
-                request_id: Some(request_id.clone()),
-                client: Some(conn.client),
-                listener: Some(conn.listen),
-                sni: conn.sni.clone(),
-                host: host.clone(),
-                method: Some(req.method().as_str().to_owned()),
-                path: Some(path_and_query.clone()),
-                protocol: Some(if req.version() == Version::HTTP_2 {
-                    "HTTP/2"
-                } else {
-                    "HTTP/1.1"
-                }),
-                ..Entry::default()
-            }
+            log_entry(&req, &conn, &request_id, target.as_ref().ok())
         } else {
             Entry::default()
         };
 
-        let admitted = admit(
-            &routing,
-            &self.policy,
-            &conn,
-            &req,
-            host.as_deref(),
-            &path_and_query,
-            &mut entry,
-        );
+        let target = match target {
+            Ok(t) => t,
+            Err(rejection) => {
+                return self.refused(
+                    Refused::with(rejection, None, None),
+                    entry,
+                    &request_id,
+                    start,
+                );
+            }
+        };
+        let admitted = admit(&routing, &self.policy, &conn, &req, &target, &mut entry);
         let mut admitted = match admitted {
             Ok(a) => a,
             Err(refused) => return self.refused(*refused, entry, &request_id, start),
@@ -372,10 +403,10 @@ impl Proxy {
             entry.rule = Some(format!("routes[{}]", admitted.route));
         }
 
-        let upgrade = headers::is_upgrade(req.headers());
+        let upgrade = admitted.upgrade.is_some();
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let bytes_in = Arc::new(AtomicU64::new(0));
-        let forwarded = forward(req, &conn, &admitted, &request_id, upgrade, &bytes_in).await;
+        let upload = Arc::new(Upload::default());
+        let forwarded = forward(req, &conn, &admitted, &request_id, upgrade, &upload).await;
         entry.attempts = forwarded.attempts;
         entry.upstream = forwarded.upstream;
         entry.upstream_ms = forwarded.upstream_ms;
@@ -387,7 +418,7 @@ impl Proxy {
                     reject(rejection, &request_id),
                     entry,
                     Some(admitted.stats),
-                    Some(bytes_in),
+                    Some(Arc::clone(&upload)),
                     start,
                     inflight,
                 );
@@ -396,15 +427,26 @@ impl Proxy {
         entry.decision = "route";
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switching && let Some(client_upgrade) = client_upgrade {
-            let backend_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                if let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await) {
-                    let mut client = hyper_util::rt::TokioIo::new(client);
-                    let mut backend = hyper_util::rt::TokioIo::new(backend);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
-                }
-            });
+        if switching {
+            let Some(client_upgrade) = client_upgrade else {
+                // A backend switching protocols nobody asked it for.
+                entry.decision = Rejection::UpstreamError.code();
+                return self.finish(
+                    reject(Rejection::UpstreamError, &request_id),
+                    entry,
+                    Some(admitted.stats),
+                    Some(upload),
+                    start,
+                    inflight,
+                );
+            };
+            spawn_tunnel(
+                client_upgrade,
+                hyper::upgrade::on(&mut resp),
+                Arc::clone(&conn),
+                Arc::clone(&admitted.stats),
+                admitted.idle,
+            );
         }
         let (mut parts, body) = resp.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, switching);
@@ -418,7 +460,7 @@ impl Proxy {
             Response::from_parts(parts, body.map_err(BoxError::from).boxed()),
             entry,
             Some(admitted.stats),
-            Some(bytes_in),
+            Some(upload),
             start,
             inflight,
         )
@@ -443,7 +485,71 @@ impl Proxy {
         };
         self.finish(answer, entry, refused.stats, None, start, None)
     }
+}
 
+/// The access-log line of a request, before anything is decided.
+fn log_entry<B>(
+    req: &Request<B>,
+    conn: &ConnInfo,
+    request_id: &str,
+    target: Option<&Target>,
+) -> Entry {
+    Entry {
+        time: access_log::now(),
+        request_id: Some(request_id.to_owned()),
+        client: Some(conn.client),
+        listener: Some(conn.listen),
+        sni: conn.sni.clone(),
+        host: target.and_then(|t| t.host.clone()),
+        method: Some(req.method().as_str().to_owned()),
+        path: Some(target.map_or_else(
+            || {
+                req.uri()
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .to_owned()
+            },
+            |t| t.path_and_query.clone(),
+        )),
+        protocol: Some(if req.version() == Version::HTTP_2 {
+            "HTTP/2"
+        } else {
+            "HTTP/1.1"
+        }),
+        ..Entry::default()
+    }
+}
+
+/// Runs the tunnel of an upgraded request once both sides have switched.
+/// It holds the client's connection (`conn`: its place in the tenant's
+/// `max_connections` and in the drain) until it ends, and adds its bytes
+/// to the tenant's counters.
+fn spawn_tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    conn: Arc<ConnInfo>,
+    stats: Arc<TenantStats>,
+    idle: std::time::Duration,
+) {
+    tokio::spawn(async move {
+        let (Ok(client), Ok(backend)) = (client.await, backend.await) else {
+            return;
+        };
+        let carried = tunnel::run(
+            hyper_util::rt::TokioIo::new(client),
+            hyper_util::rt::TokioIo::new(backend),
+            idle,
+        )
+        .await;
+        stats.bytes_in.fetch_add(carried.client_to_backend, Relaxed);
+        stats
+            .bytes_out
+            .fetch_add(carried.backend_to_client, Relaxed);
+        tracing::debug!(client = %conn.client, ?carried, "tunnel closed");
+    });
+}
+
+impl Proxy {
     /// The response with the body that records the request when done (and
     /// releases its place in the in-flight counts then).
     fn finish(
@@ -451,7 +557,7 @@ impl Proxy {
         resp: Response<ProxyBody>,
         mut entry: Entry,
         stats: Option<Arc<TenantStats>>,
-        bytes_in: Option<Arc<AtomicU64>>,
+        upload: Option<Arc<Upload>>,
         start: Instant,
         inflight: Option<InflightGuard>,
     ) -> Response<Tracked> {
@@ -467,7 +573,7 @@ impl Proxy {
                     stats,
                     entry,
                     start,
-                    bytes_in,
+                    upload,
                     _inflight: inflight,
                 })),
             },
@@ -475,17 +581,80 @@ impl Proxy {
     }
 }
 
-/// The Host of a request: h2's `:authority`, else the Host header.
-fn request_authority<B>(req: &Request<B>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
+/// What a request asks for, once checked: its authority, host and path.
+struct Target {
+    /// The authority as the client wrote it (the URI's, else Host), which
+    /// the backend receives as its Host header.
+    authority: Option<HeaderValue>,
+    /// The authority's host, normalised, without the port.
+    host: Option<String>,
+    /// The normalised path ([`path::normalise`]) and the query.
+    path_and_query: String,
+}
+
+/// The request's target, or 400 when its parts disagree: the URI's
+/// authority (HTTP/1.1 absolute form, h2's `:authority`) and the Host
+/// header must name the same host and port, a request has at most one
+/// Host, and its path must normalise. Identification, routes and the
+/// backend then all see this one host and path.
+fn request_target<B>(req: &Request<B>, https: bool) -> Result<Target, Rejection> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Rejection::Malformed("duplicate_host"));
+    }
+    let authority = match (req.uri().authority(), host_header) {
+        (Some(uri), Some(h)) => {
+            let h_text = h.to_str().map_err(|_| Rejection::Malformed("bad_host"))?;
+            if !same_authority(uri.as_str(), h_text, https) {
+                return Err(Rejection::Malformed("host_mismatch"));
+            }
+            Some(h.clone())
+        }
+        (Some(uri), None) => Some(
+            HeaderValue::from_str(uri.as_str()).map_err(|_| Rejection::Malformed("bad_host"))?,
+        ),
+        (None, Some(h)) => Some(h.clone()),
+        (None, None) => None,
+    };
+    let host = match &authority {
+        Some(a) => {
+            let text = a.to_str().map_err(|_| Rejection::Malformed("bad_host"))?;
+            if text.contains('@') {
+                return Err(Rejection::Malformed("bad_host"));
+            }
+            Some(routing::request_host(text))
+        }
+        None => None,
+    };
+    let raw_path = req.uri().path();
+    let normalised = path::normalise(raw_path).map_err(|e| Rejection::Malformed(e.code()))?;
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{normalised}?{q}"),
+        None => normalised.into_owned(),
+    };
+    Ok(Target {
+        authority,
+        host,
+        path_and_query,
+    })
+}
+
+/// Whether two authorities name the same host and port (a missing port
+/// being the scheme's).
+fn same_authority(a: &str, b: &str, https: bool) -> bool {
+    let default = if https { 443 } else { 80 };
+    let port = |x: &str| -> Option<u16> {
+        let after_host = match x.strip_prefix('[') {
+            Some(rest) => rest.split_once(']').map_or("", |(_, p)| p),
+            None => x.rfind(':').map_or("", |i| &x[i..]),
+        };
+        match after_host.strip_prefix(':') {
+            None | Some("") => Some(default),
+            Some(p) => p.parse().ok(),
+        }
+    };
+    routing::request_host(a) == routing::request_host(b) && port(a).is_some() && port(a) == port(b)
 }
 
 /// Identification and every check before the request may go to a
@@ -495,10 +664,11 @@ fn admit<B: Body>(
     policy: &Policy,
     conn: &ConnInfo,
     req: &Request<B>,
-    host: Option<&str>,
-    path_and_query: &str,
+    target: &Target,
     entry: &mut Entry,
 ) -> Result<Admitted, Box<Refused>> {
+    let host = target.host.as_deref();
+    let path_and_query = target.path_and_query.as_str();
     let Some(listener) = routing.listeners.get(&conn.listen) else {
         return Err(Box::new(Refused::with(Rejection::ListenerGone, None, None)));
     };
@@ -546,6 +716,11 @@ fn admit<B: Body>(
         // A Host naming a passthrough site on a terminated connection.
         return Err(refuse(Rejection::Misdirected));
     }
+    let (path, path_and_query) = site_path(&site.config, path, path_and_query).map_err(&refuse)?;
+    let facts = RequestFacts {
+        path: &path,
+        ..facts
+    };
     let admission = check_policy(policy, conn, req, identified, site, entry)?;
     if head_size(req) > site.config.max_header_bytes {
         return Err(refuse(Rejection::HeadersTooLarge));
@@ -566,13 +741,15 @@ fn admit<B: Body>(
         return Err(refuse(Rejection::NoBackend));
     };
     Ok(Admitted {
+        upgrade: headers::allowed_upgrade(req.headers(), &site.config.upgrades),
+        authority: target.authority.clone(),
         tenant: site.tenant.clone(),
         stats: Arc::clone(&site.stats),
         pool,
         backend_path: PathAndQuery::from_maybe_shared(Bytes::from(routing::backend_path(
             &site.config,
             route,
-            path_and_query,
+            &path_and_query,
         )))
         .ok()
         // What followed the authority in the URI this replaces.
@@ -580,10 +757,31 @@ fn admit<B: Body>(
         route: index,
         retries: site.config.retries,
         timeout: site.config.timeouts.request,
+        idle: site.config.timeouts.idle,
         max_body: site.config.max_body_bytes,
         quota: admission.quota,
         inflight: admission.guard,
     })
+}
+
+/// The path and the path with its query as the site's routes see them:
+/// `merge_slashes` applied, encoded slashes refused unless allowed.
+fn site_path<'a>(
+    site: &crate::config::L7Site,
+    path: &'a str,
+    path_and_query: &'a str,
+) -> Result<(Cow<'a, str>, Cow<'a, str>), Rejection> {
+    if !site.allow_encoded_slashes && path::has_encoded_slash(path) {
+        return Err(Rejection::Malformed("encoded_slash"));
+    }
+    if site.merge_slashes {
+        Ok((
+            path::merge_slashes(path),
+            path::merge_slashes(path_and_query),
+        ))
+    } else {
+        Ok((Cow::Borrowed(path), Cow::Borrowed(path_and_query)))
+    }
 }
 
 /// The tenant's request policy: its connection slot, then
@@ -644,14 +842,14 @@ fn backend_head(
     request_id: &str,
     upgrade: bool,
 ) {
-    if parts.version == Version::HTTP_2
-        && !parts.headers.contains_key(header::HOST)
-        && let Some(a) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
+    // The host identification checked, whatever form the client used.
+    if let Some(a) = &to.authority {
+        parts.headers.insert(header::HOST, a.clone());
     }
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(token) = &to.upgrade {
+        parts.headers.insert(header::UPGRADE, token.clone());
+    }
     headers::set_forwarding(
         &mut parts.headers,
         &Forwarding {
@@ -675,7 +873,7 @@ async fn forward(
     to: &Admitted,
     request_id: &str,
     upgrade: bool,
-    bytes_in: &Arc<AtomicU64>,
+    upload: &Arc<Upload>,
 ) -> Forwarded {
     let hash_key = if to.pool.l7.balance == crate::config::Balance::Maglev {
         routing::hash_key(&to.pool.l7.hash_on, conn.client, req.headers())
@@ -688,10 +886,13 @@ async fn forward(
     // gone once sent.
     let retryable = idempotent(&parts.method) && body.is_end_stream() && !upgrade;
     let limit = usize::try_from(to.max_body).unwrap_or(usize::MAX);
+    if body.is_end_stream() {
+        upload.finished.store(true, Relaxed);
+    }
     let mut body = Some(
         Counted {
             inner: Limited::new(body, limit).map_err(BoxError::from).boxed(),
-            count: Arc::clone(bytes_in),
+            upload: Arc::clone(upload),
         }
         .boxed(),
     );
@@ -724,6 +925,10 @@ async fn forward(
         let sent_at = Instant::now();
         let result = tokio::time::timeout(to.timeout, to.pool.client.request(request)).await;
         out.upstream_ms = Some(sent_at.elapsed().as_secs_f64() * 1e3);
+        // Only the backend's faults count toward its ejection: what the
+        // client did wrong (an upload over the limit, malformed or cut
+        // short, or slower than the timeout) says nothing about it.
+        let client_fault = upload.fault();
         match result {
             Ok(Ok(resp)) => {
                 // The backend's own overload and gateway errors count
@@ -736,6 +941,10 @@ async fn forward(
                 out.response = Ok(resp);
                 break;
             }
+            Ok(Err(_)) | Err(_) if client_fault.is_some() => {
+                out.response = Err(client_fault.unwrap_or(Rejection::BadRequestBody));
+                break;
+            }
             Ok(Err(e)) if e.is_connect() => {
                 picked.failure();
                 tracing::debug!(backend = %picked.addr, error = %e, "backend connect failed");
@@ -746,14 +955,14 @@ async fn forward(
             }
             Ok(Err(e)) => {
                 picked.failure();
-                let too_large = std::error::Error::source(&e)
-                    .is_some_and(|s| s.to_string().contains("length limit exceeded"));
                 tracing::debug!(backend = %picked.addr, error = %e, "backend request failed");
-                out.response = Err(if too_large {
-                    Rejection::PayloadTooLarge
-                } else {
-                    Rejection::UpstreamError
-                });
+                out.response = Err(Rejection::UpstreamError);
+                break;
+            }
+            Err(_) if !upload.finished.load(Relaxed) => {
+                // Still uploading when the time was up: the backend could
+                // not have answered yet.
+                out.response = Err(Rejection::RequestBodyTimeout);
                 break;
             }
             Err(_) => {
@@ -819,10 +1028,35 @@ fn redirect(host: Option<&str>, path_and_query: &str) -> Response<ProxyBody> {
     resp
 }
 
-/// A request body that counts its bytes.
+/// How a request's upload went, seen by its body as the backend reads it.
+#[derive(Debug, Default)]
+struct Upload {
+    bytes: AtomicU64,
+    /// The whole body was read from the client.
+    finished: AtomicBool,
+    /// [`Upload::TOO_LARGE`] or [`Upload::BROKEN`] once the client's body
+    /// failed.
+    fault: AtomicU8,
+}
+
+impl Upload {
+    const TOO_LARGE: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    /// The client's fault, if its body failed.
+    fn fault(&self) -> Option<Rejection> {
+        match self.fault.load(Relaxed) {
+            Self::TOO_LARGE => Some(Rejection::PayloadTooLarge),
+            Self::BROKEN => Some(Rejection::BadRequestBody),
+            _ => None,
+        }
+    }
+}
+
+/// A request body that counts its bytes and records how it ended.
 struct Counted {
     inner: ProxyBody,
-    count: Arc<AtomicU64>,
+    upload: Arc<Upload>,
 }
 
 impl Body for Counted {
@@ -834,10 +1068,25 @@ impl Body for Counted {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            self.count.fetch_add(data.len() as u64, Relaxed);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.upload.bytes.fetch_add(data.len() as u64, Relaxed);
+                }
+                if self.inner.is_end_stream() {
+                    self.upload.finished.store(true, Relaxed);
+                }
+            }
+            Poll::Ready(None) => self.upload.finished.store(true, Relaxed),
+            Poll::Ready(Some(Err(e))) => {
+                let fault = if e.is::<http_body_util::LengthLimitError>() {
+                    Upload::TOO_LARGE
+                } else {
+                    Upload::BROKEN
+                };
+                self.upload.fault.store(fault, Relaxed);
+            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -857,7 +1106,7 @@ struct Done {
     stats: Option<Arc<TenantStats>>,
     entry: Entry,
     start: Instant,
-    bytes_in: Option<Arc<AtomicU64>>,
+    upload: Option<Arc<Upload>>,
     /// Released when the response is done.
     _inflight: Option<InflightGuard>,
 }
@@ -908,11 +1157,11 @@ impl Tracked {
             stats,
             mut entry,
             start,
-            bytes_in,
+            upload,
             _inflight,
         } = *done;
         let elapsed = start.elapsed();
-        let bytes_in = bytes_in.map_or(0, |b| b.load(Relaxed));
+        let bytes_in = upload.map_or(0, |u| u.bytes.load(Relaxed));
         if let Some(stats) = &stats {
             stats.record(entry.status, elapsed);
             stats.bytes_in.fetch_add(bytes_in, Relaxed);

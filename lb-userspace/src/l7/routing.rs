@@ -31,7 +31,7 @@ use std::{
 use http::{HeaderMap, Method};
 
 use crate::{
-    config::{self, Config, HashOn, Identify, L7Protocol, L7Site, Listener, PoolL7, sni_hash},
+    config::{self, Config, HashOn, Identify, L7Protocol, L7Site, Listener, PoolL7},
     reconcile::BackendKey,
 };
 
@@ -66,8 +66,12 @@ pub struct ListenerRouting {
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub sites: Vec<Site>,
-    /// SNI hash of an exact or wildcard host name -> its site.
-    hosts: HashMap<u64, SiteId>,
+    /// Exact host name -> its site. Compared by name, not by the SNI hash
+    /// the BPF map uses: a name that merely collides with a configured
+    /// host's hash must not reach that host's tenant.
+    hosts: HashMap<String, SiteId>,
+    /// `x.example` of a `*.x.example` wildcard -> its site.
+    wildcards: HashMap<String, SiteId>,
     /// (path prefix, site), longest prefix first.
     prefixes: Vec<(String, SiteId)>,
     /// The default tenant's first site here.
@@ -139,11 +143,14 @@ impl ListenerRouting {
     /// The site of the exact host, else of the wildcard one label up.
     #[must_use]
     pub fn site_for_host(&self, host: &str) -> Option<SiteId> {
-        if let Some(&s) = self.hosts.get(&sni_hash(host)) {
+        if let Some(&s) = self.hosts.get(host) {
             return Some(s);
         }
-        let (_, parent) = host.split_once('.')?;
-        self.hosts.get(&sni_hash(&format!("*.{parent}"))).copied()
+        let (label, parent) = host.split_once('.')?;
+        if label.is_empty() {
+            return None;
+        }
+        self.wildcards.get(parent).copied()
     }
 
     fn site_for_path(&self, path: &str) -> Option<SiteId> {
@@ -207,6 +214,7 @@ impl ListenerRouting {
             (None, None) => return Err(Refusal::UnknownHost),
         };
         let tenant = &self.sites[identified.site].tenant;
+        self.check_connection_tenant(req, tenant)?;
         for claimed in req.headers.get_all(super::headers::X_TENANT_ID) {
             if claimed.as_bytes() != tenant.as_bytes() {
                 return Err(Refusal::TenantMismatch {
@@ -216,6 +224,39 @@ impl ListenerRouting {
             }
         }
         Ok(identified)
+    }
+
+    /// Whatever `identify` says, a TLS session belongs to the tenant its
+    /// SNI names: the request must be that tenant's, and its host must not
+    /// be another tenant's name on this listener (a name nobody has here,
+    /// an IP address for one, stays with the session's tenant, who is the
+    /// only one it can reach). Browsers coalesce h2
+    /// connections across names a certificate covers, so a request for
+    /// tenant B's host on tenant A's session is normal traffic, and must
+    /// be sent back (421, which makes the client retry on a new
+    /// connection) rather than served by A.
+    fn check_connection_tenant(&self, req: &RequestFacts<'_>, tenant: &str) -> Result<(), Refusal> {
+        let Some(sni_site) = req.sni.and_then(|s| self.site_for_host(s)) else {
+            return Ok(());
+        };
+        let sni_tenant = &self.sites[sni_site].tenant;
+        if sni_tenant != tenant {
+            return Err(Refusal::Misdirected {
+                identified: sni_tenant.clone(),
+                other: tenant.to_owned(),
+            });
+        }
+        if let Some(host) = req.host {
+            if let Some(site) = self.site_for_host(host)
+                && self.sites[site].tenant != *sni_tenant
+            {
+                return Err(Refusal::Misdirected {
+                    identified: sni_tenant.clone(),
+                    other: self.sites[site].tenant.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The site of the tenant a bearer JWT's tenant claim names (unverified:
@@ -344,6 +385,7 @@ impl ListenerRouting {
     fn build(config: &Config, l: &Listener, tenants: &HashMap<String, Arc<TenantStats>>) -> Self {
         let mut sites = Vec::new();
         let mut hosts = HashMap::new();
+        let mut wildcards = HashMap::new();
         let mut prefixes = Vec::new();
         let mut tenant_sites = HashMap::new();
         for t in &config.tenants {
@@ -351,7 +393,10 @@ impl ListenerRouting {
                 let id = sites.len();
                 tenant_sites.entry(t.name.clone()).or_insert(id);
                 for h in &s.hosts {
-                    hosts.insert(sni_hash(h), id);
+                    match h.strip_prefix("*.") {
+                        Some(parent) => wildcards.insert(parent.to_owned(), id),
+                        None => hosts.insert(h.clone(), id),
+                    };
                 }
                 if let Some(p) = &s.path_prefix {
                     prefixes.push((p.clone(), id));
@@ -387,6 +432,7 @@ impl ListenerRouting {
             max_header_bytes,
             sites,
             hosts,
+            wildcards,
             prefixes,
             default_site,
             tenant_sites,
@@ -561,7 +607,13 @@ mod tests {
     use super::*;
 
     fn routing(text_extra: &str, listener: &str) -> Routing {
-        let text = format!(
+        let text = routing_text(text_extra, listener);
+        let config = config::parse(&text, "lb.toml").expect("valid");
+        Routing::build(&config, &BTreeSet::new(), None, 0, Path::new("."))
+    }
+
+    fn routing_text(text_extra: &str, listener: &str) -> String {
+        format!(
             r#"[node]
 interface = "eth0"
 
@@ -598,9 +650,7 @@ tls = {{ cert = "g.pem", key = "g.key" }}
 routes = [ {{ path_prefix = "/", pool = "app" }} ]
 {text_extra}
 {listener}"#
-        );
-        let config = config::parse(&text, "lb.toml").expect("valid");
-        Routing::build(&config, &BTreeSet::new(), None, 0, Path::new("."))
+        )
     }
 
     fn facts<'a>(
@@ -671,6 +721,115 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             tenant(&facts(None, None, "/acmex", &h)),
             Err(Refusal::UnknownHost)
         );
+    }
+
+    #[test]
+    fn a_tls_sessions_requests_belong_to_its_sni_tenant_whatever_identify_says() {
+        // identify = ["sni"] alone: the Host is still checked.
+        let r = routing(
+            "",
+            "[[listener]]\naddress = \"203.0.113.20:443\"\nidentify = [\"sni\"]\n",
+        );
+        let l = listener(&r);
+        let h = HeaderMap::new();
+        let tenant = |f: &RequestFacts<'_>| l.identify(f).map(|i| l.sites[i.site].tenant.clone());
+        assert_eq!(
+            tenant(&facts(
+                Some("a.acme.example"),
+                Some("api.acme.example"),
+                "/",
+                &h
+            )),
+            Ok("acme".into())
+        );
+        assert_eq!(
+            tenant(&facts(
+                Some("acme.example"),
+                Some("globex.example"),
+                "/",
+                &h
+            )),
+            Err(Refusal::Misdirected {
+                identified: "acme".into(),
+                other: "globex".into()
+            })
+        );
+        // A host that is nobody's here stays with the session's tenant.
+        assert_eq!(
+            tenant(&facts(Some("acme.example"), Some("10.0.0.1"), "/", &h)),
+            Ok("acme".into())
+        );
+        // identify = ["path"]: a path of acme's on globex's session.
+        let r = routing(
+            "",
+            "[[listener]]\naddress = \"203.0.113.20:443\"\nidentify = [\"path\"]\n",
+        );
+        let l = listener(&r);
+        assert_eq!(
+            l.identify(&facts(Some("globex.example"), None, "/acme/x", &h)),
+            Err(Refusal::Misdirected {
+                identified: "globex".into(),
+                other: "acme".into()
+            })
+        );
+    }
+
+    #[test]
+    fn overlapping_names_go_to_the_exact_owner_and_never_cross_sessions() {
+        // globex owns b.acme.example under acme's *.acme.example.
+        let text = routing_text("", "").replace(
+            "hosts = [\"globex.example\"]",
+            "hosts = [\"globex.example\", \"b.acme.example\"]",
+        );
+        let config = config::parse(&text, "lb.toml").expect("overlapping names are valid");
+        let r = Routing::build(&config, &BTreeSet::new(), None, 0, Path::new("."));
+        let l = listener(&r);
+        let h = HeaderMap::new();
+        let tenant = |f: &RequestFacts<'_>| l.identify(f).map(|i| l.sites[i.site].tenant.clone());
+        assert_eq!(
+            tenant(&facts(Some("b.acme.example"), None, "/", &h)),
+            Ok("globex".into())
+        );
+        assert_eq!(
+            tenant(&facts(Some("c.acme.example"), None, "/", &h)),
+            Ok("acme".into())
+        );
+        assert_eq!(
+            tenant(&facts(
+                Some("a.acme.example"),
+                Some("b.acme.example"),
+                "/",
+                &h
+            )),
+            Err(Refusal::Misdirected {
+                identified: "acme".into(),
+                other: "globex".into()
+            })
+        );
+        assert_eq!(
+            tenant(&facts(
+                Some("b.acme.example"),
+                Some("a.acme.example"),
+                "/",
+                &h
+            )),
+            Err(Refusal::Misdirected {
+                identified: "globex".into(),
+                other: "acme".into()
+            })
+        );
+    }
+
+    #[test]
+    fn host_names_are_compared_by_name_not_by_hash() {
+        let r = routing("", "");
+        let l = listener(&r);
+        // Every name here is looked up by its text: a name whose SNI hash
+        // collided with acme.example's would find nothing.
+        assert!(l.site_for_host("acme.example").is_some());
+        assert_eq!(l.site_for_host("acme.example.evil"), None);
+        assert_eq!(l.site_for_host(".acme.example"), None);
+        assert!(l.hosts.keys().all(|h| !h.starts_with("*.")));
     }
 
     #[test]

@@ -455,10 +455,7 @@ async fn accept_loop(
                     let _ = stream.set_nodelay(true);
                     let guard = ConnectionGuard::new(&shared.connections);
                     let shared = shared.clone();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        connection(stream, client, addr, shared).await;
-                    });
+                    tokio::spawn(connection(stream, client, addr, shared, guard));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -472,7 +469,13 @@ async fn accept_loop(
 }
 
 /// One client connection, from accept to close.
-async fn connection(stream: TcpStream, client: SocketAddr, listen: SocketAddr, shared: Shared) {
+async fn connection(
+    stream: TcpStream,
+    client: SocketAddr,
+    listen: SocketAddr,
+    shared: Shared,
+    open: ConnectionGuard,
+) {
     let routing = shared.proxy.routing.load_full();
     let Some(listener) = routing.listeners.get(&listen).cloned() else {
         return;
@@ -481,7 +484,7 @@ async fn connection(stream: TcpStream, client: SocketAddr, listen: SocketAddr, s
     if !listener.tls {
         // The tenant (and its connection count) comes with the first
         // request.
-        let info = ConnInfo::new(client, listen, None, false);
+        let info = ConnInfo::new(client, listen, None, false).holding(open);
         serve_http(stream, info, &listener, &shared).await;
         return;
     }
@@ -545,7 +548,7 @@ async fn connection(stream: TcpStream, client: SocketAddr, listen: SocketAddr, s
             return;
         }
     };
-    let info = ConnInfo::new(client, listen, sni, true);
+    let info = ConnInfo::new(client, listen, sni, true).holding(open);
     if let Some(slot) = slot {
         let _ = info.slot.set(slot);
     }
