@@ -147,6 +147,11 @@ pub struct Timeouts {
     pub idle: Duration,
     #[serde(serialize_with = "super::serialize_duration")]
     pub request: Duration,
+    /// How long a response may make no progress toward the client (a
+    /// client that stopped reading) before it is abandoned. Defaults to
+    /// `idle`.
+    #[serde(serialize_with = "super::serialize_duration")]
+    pub send: Duration,
 }
 
 impl Default for Timeouts {
@@ -156,6 +161,7 @@ impl Default for Timeouts {
             header: DEFAULT_HEADER_TIMEOUT,
             idle: DEFAULT_IDLE_TIMEOUT,
             request: DEFAULT_REQUEST_TIMEOUT,
+            send: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -382,6 +388,7 @@ struct RawTimeouts {
     header: Option<String>,
     idle: Option<String>,
     request: Option<String>,
+    send: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -888,11 +895,13 @@ impl Ctx<'_> {
     ) -> Result<Timeouts, super::ConfigError> {
         let mut t = Timeouts::default();
         let Some(raw) = raw else { return Ok(t) };
+        let send_given = raw.send.is_some();
         for (key, value, out) in [
             ("connect", raw.connect, &mut t.connect),
             ("header", raw.header, &mut t.header),
             ("idle", raw.idle, &mut t.idle),
             ("request", raw.request, &mut t.request),
+            ("send", raw.send, &mut t.send),
         ] {
             if let Some(text) = value {
                 let d = parse_duration(&text).map_err(|m| self.error(&path.key(key), m))?;
@@ -901,6 +910,9 @@ impl Ctx<'_> {
                 }
                 *out = d;
             }
+        }
+        if !send_given {
+            t.send = t.idle;
         }
         Ok(t)
     }

@@ -71,6 +71,8 @@ pub struct ConnInfo {
     /// The connection's place in the drain's count of open connections,
     /// released with the last reference (a tunnel's included).
     open: Option<Box<dyn Send + Sync>>,
+    /// The responses being sent, for [`ConnInfo::abandon_stalled`].
+    sending: std::sync::Mutex<Vec<std::sync::Weak<Sending>>>,
 }
 
 impl std::fmt::Debug for ConnInfo {
@@ -97,9 +99,70 @@ impl ConnInfo {
             forwarded_for: headers::forwarded_for(client.ip()),
             slot: OnceLock::new(),
             open: None,
+            sending: std::sync::Mutex::new(Vec::new()),
         }
     }
 
+    /// Responses whose body the connection still holds.
+    #[must_use]
+    pub fn responses_open(&self) -> usize {
+        self.sending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|w| w.strong_count() > 0)
+            .count()
+    }
+
+    /// Lets [`ConnInfo::abandon_stalled`] see a response.
+    fn watch(&self, s: &Arc<Sending>) {
+        let mut list = self
+            .sending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Finished responses are forgotten as new ones come, so the list
+        // stays as long as the requests in flight.
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(s));
+    }
+
+    /// Abandons every response that has waited on the client for `send`
+    /// or longer (the client stopped reading: a zero TCP or h2 window).
+    /// Its backend body, in-flight places and counters are released at
+    /// once. Returns what was abandoned, for the connection to act on.
+    pub fn abandon_stalled(&self, send: std::time::Duration) -> Abandoned {
+        let now = now_ms();
+        let list: Vec<Arc<Sending>> = self
+            .sending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        let mut out = Abandoned::default();
+        for s in list {
+            if s.abandon_if_stalled(now, send) {
+                if s.h2 {
+                    out.h2_streams += 1;
+                } else {
+                    out.http1 += 1;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What [`ConnInfo::abandon_stalled`] abandoned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Abandoned {
+    /// HTTP/1 responses: their connection must close.
+    pub http1: usize,
+    /// h2 streams: reset when the connection next polls them.
+    pub h2_streams: usize,
+}
+
+impl ConnInfo {
     /// Keeps `guard` for as long as the connection (or a tunnel made of
     /// it) lives.
     #[must_use]
@@ -365,6 +428,16 @@ impl Proxy {
     /// Serves one request of a connection.
     pub async fn handle(
         self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> Response<Tracked> {
+        let resp = self.respond(req, Arc::clone(&conn)).await;
+        conn.watch(&resp.body().sending);
+        resp
+    }
+
+    async fn respond(
+        self: Arc<Self>,
         mut req: Request<Incoming>,
         conn: Arc<ConnInfo>,
     ) -> Response<Tracked> {
@@ -563,20 +636,21 @@ impl Proxy {
     ) -> Response<Tracked> {
         let (parts, body) = resp.into_parts();
         entry.status = parts.status.as_u16();
+        let h2 = entry.protocol == Some("HTTP/2");
         Response::from_parts(
             parts,
-            Tracked {
-                inner: body,
-                sent: 0,
-                done: Some(Box::new(Done {
+            Tracked::new(
+                body,
+                Done {
                     log: AccessLogger::clone(&self.log.load()),
                     stats,
                     entry,
                     start,
                     upload,
                     _inflight: inflight,
-                })),
-            },
+                },
+                h2,
+            ),
         )
     }
 }
@@ -1112,11 +1186,66 @@ struct Done {
 }
 
 /// A response body that records the request (counters, access log) when it
-/// is finished or dropped.
+/// is finished, dropped or abandoned.
 pub struct Tracked {
+    sending: Arc<Sending>,
+}
+
+/// A response on its way to the client, shared with the connection's
+/// watchdog ([`ConnInfo::abandon_stalled`]), which abandons it when the
+/// client stops taking it.
+pub struct Sending {
+    /// `None` once the watchdog abandoned the response: its backend body,
+    /// in-flight places and counters are released then, not when the
+    /// client finally reads or goes away.
+    state: std::sync::Mutex<Option<SendState>>,
+    /// When a frame was last handed to the connection ([`now_ms`]) while
+    /// the connection has not asked for the next one yet; 0 while the
+    /// response waits on the backend, or is done.
+    handed_ms: AtomicU64,
+    /// An h2 stream (resettable on its own) rather than an HTTP/1 response
+    /// (whose connection must close).
+    h2: bool,
+}
+
+struct SendState {
     inner: ProxyBody,
     sent: u64,
     done: Option<Box<Done>>,
+}
+
+/// Milliseconds on a process-wide monotonic clock (never 0).
+#[must_use]
+pub fn now_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+impl Tracked {
+    fn new(inner: ProxyBody, done: Done, h2: bool) -> Self {
+        Self {
+            sending: Arc::new(Sending {
+                state: std::sync::Mutex::new(Some(SendState {
+                    inner,
+                    sent: 0,
+                    done: Some(Box::new(done)),
+                })),
+                // The head is handed over now.
+                handed_ms: AtomicU64::new(now_ms()),
+                h2,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Option<SendState>> {
+        self.sending
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl Body for Tracked {
@@ -1124,33 +1253,77 @@ impl Body for Tracked {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+        let mut state = self.state();
+        let Some(s) = state.as_mut() else {
+            // An error, not the end: the client must not take a cut
+            // response for a whole one (h2 resets the stream).
+            return Poll::Ready(Some(Err(
+                "response abandoned: the client stopped reading it".into(),
+            )));
+        };
+        let polled = Pin::new(&mut s.inner).poll_frame(cx);
+        let handed = match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.sent += data.len() as u64;
+                    s.sent += data.len() as u64;
                 }
+                now_ms()
             }
-            Poll::Ready(None) => self.finish(),
-            _ => {}
-        }
+            Poll::Ready(None) => {
+                s.finish(None);
+                0
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Pending => 0,
+        };
+        self.sending.handed_ms.store(handed, Relaxed);
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.state()
+            .as_ref()
+            .is_some_and(|s| s.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.state()
+            .as_ref()
+            .map_or_else(SizeHint::default, |s| s.inner.size_hint())
     }
 }
 
-impl Tracked {
-    fn finish(&mut self) {
+impl Sending {
+    /// Abandons the response when it has waited on the client for `send`
+    /// or longer; returns whether it did.
+    fn abandon_if_stalled(&self, now: u64, send: std::time::Duration) -> bool {
+        let handed = self.handed_ms.load(Relaxed);
+        let send_ms = u64::try_from(send.as_millis()).unwrap_or(u64::MAX);
+        if handed == 0 || now.saturating_sub(handed) < send_ms {
+            return false;
+        }
+        let taken = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        self.handed_ms.store(0, Relaxed);
+        match taken {
+            Some(mut s) => {
+                s.finish(Some("client_send_timeout"));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl SendState {
+    /// Records the request once: counters, and the access-log line
+    /// (`decision` replaced when the response was abandoned).
+    fn finish(&mut self, abandoned: Option<&'static str>) {
         let Some(done) = self.done.take() else { return };
         let Done {
             log,
@@ -1168,6 +1341,9 @@ impl Tracked {
             stats.bytes_out.fetch_add(self.sent, Relaxed);
         }
         if log.enabled() {
+            if let Some(decision) = abandoned {
+                entry.decision = decision;
+            }
             entry.bytes_in = bytes_in;
             entry.bytes_out = self.sent;
             entry.total_ms = elapsed.as_secs_f64() * 1e3;
@@ -1178,6 +1354,8 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.finish();
+        if let Some(s) = self.state().as_mut() {
+            s.finish(None);
+        }
     }
 }

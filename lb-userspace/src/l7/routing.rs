@@ -64,6 +64,7 @@ pub struct ListenerRouting {
     /// header and idle timeouts and the largest request head of the sites.
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_header_bytes: usize,
     pub sites: Vec<Site>,
     /// Exact host name -> its site. Compared by name, not by the SNI hash
@@ -246,15 +247,13 @@ impl ListenerRouting {
                 other: tenant.to_owned(),
             });
         }
-        if let Some(host) = req.host {
-            if let Some(site) = self.site_for_host(host)
-                && self.sites[site].tenant != *sni_tenant
-            {
-                return Err(Refusal::Misdirected {
-                    identified: sni_tenant.clone(),
-                    other: self.sites[site].tenant.clone(),
-                });
-            }
+        if let Some(site) = req.host.and_then(|h| self.site_for_host(h))
+            && self.sites[site].tenant != *sni_tenant
+        {
+            return Err(Refusal::Misdirected {
+                identified: sni_tenant.clone(),
+                other: self.sites[site].tenant.clone(),
+            });
         }
         Ok(())
     }
@@ -422,13 +421,21 @@ impl ListenerRouting {
             .map(|c| c.timeouts.header)
             .max()
             .unwrap_or(config::DEFAULT_HEADER_TIMEOUT);
-        let idle_timeout = configs().map(|c| c.timeouts.idle).max().unwrap_or_default();
+        let idle_timeout = configs()
+            .map(|c| c.timeouts.idle)
+            .max()
+            .unwrap_or(config::DEFAULT_IDLE_TIMEOUT);
+        let send_timeout = configs()
+            .map(|c| c.timeouts.send)
+            .max()
+            .unwrap_or(config::DEFAULT_IDLE_TIMEOUT);
         let max_header_bytes = configs().map(|c| c.max_header_bytes).max().unwrap_or(0);
         ListenerRouting {
             listener: l.clone(),
             tls,
             header_timeout,
             idle_timeout,
+            send_timeout,
             max_header_bytes,
             sites,
             hosts,

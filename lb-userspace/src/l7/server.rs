@@ -27,7 +27,7 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -50,7 +50,7 @@ use super::{
     access_log::{self, AccessLogger, Entry},
     passthrough::{self, HelloError},
     policy::Policy,
-    proxy::{ConnInfo, ConnSlot, Proxy},
+    proxy::{ConnInfo, ConnSlot, Proxy, now_ms},
     routing::{self, ListenerRouting, Routing},
     stats::{ActiveConnection, ListenerStats},
     tls::{CertSpec, CertStore},
@@ -58,9 +58,11 @@ use super::{
 
 /// Backlog of each listening socket.
 const BACKLOG: i32 = 4096;
-/// A connection's idle timer sleeps until the idle timeout would expire;
-/// when it wakes early (a request is in flight), it looks again this late.
-const IDLE_RECHECK: Duration = Duration::from_secs(1);
+/// How often a connection with a response under way looks for responses
+/// the client stopped taking.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+/// The connection's clock never wakes sooner than this after a check.
+const CLOCK_MIN: Duration = Duration::from_millis(10);
 /// How often a draining connection looks for the moment to close.
 const DRAIN_CHECK: Duration = Duration::from_millis(20);
 /// A draining connection with no request ends after this long.
@@ -557,7 +559,21 @@ async fn connection(
 }
 
 /// Serves HTTP/1.1 and h2 on `io` until the client closes, the connection
-/// idles out, or the drain asks it to finish.
+/// idles out, a deadline passes, or the drain asks it to finish.
+///
+/// The connection's clock, checked by one timer:
+/// * **head**: an HTTP/1 request head must arrive within the header
+///   timeout of its first byte (of the connection's start, for the first
+///   one): a slowloris client is closed. Between requests nothing is due.
+/// * **idle**: with no request or response under way, the connection
+///   closes after the idle timeout. Only requests count as activity, so an
+///   h2 client that keeps sending `PING`, `SETTINGS` or `WINDOW_UPDATE` frames
+///   idles out like any other.
+/// * **send**: a response that the client has not taken for the send
+///   timeout is abandoned ([`ConnInfo::abandon_stalled`]): an HTTP/1
+///   connection then closes; an h2 stream is reset when next polled, and
+///   the connection closes too when nothing at all reached the client for
+///   that long.
 async fn serve_http<S>(io: S, info: ConnInfo, listener: &ListenerRouting, shared: &Shared)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -566,23 +582,24 @@ where
         rt::{TokioExecutor, TokioIo, TokioTimer},
         server::conn::auto,
     };
-    let (header_timeout, idle, max_header) = (
-        listener.header_timeout,
-        listener.idle_timeout,
-        listener.max_header_bytes,
-    );
-    let last_activity = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
+    let timeouts = Deadlines {
+        header: listener.header_timeout,
+        idle: listener.idle_timeout,
+        send: listener.send_timeout,
+    };
+    let max_header = listener.max_header_bytes;
+    let requests = Arc::new(Requests::new());
     let io = Activity {
         inner: io,
-        last: Arc::clone(&last_activity),
-        started,
+        requests: Arc::clone(&requests),
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No hyper header timeout: its timer also runs while a keep-alive
+    // connection waits for its next request, which would make it the idle
+    // timeout. The head deadline below starts at a head's first byte.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
         .max_buf_size(max_header.max(8192) * 2)
         .keep_alive(true);
     builder
@@ -593,12 +610,12 @@ where
     let proxy = Arc::clone(&shared.proxy);
     let client = info.client;
     let info = Arc::new(info);
-    let requests = Arc::new(Requests::default());
+    let conn_info = Arc::clone(&info);
     let counted = Arc::clone(&requests);
-    let service = hyper::service::service_fn(move |req| {
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let proxy = Arc::clone(&proxy);
         let info = Arc::clone(&info);
-        let guard = RequestGuard::new(&counted);
+        let guard = RequestGuard::new(&counted, req.version() == http::Version::HTTP_2);
         async move {
             let resp = proxy.handle(req, info).await;
             drop(guard);
@@ -615,10 +632,7 @@ where
         closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
     }
     let mut shut = false;
-    let idle_deadline = |last: &AtomicU64| {
-        tokio::time::Instant::from_std(started + Duration::from_millis(last.load(Relaxed)) + idle)
-    };
-    let mut idle_timer = pin!(tokio::time::sleep_until(idle_deadline(&last_activity)));
+    let mut clock = pin!(tokio::time::sleep(Duration::ZERO));
     let mut drain_tick = tokio::time::interval(DRAIN_CHECK);
     loop {
         tokio::select! {
@@ -633,15 +647,22 @@ where
                     closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
                 }
             }
-            () = idle_timer.as_mut(), if closing.is_none() => {
-                let deadline = idle_deadline(&last_activity);
-                if deadline <= tokio::time::Instant::now() && requests.inflight.load(Relaxed) == 0 {
-                    // Idle: nothing in flight, nothing moved for `idle`.
-                    shut = true;
-                    closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
-                    conn.as_mut().graceful_shutdown();
-                } else {
-                    idle_timer.as_mut().reset(deadline.max(tokio::time::Instant::now() + IDLE_RECHECK));
+            () = clock.as_mut(), if !shut => {
+                let busy = requests.inflight.load(Relaxed) > 0 || conn_info.responses_open() > 0;
+                match timeouts.check(&requests, &conn_info, busy) {
+                    Due::Nothing(next) => {
+                        clock.as_mut().reset(tokio::time::Instant::now() + next);
+                    }
+                    Due::Idle => {
+                        shut = true;
+                        closing.get_or_insert((requests.started.load(Relaxed), tokio::time::Instant::now()));
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Due::Close(why) => {
+                        debug!(%client, why, "connection closed");
+                        shared.stats.deadline_closes.fetch_add(1, Relaxed);
+                        break;
+                    }
                 }
             }
             _ = drain_tick.tick(), if closing.is_some() && !shut => {
@@ -663,26 +684,114 @@ where
     }
 }
 
-/// A connection's requests, for the drain.
-#[derive(Debug, Default)]
+/// A connection's deadlines (see [`serve_http`]).
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    header: Duration,
+    idle: Duration,
+    send: Duration,
+}
+
+/// What the connection's clock found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Look again this much later.
+    Nothing(Duration),
+    /// Idle: close gracefully.
+    Idle,
+    /// A deadline passed: close now.
+    Close(&'static str),
+}
+
+impl Deadlines {
+    fn check(&self, r: &Requests, info: &ConnInfo, busy: bool) -> Due {
+        let now = now_ms();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let left = |since: u64, limit: Duration| {
+            Duration::from_millis(since.saturating_add(ms(limit)).saturating_sub(now))
+        };
+        if busy {
+            // Activity: the idle time starts again when this ends.
+            r.last_change_ms.store(now, Relaxed);
+            let abandoned = info.abandon_stalled(self.send);
+            if abandoned.http1 > 0 {
+                return Due::Close("send_timeout");
+            }
+            if abandoned.h2_streams > 0
+                && now.saturating_sub(r.last_write_ms.load(Relaxed)) >= ms(self.send)
+            {
+                return Due::Close("send_timeout");
+            }
+            return Due::Nothing(STALL_CHECK.min(self.send));
+        }
+        let head = r.head_since_ms.load(Relaxed);
+        if head != 0 && !r.h2.load(Relaxed) {
+            let remaining = left(head, self.header);
+            if remaining.is_zero() {
+                return Due::Close("header_timeout");
+            }
+            return Due::Nothing(remaining.max(CLOCK_MIN));
+        }
+        let remaining = left(r.last_change_ms.load(Relaxed), self.idle);
+        if remaining.is_zero() {
+            Due::Idle
+        } else {
+            Due::Nothing(remaining.max(CLOCK_MIN))
+        }
+    }
+}
+
+/// A connection's requests, for its clock and the drain.
+#[derive(Debug)]
 struct Requests {
     started: AtomicU64,
+    /// Requests whose response head is not sent yet.
     inflight: AtomicUsize,
+    /// When a request last started or ended ([`now_ms`]).
+    last_change_ms: AtomicU64,
+    /// When the first byte of a request head not complete yet arrived; 0
+    /// when none is being read.
+    head_since_ms: AtomicU64,
+    /// When bytes were last written to the client.
+    last_write_ms: AtomicU64,
+    /// The connection speaks h2 (no request heads to time).
+    h2: AtomicBool,
+}
+
+impl Requests {
+    fn new() -> Self {
+        let now = now_ms();
+        Self {
+            started: AtomicU64::new(0),
+            inflight: AtomicUsize::new(0),
+            last_change_ms: AtomicU64::new(now),
+            // The first request is due from the start.
+            head_since_ms: AtomicU64::new(now),
+            last_write_ms: AtomicU64::new(now),
+            h2: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Counts one request as started and in flight until dropped.
 struct RequestGuard(Arc<Requests>);
 
 impl RequestGuard {
-    fn new(r: &Arc<Requests>) -> Self {
+    fn new(r: &Arc<Requests>, h2: bool) -> Self {
         r.started.fetch_add(1, Relaxed);
         r.inflight.fetch_add(1, Relaxed);
+        r.head_since_ms.store(0, Relaxed);
+        r.last_change_ms.store(now_ms(), Relaxed);
+        if h2 && !r.h2.load(Relaxed) {
+            r.h2.store(true, Relaxed);
+        }
         Self(Arc::clone(r))
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
+        self.0.last_change_ms.store(now_ms(), Relaxed);
         self.0.inflight.fetch_sub(1, Relaxed);
     }
 }
@@ -902,18 +1011,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
     }
 }
 
-/// A stream that records when bytes last moved (for the idle timeout).
+/// A stream that tells the connection's clock when a request head starts
+/// arriving and when bytes last reached the client.
 struct Activity<S> {
     inner: S,
-    /// Milliseconds since `started`.
-    last: Arc<AtomicU64>,
-    started: Instant,
+    requests: Arc<Requests>,
 }
 
 impl<S> Activity<S> {
-    fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Relaxed);
+    fn wrote(&self) {
+        self.requests.last_write_ms.store(now_ms(), Relaxed);
     }
 }
 
@@ -925,8 +1032,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.touch();
+        let r = &self.requests;
+        // Bytes between requests start the next head (HTTP/1; bytes during
+        // a request are its body).
+        if buf.filled().len() > before
+            && r.inflight.load(Relaxed) == 0
+            && r.head_since_ms.load(Relaxed) == 0
+        {
+            r.head_since_ms.store(now_ms(), Relaxed);
         }
         polled
     }
@@ -940,7 +1053,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.wrote();
         }
         polled
     }
@@ -952,7 +1065,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.wrote();
         }
         polled
     }

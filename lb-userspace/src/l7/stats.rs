@@ -128,6 +128,12 @@ pub struct ListenerStats {
     pub tls_handshake_failures: AtomicU64,
     /// Passthrough `ClientHello`s that could not be parsed.
     pub bad_client_hellos: AtomicU64,
+    /// Connections closed by a deadline: a request head slower than the
+    /// header timeout, a response the client stopped reading.
+    pub deadline_closes: AtomicU64,
+    /// Connections closed at accept: over `node.max_connections` or the
+    /// listener's `max_connections_per_source`.
+    pub refused_connections: AtomicU64,
 }
 
 /// Keeps a tenant's active-connection gauge up while alive.
