@@ -25,7 +25,7 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{ConfigError, Ctx, FieldPath, Tenant, parse_duration};
+use super::{ConfigError, Ctx, FieldPath, Tenant};
 
 // ---- Defaults and limits (the README lists these) ----
 
@@ -41,6 +41,12 @@ pub const MAX_KEYED_RATE: u64 = 1_000_000;
 /// Highest tenant request rate and burst: the tenant bucket counts in
 /// nanoseconds.
 pub const MAX_REQUEST_RATE: u64 = 1_000_000_000;
+/// Highest `tenant.limits.max_connections`: far more than one process can
+/// hold open (each connection is a file descriptor).
+pub const MAX_CONNECTIONS: u64 = 100_000_000;
+/// Highest `tenant.limits.max_inflight_requests` and
+/// `node.max_inflight_requests`.
+pub const MAX_INFLIGHT_REQUESTS: u64 = 100_000_000;
 
 /// The request keys of `[tenant.limits]` (the others are XDP's).
 pub const REQUEST_LIMIT_KEYS: [&str; 6] = [
@@ -260,6 +266,12 @@ impl Ctx<'_> {
                 out.per_api_key,
                 MAX_KEYED_RATE,
             ),
+            ("max_connections", out.max_connections, MAX_CONNECTIONS),
+            (
+                "max_inflight_requests",
+                out.max_inflight_requests,
+                MAX_INFLIGHT_REQUESTS,
+            ),
         ] {
             if value.is_some_and(|v| v > max) {
                 return Err(self.error(&path.key(key), format!("{key} must be at most {max}")));
@@ -352,17 +364,12 @@ impl Ctx<'_> {
         let leeway = match raw.leeway {
             None => DEFAULT_JWT_LEEWAY,
             Some(text) => {
-                let lpath = path.key("leeway");
-                let d = parse_duration(&text).map_err(|m| self.error(&lpath, m))?;
-                if d > MAX_JWT_LEEWAY {
-                    return Err(self.error(
-                        &lpath,
-                        format!(
-                            "leeway must be at most {}",
-                            super::format_duration(MAX_JWT_LEEWAY)
-                        ),
-                    ));
-                }
+                let d = self.duration_in(
+                    &path.key("leeway"),
+                    "leeway",
+                    &text,
+                    &(Duration::ZERO..=MAX_JWT_LEEWAY),
+                )?;
                 // Whole seconds (JWT times are seconds), rounded up.
                 Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
             }
@@ -420,13 +427,18 @@ impl Ctx<'_> {
         value: Option<u64>,
         path: &FieldPath,
     ) -> Result<Option<u64>, ConfigError> {
-        if value == Some(0) {
-            return Err(self.error(
-                &path.key("max_inflight_requests"),
+        let at = path.key("max_inflight_requests");
+        match value {
+            Some(0) => Err(self.error(
+                &at,
                 "max_inflight_requests must be at least 1 (leave it out for none)",
-            ));
+            )),
+            Some(n) if n > MAX_INFLIGHT_REQUESTS => Err(self.error(
+                &at,
+                format!("max_inflight_requests must be at most {MAX_INFLIGHT_REQUESTS}"),
+            )),
+            _ => Ok(value),
         }
-        Ok(value)
     }
 }
 
