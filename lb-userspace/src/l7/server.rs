@@ -346,7 +346,7 @@ impl L7 {
             let _ = r.stop.send(true);
         }
         self.connections.drain.send_replace(true);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = later(tokio::time::Instant::now(), timeout);
         loop {
             let closed = self.connections.closed.notified();
             let open = self.connections.open.load(Relaxed);
@@ -613,7 +613,8 @@ where
     }
     let mut shut = false;
     let idle_deadline = |last: &AtomicU64| {
-        tokio::time::Instant::from_std(started + Duration::from_millis(last.load(Relaxed)) + idle)
+        let since_start = Duration::from_millis(last.load(Relaxed)).saturating_add(idle);
+        later(tokio::time::Instant::from_std(started), since_start)
     };
     let mut idle_timer = pin!(tokio::time::sleep_until(idle_deadline(&last_activity)));
     let mut drain_tick = tokio::time::interval(DRAIN_CHECK);
@@ -658,6 +659,13 @@ where
             }
         }
     }
+}
+
+/// `at + after`, or decades from `at` when that is not representable (no
+/// panic, whatever the configuration says).
+fn later(at: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
+    at.checked_add(after)
+        .unwrap_or_else(|| at + Duration::from_hours(30 * 365 * 24))
 }
 
 /// A connection's requests, for the drain.
