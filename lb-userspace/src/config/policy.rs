@@ -6,16 +6,16 @@
 //! | key | default | meaning |
 //! | --- | --- | --- |
 //! | `tenant.tier` | `standard` | `premium`, `standard` or `free`: who is shed first when the node is overloaded |
-//! | `tenant.limits.requests_per_second` | none | the tenant's request rate (token bucket) |
-//! | `tenant.limits.requests_burst` | the rate | the bucket's size: requests admitted at once after an idle second |
-//! | `tenant.limits.requests_per_second_per_client_ip` | none | per client address (IPv6: per /64), burst = rate |
-//! | `tenant.limits.requests_per_second_per_api_key` | none | per presented credential (API key or bearer token), burst = rate |
-//! | `tenant.limits.max_connections` | none | client connections open at once |
-//! | `tenant.limits.max_inflight_requests` | none | requests being proxied at once |
+//! | `tenant.limits.requests_per_second` | none | the tenant's request rate (token bucket), 1 to 10^9 |
+//! | `tenant.limits.requests_burst` | the rate | the bucket's size (1 to 10^9): requests admitted at once after an idle second |
+//! | `tenant.limits.requests_per_second_per_client_ip` | none | per client address (IPv6: per /64), burst = rate, 1 to 10^6 |
+//! | `tenant.limits.requests_per_second_per_api_key` | none | per presented credential (API key or bearer token), burst = rate, 1 to 10^6 |
+//! | `tenant.limits.max_connections` | none | client connections open at once, 1 to 10^8 |
+//! | `tenant.limits.max_inflight_requests` | none | requests being proxied at once, 1 to 10^8 |
 //! | `tenant.auth.api_keys` | none | `[ { name, sha256 } ]`: SHA-256 (hex) of each key, never the key |
-//! | `tenant.auth.jwt` | none | `{ jwks_file, hs256_secret_file, issuer, audience, tenant_claim, leeway }` |
+//! | `tenant.auth.jwt` | none | `{ jwks_file, hs256_secret_file, issuer, audience, tenant_claim, leeway }` (leeway at most 5m) |
 //! | `tenant.auth.required` | `false` | every request must carry a valid credential of the tenant |
-//! | `node.max_inflight_requests` | none | the node's in-flight requests at which tiers are shed |
+//! | `node.max_inflight_requests` | none | the node's in-flight requests at which tiers are shed, 1 to 10^8 |
 //!
 //! Key files are paths only here (relative to the configuration file's
 //! directory); the L7 tier reads them ([`crate::l7::policy`]), and `lbd
