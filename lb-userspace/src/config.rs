@@ -25,7 +25,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt::{self, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    ops::Range,
+    ops::{Range, RangeInclusive},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -42,13 +42,16 @@ pub use l7::{
     AccessLog, BackendProtocol, BackendTls, Balance, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_HEADER_BYTES, DEFAULT_OUTLIER_EJECTION, DEFAULT_OUTLIER_FAILURES,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, HashOn, Identify, L7Protocol, L7Site, Listener,
-    Outlier, PoolL7, Route, Timeouts, TlsFiles, normalise_host, sni_hash,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, DRAIN_TIMEOUT_RANGE, HashOn, Identify,
+    L7_TIMEOUT_RANGE, L7Protocol, L7Site, Listener, MAX_BODY_BYTES_RANGE, MAX_HEADER_BYTES_RANGE,
+    MAX_OUTLIER_EJECTION, MAX_RETRIES, OUTLIER_EJECTION_RANGE, OUTLIER_FAILURES_RANGE, Outlier,
+    PoolL7, Route, Timeouts, TlsFiles, normalise_host, sni_hash,
 };
 mod policy;
 pub use policy::{
-    ApiKey, Auth, DEFAULT_JWT_LEEWAY, DEFAULT_TENANT_CLAIM, JwtAuth, MAX_JWT_LEEWAY,
-    MAX_KEYED_RATE, MAX_REQUEST_RATE, REQUEST_LIMIT_KEYS, RequestLimits, Tier, hex,
+    ApiKey, Auth, DEFAULT_JWT_LEEWAY, DEFAULT_TENANT_CLAIM, JwtAuth, MAX_CONNECTIONS,
+    MAX_INFLIGHT_REQUESTS, MAX_JWT_LEEWAY, MAX_KEYED_RATE, MAX_REQUEST_RATE, REQUEST_LIMIT_KEYS,
+    RequestLimits, Tier, hex,
 };
 
 // ---- Defaults and limits (the README lists these) ----
@@ -67,10 +70,17 @@ pub const DEFAULT_FLOW_IDLE_TIMEOUT: Duration = Duration::from_mins(10);
 /// Smallest accepted `node.flow_idle_timeout`: below a second, idle but
 /// healthy TCP connections would be re-steered between packets.
 pub const MIN_FLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest accepted `node.flow_idle_timeout`: a day, far beyond any TCP
+/// keep-alive, while the LRU table evicts older entries anyway.
+pub const MAX_FLOW_IDLE_TIMEOUT: Duration = Duration::from_hours(24);
+/// Longest duration [`parse_duration`] reads (365 days). Every key has a
+/// tighter bound of its own; this one only keeps absurd values (which
+/// would overflow deadline arithmetic) out of every caller.
+pub const MAX_DURATION: Duration = Duration::from_hours(365 * 24);
 /// Accepted range of `node.flow_table_size`.
-pub const FLOW_TABLE_SIZE_RANGE: std::ops::RangeInclusive<u32> = 1024..=67_108_864;
+pub const FLOW_TABLE_SIZE_RANGE: RangeInclusive<u32> = 1024..=67_108_864;
 /// Accepted range of a pool's `ring_size` (which must also be prime).
-pub const RING_SIZE_RANGE: std::ops::RangeInclusive<u32> = 257..=655_373;
+pub const RING_SIZE_RANGE: RangeInclusive<u32> = 257..=655_373;
 /// Maglev spreads load evenly only when the ring is much larger than the
 /// backend set: a pool may have at most `ring_size / RING_PER_BACKEND`
 /// backends with a non-zero weight.
@@ -79,12 +89,30 @@ pub const RING_PER_BACKEND: u32 = 10;
 pub const MAX_WEIGHT: u32 = 1000;
 /// Default health-check `interval`.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// Accepted health-check `interval`: from 1ms to a day.
+pub const HEALTH_INTERVAL_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_hours(24);
 /// Default health-check `timeout`.
 pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Accepted health-check `timeout` (which must also be shorter than the
+/// interval).
+pub const HEALTH_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_hours(24);
 /// Default health-check `rise` (successes before a down backend is up).
 pub const DEFAULT_HEALTH_RISE: u32 = 2;
 /// Default health-check `fall` (failures before an up backend is down).
 pub const DEFAULT_HEALTH_FALL: u32 = 3;
+/// Accepted health-check `rise` and `fall`.
+pub const HEALTH_COUNT_RANGE: RangeInclusive<u32> = 1..=1000;
+/// Highest `packets_per_second` of a tenant, a VIP or a listener (a node
+/// forwards well under 10^9 packets per second).
+pub const MAX_PACKET_RATE: u64 = 1_000_000_000;
+/// Highest `bytes_per_second` of a tenant, a VIP or a listener: 10^12
+/// bytes (8 Tbit/s).
+pub const MAX_BYTE_RATE: u64 = 1_000_000_000_000;
+/// Highest `new_flows_per_second` of a tenant and `syn_per_second` of a VIP
+/// or a listener.
+pub const MAX_FLOW_RATE: u64 = 1_000_000_000;
 /// Default HTTP health-check `path`.
 pub const DEFAULT_HEALTH_PATH: &str = "/";
 /// Default HTTP health-check `expect` (inclusive status range).
@@ -136,33 +164,57 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
 }
 
 /// Parses a duration written as a whole number and a unit: `ms`, `s`, `m` or
-/// `h` (e.g. `"500ms"`, `"2s"`, `"10m"`, `"1h"`).
+/// `h` (e.g. `"500ms"`, `"2s"`, `"10m"`, `"1h"`), at most [`MAX_DURATION`].
 ///
 /// # Errors
 ///
-/// A message naming the text and the accepted form.
+/// A message naming the text and the accepted form, or the longest
+/// duration when the text is longer.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "invalid duration {text:?}: expected a whole number followed by ms, s, m or h, \
-             like \"500ms\", \"2s\", \"10m\" or \"1h\""
-        )
-    };
+    read_duration(text).map_err(|e| e.message(text))
+}
+
+/// Why [`read_duration`] refused a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DurationError {
+    /// Not a whole number and a unit.
+    Syntax,
+    /// Well formed, but longer than [`MAX_DURATION`] (or than `u64` holds).
+    TooLong,
+}
+
+impl DurationError {
+    fn message(self, text: &str) -> String {
+        match self {
+            Self::Syntax => format!(
+                "invalid duration {text:?}: expected a whole number followed by ms, s, m or h, \
+                 like \"500ms\", \"2s\", \"10m\" or \"1h\""
+            ),
+            Self::TooLong => format!(
+                "duration {text:?} is too long: at most {} (365 days)",
+                format_duration(MAX_DURATION)
+            ),
+        }
+    }
+}
+
+fn read_duration(text: &str) -> Result<Duration, DurationError> {
     let s = text.trim();
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = s.split_at(digits);
-    if number.is_empty() {
-        return Err(bad());
+    if number.is_empty() || !matches!(unit, "ms" | "s" | "m" | "h") {
+        return Err(DurationError::Syntax);
     }
-    let n: u64 = number.parse().map_err(|_| bad())?;
+    // Only digits: the one way to fail is a number beyond u64.
+    let n: u64 = number.parse().map_err(|_| DurationError::TooLong)?;
     let d = match unit {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => return Err(bad()),
+        _ => n.checked_mul(3600).map(Duration::from_secs),
     };
-    d.ok_or_else(|| format!("duration {text:?} is too long"))
+    d.filter(|d| *d <= MAX_DURATION)
+        .ok_or(DurationError::TooLong)
 }
 
 /// Writes a duration the way [`parse_duration`] reads it, in the largest
@@ -908,6 +960,64 @@ impl Ctx<'_> {
     }
 
     /// `what (line N)`, for messages that point at a second place.
+    /// The duration `text` of `key` (at `path`), which must lie in `range`.
+    /// A value outside it, however long, is refused with a message naming
+    /// both bounds.
+    fn duration_in(
+        &self,
+        path: &FieldPath,
+        key: &str,
+        text: &str,
+        range: &RangeInclusive<Duration>,
+    ) -> Result<Duration, ConfigError> {
+        let (lo, hi) = (range.start(), range.end());
+        let what = match read_duration(text) {
+            Ok(d) if range.contains(&d) => return Ok(d),
+            Err(DurationError::Syntax) => {
+                return Err(self.error(path, DurationError::Syntax.message(text)));
+            }
+            Ok(d) if d < *lo => "too short",
+            Ok(_) | Err(DurationError::TooLong) => "too long",
+        };
+        let bounds = if lo.is_zero() {
+            format!("at most {}", format_duration(*hi))
+        } else {
+            format!(
+                "between {} and {}",
+                format_duration(*lo),
+                format_duration(*hi)
+            )
+        };
+        Err(self.error(path, format!("{key} must be {bounds}; {text:?} is {what}")))
+    }
+
+    /// The number `value` of `key` (at `path`), which must lie in `range`;
+    /// `note` follows the upper bound in the message (e.g. " (1 MiB)").
+    fn count_in<T: PartialOrd + Default + fmt::Display>(
+        &self,
+        path: &FieldPath,
+        key: &str,
+        value: T,
+        range: &RangeInclusive<T>,
+        note: &str,
+    ) -> Result<T, ConfigError> {
+        if range.contains(&value) {
+            return Ok(value);
+        }
+        let (lo, hi) = (range.start(), range.end());
+        let what = if value < *lo {
+            "too small"
+        } else {
+            "too large"
+        };
+        let bounds = if *lo == T::default() {
+            format!("at most {hi}{note}")
+        } else {
+            format!("between {lo} and {hi}{note}")
+        };
+        Err(self.error(path, format!("{key} must be {bounds}; {value} is {what}")))
+    }
+
     fn place(&self, what: &str, path: &FieldPath) -> String {
         match locate(self.root, path) {
             Some(s) => format!("{what} (line {})", line_col(self.text, s.start).0),
@@ -1051,6 +1161,12 @@ impl Ctx<'_> {
                     return Err(
                         self.error(&lpath, "a limit must be at least 1 (leave it out for none)")
                     );
+                }
+                // The request keys are bounded with the request policy.
+                if let Some(max) = packet_limit_max(name)
+                    && *value > max
+                {
+                    return Err(self.error(&lpath, format!("{name} must be at most {max}")));
                 }
             }
         }
@@ -1202,21 +1318,12 @@ impl Ctx<'_> {
 
         let flow_idle_timeout = match raw.flow_idle_timeout {
             None => DEFAULT_FLOW_IDLE_TIMEOUT,
-            Some(s) => {
-                let tpath = path.key("flow_idle_timeout");
-                let d = parse_duration(&s).map_err(|m| self.error(&tpath, m))?;
-                if d < MIN_FLOW_IDLE_TIMEOUT {
-                    return Err(self.error(
-                        &tpath,
-                        format!(
-                            "flow_idle_timeout {} is too short: at least {}",
-                            format_duration(d),
-                            format_duration(MIN_FLOW_IDLE_TIMEOUT)
-                        ),
-                    ));
-                }
-                d
-            }
+            Some(s) => self.duration_in(
+                &path.key("flow_idle_timeout"),
+                "flow_idle_timeout",
+                &s,
+                &(MIN_FLOW_IDLE_TIMEOUT..=MAX_FLOW_IDLE_TIMEOUT),
+            )?,
         };
 
         let access_log = match raw.access_log {
@@ -1227,9 +1334,12 @@ impl Ctx<'_> {
         };
         let drain_timeout = match raw.drain_timeout {
             None => DEFAULT_DRAIN_TIMEOUT,
-            Some(text) => {
-                parse_duration(&text).map_err(|m| self.error(&path.key("drain_timeout"), m))?
-            }
+            Some(text) => self.duration_in(
+                &path.key("drain_timeout"),
+                "drain_timeout",
+                &text,
+                &DRAIN_TIMEOUT_RANGE,
+            )?,
         };
 
         let max_inflight_requests = self.max_inflight(raw.max_inflight_requests, path)?;
@@ -1435,18 +1545,27 @@ impl Ctx<'_> {
 
         let duration = |key: &str,
                         value: Option<String>,
-                        default: Duration|
+                        default: Duration,
+                        range: &RangeInclusive<Duration>|
          -> Result<Duration, ConfigError> {
-            let Some(s) = value else { return Ok(default) };
-            let d = parse_duration(&s).map_err(|m| self.error(&path.key(key), m))?;
-            if d.is_zero() {
-                return Err(self.error(&path.key(key), format!("{key} must be longer than 0")));
+            match value {
+                None => Ok(default),
+                Some(s) => self.duration_in(&path.key(key), key, &s, range),
             }
-            Ok(d)
         };
         let timeout_written = raw.timeout.is_some();
-        let interval = duration("interval", raw.interval, DEFAULT_HEALTH_INTERVAL)?;
-        let timeout = duration("timeout", raw.timeout, DEFAULT_HEALTH_TIMEOUT)?;
+        let interval = duration(
+            "interval",
+            raw.interval,
+            DEFAULT_HEALTH_INTERVAL,
+            &HEALTH_INTERVAL_RANGE,
+        )?;
+        let timeout = duration(
+            "timeout",
+            raw.timeout,
+            DEFAULT_HEALTH_TIMEOUT,
+            &HEALTH_TIMEOUT_RANGE,
+        )?;
         if timeout >= interval {
             // Point at the timeout when it was written, else at the interval
             // that made the default timeout too long.
@@ -1467,8 +1586,14 @@ impl Ctx<'_> {
         }
 
         let count = |key: &str, value: Option<u32>, default: u32| match value {
-            Some(0) => Err(self.error(&path.key(key), format!("{key} must be at least 1"))),
-            Some(n) => Ok(n),
+            Some(0) => Err(self.error(
+                &path.key(key),
+                format!(
+                    "{key} must be at least 1 (and at most {})",
+                    HEALTH_COUNT_RANGE.end()
+                ),
+            )),
+            Some(n) => self.count_in(&path.key(key), key, n, &HEALTH_COUNT_RANGE, ""),
             None => Ok(default),
         };
         let rise = count("rise", raw.rise, DEFAULT_HEALTH_RISE)?;
@@ -1588,6 +1713,11 @@ impl Ctx<'_> {
                     "a limit must be at least 1 (leave it out for none)",
                 ));
             }
+            if let (Some(v), Some(max)) = (value, packet_limit_max(name))
+                && v > max
+            {
+                return Err(self.error(&path.key(name), format!("{name} must be at most {max}")));
+            }
         }
         Ok(VipLimits {
             packets_per_second: l.packets_per_second,
@@ -1659,6 +1789,17 @@ impl Ctx<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The highest value of a packet limit (of a tenant, a VIP or a listener),
+/// by key; `None` for the request keys, which the request policy bounds.
+fn packet_limit_max(name: &str) -> Option<u64> {
+    match name {
+        "packets_per_second" => Some(MAX_PACKET_RATE),
+        "bytes_per_second" => Some(MAX_BYTE_RATE),
+        "new_flows_per_second" | "syn_per_second" => Some(MAX_FLOW_RATE),
+        _ => None,
     }
 }
 
@@ -1854,6 +1995,9 @@ fn show_backend(b: &BackendConf) -> String {
         None => b.address.to_string(),
     }
 }
+
+#[cfg(test)]
+mod bounds_tests;
 
 #[cfg(test)]
 mod tests {

@@ -44,7 +44,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
-use crate::config::{HealthCheck, HealthKind, format_duration};
+use crate::config::{HEALTH_INTERVAL_RANGE, HealthCheck, HealthKind, format_duration};
 
 /// Identity of a backend: (tenant, pool, address, port as configured or 0).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -350,9 +350,12 @@ fn unix_ms() -> u64 {
 async fn run_checks(target: Target, shared: Arc<Mutex<Shared>>, events: UnboundedSender<Event>) {
     let check = &target.check;
     let backend = &target.backend;
-    // `tokio::time::interval` panics on a zero period; validated configs
-    // never have one, hand-made targets might.
-    let interval = check.interval.max(Duration::from_millis(1));
+    // `tokio::time::interval` panics on a zero period, and on a period so
+    // long that the next tick overflows; validated configs never have
+    // either, hand-made targets might.
+    let interval = check
+        .interval
+        .clamp(*HEALTH_INTERVAL_RANGE.start(), *HEALTH_INTERVAL_RANGE.end());
     tokio::time::sleep(first_delay(backend, interval)).await;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

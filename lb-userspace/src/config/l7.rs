@@ -12,15 +12,16 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
+    ops::RangeInclusive,
     path::PathBuf,
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, FieldPath, Protocol, Tenant, VipLimits, format_duration, parse_duration};
+use super::{Ctx, FieldPath, Protocol, Tenant, VipLimits};
 
-// ---- Defaults (the README lists these) ----
+// ---- Defaults and bounds (the README lists these) ----
 
 /// Default `timeouts.connect`: to open a backend connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -30,23 +31,42 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_mins(1);
 /// Default `timeouts.request`: the whole exchange with the backend.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_mins(1);
+/// Accepted range of every `timeouts` key: from 1ms to a day. Deadlines are
+/// `now + timeout`, so the bound also keeps that arithmetic far from
+/// overflowing.
+pub const L7_TIMEOUT_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_hours(24);
 /// Default `max_header_bytes`.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Accepted range of `max_header_bytes`: 1 KiB to 1 MiB.
+pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<usize> = 1024..=1024 * 1024;
 /// Default `max_body_bytes`.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Accepted range of `max_body_bytes`: 0 (no request body) to 64 GiB.
+pub const MAX_BODY_BYTES_RANGE: RangeInclusive<u64> = 0..=64 * 1024 * 1024 * 1024;
 /// Default `retries`: extra attempts, on another backend, of an idempotent
 /// request whose backend refused the connection.
 pub const DEFAULT_RETRIES: u32 = 2;
+/// Most `retries`.
+pub const MAX_RETRIES: u32 = 10;
 /// Default outlier detection: consecutive failures that eject a backend.
 pub const DEFAULT_OUTLIER_FAILURES: u32 = 5;
+/// Accepted range of `outlier.consecutive_failures`.
+pub const OUTLIER_FAILURES_RANGE: RangeInclusive<u32> = 1..=1000;
 /// Default outlier detection: the first ejection's length (doubled for each
 /// further ejection, up to [`MAX_OUTLIER_EJECTION`]).
 pub const DEFAULT_OUTLIER_EJECTION: Duration = Duration::from_secs(10);
 /// Longest ejection.
 pub const MAX_OUTLIER_EJECTION: Duration = Duration::from_mins(5);
+/// Accepted range of `outlier.ejection`.
+pub const OUTLIER_EJECTION_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=MAX_OUTLIER_EJECTION;
 /// Default `node.drain_timeout`: how long a stopping `lbd` lets in-flight
 /// requests and connections finish.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Accepted range of `node.drain_timeout`: 0 (cut every connection at once)
+/// to a day.
+pub const DRAIN_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_hours(24);
 /// Longest host name (RFC 1035, without the trailing dot).
 const MAX_HOST_LEN: usize = 253;
 
@@ -475,27 +495,21 @@ impl Ctx<'_> {
         if let Some(o) = raw.outlier {
             let opath = path.key("outlier");
             if let Some(n) = o.consecutive_failures {
-                if n == 0 {
-                    return Err(self.error(
-                        &opath.key("consecutive_failures"),
-                        "consecutive_failures must be at least 1",
-                    ));
-                }
-                outlier.consecutive_failures = n;
+                outlier.consecutive_failures = self.count_in(
+                    &opath.key("consecutive_failures"),
+                    "consecutive_failures",
+                    n,
+                    &OUTLIER_FAILURES_RANGE,
+                    "",
+                )?;
             }
             if let Some(text) = o.ejection {
-                let epath = opath.key("ejection");
-                let d = parse_duration(&text).map_err(|m| self.error(&epath, m))?;
-                if d.is_zero() || d > MAX_OUTLIER_EJECTION {
-                    return Err(self.error(
-                        &epath,
-                        format!(
-                            "ejection must be between 1ms and {}",
-                            format_duration(MAX_OUTLIER_EJECTION)
-                        ),
-                    ));
-                }
-                outlier.ejection = d;
+                outlier.ejection = self.duration_in(
+                    &opath.key("ejection"),
+                    "ejection",
+                    &text,
+                    &OUTLIER_EJECTION_RANGE,
+                )?;
             }
         }
         Ok(PoolL7 {
@@ -741,17 +755,27 @@ impl Ctx<'_> {
         }
 
         let timeouts = self.timeouts(raw.timeouts, &path.key("timeouts"))?;
-        let max_header_bytes = raw.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES);
-        if !(1024..=1024 * 1024).contains(&max_header_bytes) {
-            return Err(self.error(
-                &path.key("max_header_bytes"),
-                "max_header_bytes must be between 1024 and 1048576",
-            ));
-        }
-        let retries = raw.retries.unwrap_or(DEFAULT_RETRIES);
-        if retries > 10 {
-            return Err(self.error(&path.key("retries"), "retries must be at most 10"));
-        }
+        let max_header_bytes = self.count_in(
+            &path.key("max_header_bytes"),
+            "max_header_bytes",
+            raw.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+            &MAX_HEADER_BYTES_RANGE,
+            " (1 MiB)",
+        )?;
+        let max_body_bytes = self.count_in(
+            &path.key("max_body_bytes"),
+            "max_body_bytes",
+            raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            &MAX_BODY_BYTES_RANGE,
+            " (64 GiB)",
+        )?;
+        let retries = self.count_in(
+            &path.key("retries"),
+            "retries",
+            raw.retries.unwrap_or(DEFAULT_RETRIES),
+            &(0..=MAX_RETRIES),
+            "",
+        )?;
         let upgrades = match raw.upgrades {
             None => DEFAULT_UPGRADES.iter().map(|&t| t.to_owned()).collect(),
             Some(tokens) => {
@@ -774,7 +798,7 @@ impl Ctx<'_> {
             pool,
             timeouts,
             max_header_bytes,
-            max_body_bytes: raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_body_bytes,
             retries,
             merge_slashes: raw.merge_slashes.unwrap_or(false),
             allow_encoded_slashes: raw.allow_encoded_slashes.unwrap_or(false),
@@ -904,11 +928,7 @@ impl Ctx<'_> {
             ("send", raw.send, &mut t.send),
         ] {
             if let Some(text) = value {
-                let d = parse_duration(&text).map_err(|m| self.error(&path.key(key), m))?;
-                if d.is_zero() {
-                    return Err(self.error(&path.key(key), format!("{key} must be longer than 0")));
-                }
-                *out = d;
+                *out = self.duration_in(&path.key(key), key, &text, &L7_TIMEOUT_RANGE)?;
             }
         }
         if !send_given {

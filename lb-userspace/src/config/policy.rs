@@ -6,16 +6,16 @@
 //! | key | default | meaning |
 //! | --- | --- | --- |
 //! | `tenant.tier` | `standard` | `premium`, `standard` or `free`: who is shed first when the node is overloaded |
-//! | `tenant.limits.requests_per_second` | none | the tenant's request rate (token bucket) |
-//! | `tenant.limits.requests_burst` | the rate | the bucket's size: requests admitted at once after an idle second |
-//! | `tenant.limits.requests_per_second_per_client_ip` | none | per client address (IPv6: per /64), burst = rate |
-//! | `tenant.limits.requests_per_second_per_api_key` | none | per presented credential (API key or bearer token), burst = rate |
-//! | `tenant.limits.max_connections` | none | client connections open at once |
-//! | `tenant.limits.max_inflight_requests` | none | requests being proxied at once |
+//! | `tenant.limits.requests_per_second` | none | the tenant's request rate (token bucket), 1 to 10^9 |
+//! | `tenant.limits.requests_burst` | the rate | the bucket's size (1 to 10^9): requests admitted at once after an idle second |
+//! | `tenant.limits.requests_per_second_per_client_ip` | none | per client address (IPv6: per /64), burst = rate, 1 to 10^6 |
+//! | `tenant.limits.requests_per_second_per_api_key` | none | per presented credential (API key or bearer token), burst = rate, 1 to 10^6 |
+//! | `tenant.limits.max_connections` | none | client connections open at once, 1 to 10^8 |
+//! | `tenant.limits.max_inflight_requests` | none | requests being proxied at once, 1 to 10^8 |
 //! | `tenant.auth.api_keys` | none | `[ { name, sha256 } ]`: SHA-256 (hex) of each key, never the key |
-//! | `tenant.auth.jwt` | none | `{ jwks_file, hs256_secret_file, issuer, audience, tenant_claim, leeway }` |
+//! | `tenant.auth.jwt` | none | `{ jwks_file, hs256_secret_file, issuer, audience, tenant_claim, leeway }` (leeway at most 5m) |
 //! | `tenant.auth.required` | `false` | every request must carry a valid credential of the tenant |
-//! | `node.max_inflight_requests` | none | the node's in-flight requests at which tiers are shed |
+//! | `node.max_inflight_requests` | none | the node's in-flight requests at which tiers are shed, 1 to 10^8 |
 //!
 //! Key files are paths only here (relative to the configuration file's
 //! directory); the L7 tier reads them ([`crate::l7::policy`]), and `lbd
@@ -25,7 +25,7 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{ConfigError, Ctx, FieldPath, Tenant, parse_duration};
+use super::{ConfigError, Ctx, FieldPath, Tenant};
 
 // ---- Defaults and limits (the README lists these) ----
 
@@ -41,6 +41,12 @@ pub const MAX_KEYED_RATE: u64 = 1_000_000;
 /// Highest tenant request rate and burst: the tenant bucket counts in
 /// nanoseconds.
 pub const MAX_REQUEST_RATE: u64 = 1_000_000_000;
+/// Highest `tenant.limits.max_connections`: far more than one process can
+/// hold open (each connection is a file descriptor).
+pub const MAX_CONNECTIONS: u64 = 100_000_000;
+/// Highest `tenant.limits.max_inflight_requests` and
+/// `node.max_inflight_requests`.
+pub const MAX_INFLIGHT_REQUESTS: u64 = 100_000_000;
 
 /// The request keys of `[tenant.limits]` (the others are XDP's).
 pub const REQUEST_LIMIT_KEYS: [&str; 6] = [
@@ -260,6 +266,12 @@ impl Ctx<'_> {
                 out.per_api_key,
                 MAX_KEYED_RATE,
             ),
+            ("max_connections", out.max_connections, MAX_CONNECTIONS),
+            (
+                "max_inflight_requests",
+                out.max_inflight_requests,
+                MAX_INFLIGHT_REQUESTS,
+            ),
         ] {
             if value.is_some_and(|v| v > max) {
                 return Err(self.error(&path.key(key), format!("{key} must be at most {max}")));
@@ -352,17 +364,12 @@ impl Ctx<'_> {
         let leeway = match raw.leeway {
             None => DEFAULT_JWT_LEEWAY,
             Some(text) => {
-                let lpath = path.key("leeway");
-                let d = parse_duration(&text).map_err(|m| self.error(&lpath, m))?;
-                if d > MAX_JWT_LEEWAY {
-                    return Err(self.error(
-                        &lpath,
-                        format!(
-                            "leeway must be at most {}",
-                            super::format_duration(MAX_JWT_LEEWAY)
-                        ),
-                    ));
-                }
+                let d = self.duration_in(
+                    &path.key("leeway"),
+                    "leeway",
+                    &text,
+                    &(Duration::ZERO..=MAX_JWT_LEEWAY),
+                )?;
                 // Whole seconds (JWT times are seconds), rounded up.
                 Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
             }
@@ -420,13 +427,18 @@ impl Ctx<'_> {
         value: Option<u64>,
         path: &FieldPath,
     ) -> Result<Option<u64>, ConfigError> {
-        if value == Some(0) {
-            return Err(self.error(
-                &path.key("max_inflight_requests"),
+        let at = path.key("max_inflight_requests");
+        match value {
+            Some(0) => Err(self.error(
+                &at,
                 "max_inflight_requests must be at least 1 (leave it out for none)",
-            ));
+            )),
+            Some(n) if n > MAX_INFLIGHT_REQUESTS => Err(self.error(
+                &at,
+                format!("max_inflight_requests must be at most {MAX_INFLIGHT_REQUESTS}"),
+            )),
+            _ => Ok(value),
         }
-        Ok(value)
     }
 }
 

@@ -448,7 +448,7 @@ fn client_key(ip: IpAddr) -> ([u8; 9], usize) {
 pub fn shed_threshold(tier: Tier, limit: u64) -> u64 {
     match tier {
         Tier::Premium => limit,
-        Tier::Standard => (limit * 4 / 5).max(1),
+        Tier::Standard => (limit.saturating_mul(4) / 5).max(1),
         Tier::Free => (limit / 2).max(1),
     }
 }

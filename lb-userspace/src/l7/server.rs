@@ -348,7 +348,7 @@ impl L7 {
             let _ = r.stop.send(true);
         }
         self.connections.drain.send_replace(true);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = later(tokio::time::Instant::now(), timeout);
         loop {
             let closed = self.connections.closed.notified();
             let open = self.connections.open.load(Relaxed);
@@ -651,7 +651,7 @@ where
                 let busy = requests.inflight.load(Relaxed) > 0 || conn_info.responses_open() > 0;
                 match timeouts.check(&requests, &conn_info, busy) {
                     Due::Nothing(next) => {
-                        clock.as_mut().reset(tokio::time::Instant::now() + next);
+                        clock.as_mut().reset(later(tokio::time::Instant::now(), next));
                     }
                     Due::Idle => {
                         shut = true;
@@ -682,6 +682,13 @@ where
             }
         }
     }
+}
+
+/// `at + after`, or decades from `at` when that is not representable (no
+/// panic, whatever the configuration says).
+fn later(at: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
+    at.checked_add(after)
+        .unwrap_or_else(|| at + Duration::from_hours(30 * 365 * 24))
 }
 
 /// A connection's deadlines (see [`serve_http`]).
