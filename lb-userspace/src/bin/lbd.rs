@@ -75,18 +75,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // JWT key files are part of the configuration: --check and a start
-    // refuse broken ones like an invalid file (--cleanup does not care).
+    // JWT key files and the TCP admin API's token and certificate are part
+    // of the configuration: --check and a start refuse broken ones like an
+    // invalid file (--cleanup does not care).
     let key_files = || {
-        let dir = args
-            .config
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        lb::l7::policy::check_key_files(&config, dir).map_err(|e| {
+        let dir = config_dir(&args.config);
+        let fail = |e: &dyn std::fmt::Display| {
             eprintln!("error: {}: {e}", args.config.display());
             ExitCode::from(2)
-        })
+        };
+        lb::l7::policy::check_key_files(&config, dir).map_err(|e| fail(&e))?;
+        lb::admin::check_files(&config.node, dir).map_err(|e| fail(&e))
     };
     if args.check {
         if let Err(code) = key_files() {
@@ -149,6 +148,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The directory relative paths of the configuration start from.
+fn config_dir(config: &Path) -> &Path {
+    config
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -208,7 +215,11 @@ async fn run(config_path: &Path, state_dir: &Path) -> anyhow::Result<()> {
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let mut daemon = start(config_path, &handoff_path, health_tx).await?;
     let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
-    let admin = lb::admin::spawn(daemon.config(), commands_tx.clone())?;
+    let admin = lb::admin::spawn(
+        daemon.config(),
+        config_dir(config_path),
+        commands_tx.clone(),
+    )?;
     let metrics = lb::metrics::spawn(daemon.config(), commands_tx)?;
     let handoff_server = handoff::Server::bind(&handoff_path)
         .with_context(|| format!("creating {}", handoff_path.display()))?;
