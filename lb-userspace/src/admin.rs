@@ -1,5 +1,7 @@
 //! The admin API: HTTP/1.1 and JSON on a Unix socket (mode 0600), and
-//! optionally on TCP where every request needs `Authorization: Bearer TOKEN`.
+//! optionally on TCP (over TLS with `node.admin_tls`) where every request
+//! needs `Authorization: Bearer TOKEN`. The token must be at least
+//! [`MIN_TOKEN_BYTES`] long and its file readable by its owner only.
 //!
 //! This module only speaks HTTP: it maps each route to an [`api::Request`],
 //! sends it to the daemon as an [`api::Command`] on a channel and turns the
@@ -92,6 +94,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Backlog of the listening sockets.
 const BACKLOG: i32 = 128;
+/// The shortest bearer token accepted (a token of 32 random bytes, or
+/// `head -c 32 /dev/urandom | base64`, cannot be guessed).
+pub const MIN_TOKEN_BYTES: usize = 32;
 
 /// Why the admin API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +129,22 @@ pub enum AdminError {
          `head -c 32 /dev/urandom | base64 > FILE`"
     )]
     EmptyToken(PathBuf),
+    /// The token is shorter than [`MIN_TOKEN_BYTES`].
+    #[error(
+        "the admin token in {path} is {len} bytes long; it must be at least {MIN_TOKEN_BYTES}: \
+         put a long random secret in it, e.g. `head -c 32 /dev/urandom | base64 > FILE`"
+    )]
+    ShortToken { path: PathBuf, len: usize },
+    /// Users other than the file's owner may read the token file.
+    #[error(
+        "the admin token file {path} has mode {mode:04o}: group and others must not have any \
+         access to it; run `chmod 600 {path}`",
+        path = path.display()
+    )]
+    TokenFileMode { path: PathBuf, mode: u32 },
+    /// The certificate or key of `node.admin_tls` cannot be used.
+    #[error("node.admin_tls: {0}")]
+    Tls(#[from] crate::l7::tls::CertError),
     /// `node.admin_listen` without `node.admin_token_file`.
     #[error("node.admin_listen is set but node.admin_token_file is not: TCP needs a token")]
     NoTokenFile,
@@ -136,30 +157,67 @@ pub enum AdminError {
 /// [`AdminListener::bind`] can run before the async runtime starts (so that
 /// `lbd` fails early on a bad path or a busy port); clients that connect
 /// before [`serve`] runs wait in the backlog.
-#[derive(Debug)]
 pub struct AdminListener {
     /// Bound, mode 0600, listening; accepted by [`serve`].
     unix: Option<(UnixSocket, PathBuf)>,
     tcp: Option<(std::net::TcpListener, SocketAddr)>,
     token: Option<Token>,
+    /// TLS on the TCP listener.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     reply_timeout: Duration,
+}
+
+impl std::fmt::Debug for AdminListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminListener")
+            .field("unix", &self.unix)
+            .field("tcp", &self.tcp)
+            .field("tls", &self.tls.is_some())
+            .field("reply_timeout", &self.reply_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AdminListener {
     /// Binds what `node` asks for: the Unix socket `admin_socket`, and the
     /// TCP listener `admin_listen` with the token read from
-    /// `admin_token_file` when set.
+    /// `admin_token_file` when set, over TLS with `admin_tls` (its paths
+    /// relative to `config_dir`). A TCP listener on an address that is not
+    /// loopback without TLS is logged as a warning.
     ///
     /// # Errors
     ///
-    /// See [`AdminListener::unix`] and [`AdminListener::with_tcp`].
-    pub fn bind(node: &config::Node) -> Result<Self, AdminError> {
+    /// See [`AdminListener::unix`], [`AdminListener::with_tcp`] and
+    /// [`AdminListener::with_tls`].
+    pub fn bind(node: &config::Node, config_dir: &Path) -> Result<Self, AdminError> {
+        let tls = match &node.admin_tls {
+            Some(files) => Some(tls_acceptor(files, config_dir)?),
+            None => None,
+        };
         let listener = Self::unix(&node.admin_socket)?;
-        match (node.admin_listen, node.admin_token_file.as_deref()) {
-            (None, _) => Ok(listener),
-            (Some(addr), Some(token_file)) => listener.with_tcp(addr, token_file),
-            (Some(_), None) => Err(AdminError::NoTokenFile),
+        let listener = match (node.admin_listen, node.admin_token_file.as_deref()) {
+            (None, _) => return Ok(listener),
+            (Some(addr), Some(token_file)) => listener.with_tcp(addr, token_file)?,
+            (Some(_), None) => return Err(AdminError::NoTokenFile),
+        };
+        if let Some(tls) = tls {
+            return Ok(listener.with_tls(tls));
         }
+        if let Some(addr) = node.admin_listen.filter(|a| !a.ip().is_loopback()) {
+            warn!(
+                %addr,
+                "the admin API listens on TCP beyond loopback without TLS: its bearer token and \
+                 answers cross the network in clear; set node.admin_tls"
+            );
+        }
+        Ok(listener)
+    }
+
+    /// Serves the TCP listener over TLS (see [`tls_acceptor`]).
+    #[must_use]
+    pub fn with_tls(mut self, acceptor: tokio_rustls::TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
     }
 
     /// Binds the Unix socket at `path`: creates its directory, removes a
@@ -204,6 +262,7 @@ impl AdminListener {
             unix: Some((socket, path.to_owned())),
             tcp: None,
             token: None,
+            tls: None,
             reply_timeout: REPLY_TIMEOUT,
         })
     }
@@ -214,8 +273,9 @@ impl AdminListener {
     ///
     /// # Errors
     ///
-    /// When the token file cannot be read or is empty, or the address cannot
-    /// be bound.
+    /// When the token file cannot be read, may be read by group or others,
+    /// or holds a token shorter than [`MIN_TOKEN_BYTES`], or when the
+    /// address cannot be bound.
     pub fn with_tcp(mut self, addr: SocketAddr, token_file: &Path) -> Result<Self, AdminError> {
         self.token = Some(Token::read(token_file)?);
         let tcp_err = |error| AdminError::Tcp { addr, error };
@@ -294,13 +354,30 @@ impl std::fmt::Debug for Token {
 
 impl Token {
     fn read(path: &Path) -> Result<Self, AdminError> {
-        let text = std::fs::read_to_string(path).map_err(|error| AdminError::TokenFile {
+        let failed = |error| AdminError::TokenFile {
             path: path.to_owned(),
             error,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(failed)?;
+        // The mode of the file opened, not of whatever the path names a
+        // moment later.
+        let mode = file.metadata().map_err(failed)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(AdminError::TokenFileMode {
+                path: path.to_owned(),
+                mode: mode & 0o7777,
+            });
+        }
+        let text = io::read_to_string(file).map_err(failed)?;
         let token = text.trim();
         if token.is_empty() {
             return Err(AdminError::EmptyToken(path.to_owned()));
+        }
+        if token.len() < MIN_TOKEN_BYTES {
+            return Err(AdminError::ShortToken {
+                path: path.to_owned(),
+                len: token.len(),
+            });
         }
         Ok(Self(token.as_bytes().to_vec()))
     }
@@ -327,6 +404,57 @@ impl Token {
             Err("wrong bearer token")
         }
     }
+}
+
+/// Checks the files of the TCP admin API that `node` names, as a start
+/// would (`lbd --check`): the token file (owner-only mode, a token of at
+/// least [`MIN_TOKEN_BYTES`]) and the `admin_tls` certificate and key
+/// (relative to `config_dir`). Nothing is bound.
+///
+/// # Errors
+///
+/// The first problem found, saying what to fix.
+pub fn check_files(node: &config::Node, config_dir: &Path) -> Result<(), AdminError> {
+    if node.admin_listen.is_none() {
+        return Ok(());
+    }
+    let token_file = node
+        .admin_token_file
+        .as_deref()
+        .ok_or(AdminError::NoTokenFile)?;
+    Token::read(token_file)?;
+    if let Some(files) = &node.admin_tls {
+        tls_acceptor(files, config_dir)?;
+    }
+    Ok(())
+}
+
+/// The TLS server of the TCP admin API: the certificate chain and key of
+/// `files` (relative to `config_dir`, checked like a site's certificate:
+/// see [`crate::l7::tls::load_pair`]), TLS 1.2 and 1.3, ALPN `http/1.1`.
+///
+/// # Errors
+///
+/// When the files cannot be read or do not hold a matching certificate
+/// and key.
+///
+/// # Panics
+///
+/// Only if rustls' ring provider lacked TLS 1.2 or 1.3, which it has.
+pub fn tls_acceptor(
+    files: &config::TlsFiles,
+    config_dir: &Path,
+) -> Result<tokio_rustls::TlsAcceptor, AdminError> {
+    let certified =
+        crate::l7::tls::load_pair(&config_dir.join(&files.cert), &config_dir.join(&files.key))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("rustls' ring provider supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// Sends `request` to the daemon and waits for its answer, at most
@@ -386,6 +514,7 @@ pub async fn serve(
         unix,
         tcp,
         token,
+        tls,
         reply_timeout,
     } = listener;
     let unix = match unix {
@@ -409,7 +538,11 @@ pub async fn serve(
         Some((listener, addr)) => {
             let listener =
                 TcpListener::from_std(listener).map_err(|error| AdminError::Tcp { addr, error })?;
-            info!(%addr, "admin API listening on TCP (bearer token required)");
+            if tls.is_some() {
+                info!(%addr, "admin API listening on TCP with TLS (bearer token required)");
+            } else {
+                info!(%addr, "admin API listening on TCP (bearer token required)");
+            }
             Some(listener)
         }
         None => None,
@@ -422,6 +555,7 @@ pub async fn serve(
     let listeners = Listeners {
         unix: unix.as_ref().map(|(l, _)| l),
         tcp: tcp.as_ref(),
+        tls: tls.as_ref(),
     };
     run(listeners, handler, shutdown).await;
     if let Some((_, path)) = unix
@@ -432,9 +566,9 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds the admin API as `config.node` says ([`AdminListener::bind`]) and
-/// serves it in a background task ([`serve`]) until the daemon drops the
-/// receiving end of `commands`.
+/// Binds the admin API as `config.node` says ([`AdminListener::bind`],
+/// relative paths from `config_dir`) and serves it in a background task
+/// ([`serve`]) until the daemon drops the receiving end of `commands`.
 ///
 /// Must be called inside a tokio runtime.
 ///
@@ -443,9 +577,10 @@ pub async fn serve(
 /// When the sockets cannot be bound (see [`AdminListener::bind`]).
 pub fn spawn(
     config: &config::Config,
+    config_dir: &Path,
     commands: mpsc::Sender<Command>,
 ) -> Result<tokio::task::JoinHandle<()>, AdminError> {
-    let listener = AdminListener::bind(&config.node)?;
+    let listener = AdminListener::bind(&config.node, config_dir)?;
     let closed = commands.clone();
     Ok(tokio::spawn(async move {
         let stopped = async move { closed.closed().await };
@@ -482,6 +617,8 @@ pub(crate) trait Handler: Send + Sync + 'static {
 pub(crate) struct Listeners<'a> {
     pub(crate) unix: Option<&'a UnixListener>,
     pub(crate) tcp: Option<&'a TcpListener>,
+    /// TLS on `tcp`.
+    pub(crate) tls: Option<&'a tokio_rustls::TlsAcceptor>,
 }
 
 /// Accepts connections until `shutdown`, each served by `handler` in its own
@@ -509,9 +646,25 @@ pub(crate) async fn run<H: Handler>(
             },
             accepted = accept_tcp(listeners.tcp) => match accepted {
                 Ok((stream, addr)) => {
-                    let io = TokioIo::new(stream);
                     let peer = Peer::Tcp(addr);
-                    connections.spawn(connection(io, handler.clone(), peer, stop_rx.clone()));
+                    let (handler, stop) = (handler.clone(), stop_rx.clone());
+                    match listeners.tls {
+                        None => {
+                            connections.spawn(connection(TokioIo::new(stream), handler, peer, stop));
+                        }
+                        Some(acceptor) => {
+                            let acceptor = acceptor.clone();
+                            connections.spawn(async move {
+                                match tokio::time::timeout(READ_TIMEOUT, acceptor.accept(stream)).await {
+                                    Ok(Ok(tls)) => {
+                                        connection(TokioIo::new(tls), handler, peer, stop).await;
+                                    }
+                                    Ok(Err(e)) => debug!(%addr, error = %e, "admin TLS handshake failed"),
+                                    Err(_) => debug!(%addr, "admin TLS handshake timed out"),
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, "accepting on TCP");
@@ -1242,6 +1395,17 @@ mod tests {
     /// A temporary directory removed on drop.
     struct TempDir(PathBuf);
 
+    /// A token of [`MIN_TOKEN_BYTES`] bytes exactly.
+    const TOKEN: &str = "s3cret-token-for-tests-32-bytes!";
+    const _: () = assert!(TOKEN.len() == MIN_TOKEN_BYTES);
+
+    /// Writes a token file with `mode`.
+    fn write_token(path: &Path, text: &str, mode: u32) {
+        std::fs::write(path, text).expect("writing the token");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .expect("setting the token file's mode");
+    }
+
     impl TempDir {
         fn new(tag: &str) -> Self {
             let dir = std::env::temp_dir().join(format!(
@@ -1306,8 +1470,8 @@ mod tests {
             let dir = TempDir::new(tag);
             let socket = dir.0.join("run/admin.sock");
             let token_file = dir.0.join("admin.token");
-            let token = "s3cret-token-for-tests".to_owned();
-            std::fs::write(&token_file, format!("  {token}\n")).expect("writing the token");
+            let token = TOKEN.to_owned();
+            write_token(&token_file, &format!("  {token}\n"), 0o600);
             let listener = AdminListener::unix(&socket)
                 .expect("binding the socket")
                 .with_tcp("127.0.0.1:0".parse().expect("addr"), &token_file)
@@ -1418,7 +1582,7 @@ mod tests {
             (s.tcp(None), "missing Authorization header"),
             (s.tcp(Some("wrong")), "wrong bearer token"),
             (
-                s.tcp(Some("s3cret-token-for-tests-and-more")),
+                s.tcp(Some("s3cret-token-for-tests-32-bytes!-and-more")),
                 "wrong bearer token",
             ),
             (s.tcp(Some("")), "wrong bearer token"),
@@ -1762,12 +1926,186 @@ mod tests {
         ));
 
         let empty = dir.0.join("empty.token");
-        std::fs::write(&empty, " \n").expect("write");
+        write_token(&empty, " \n", 0o600);
         let l = AdminListener::unix(&dir.0.join("b.sock")).expect("bind");
         assert!(matches!(
             l.with_tcp("127.0.0.1:0".parse().expect("addr"), &empty),
             Err(AdminError::EmptyToken(_))
         ));
+    }
+
+    /// A `[node]` with the TCP admin API on an ephemeral loopback port.
+    fn tcp_node(dir: &Path, token_file: &Path, tls: Option<config::TlsFiles>) -> config::Node {
+        let text = format!(
+            "[node]\ninterface = \"eth0\"\nadmin_socket = \"{}\"\n\
+             admin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n",
+            dir.join("admin.sock").display(),
+            token_file.display()
+        );
+        let mut node = config::parse(&text, "lb.toml").expect("config").node;
+        node.admin_tls = tls;
+        node
+    }
+
+    #[test]
+    fn a_short_token_or_a_token_file_others_may_read_is_refused() {
+        let dir = TempDir::new("token-rules");
+        let file = dir.0.join("admin.token");
+        let short = &TOKEN[..MIN_TOKEN_BYTES - 1];
+        write_token(&file, &format!("{short}\n"), 0o600);
+        let node = tcp_node(&dir.0, &file, None);
+        let e = AdminListener::bind(&node, &dir.0).expect_err("a 31-byte token");
+        assert!(matches!(e, AdminError::ShortToken { len: 31, .. }), "{e:?}");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("at least 32") && shown.contains("urandom"),
+            "{shown}"
+        );
+        assert!(
+            check_files(&node, &dir.0).is_err(),
+            "--check refuses it too"
+        );
+
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            write_token(&file, TOKEN, mode);
+            let e = AdminListener::bind(&node, &dir.0).expect_err("a readable token file");
+            assert!(
+                matches!(e, AdminError::TokenFileMode { mode: m, .. } if m == mode),
+                "{mode:o}: {e:?}"
+            );
+            let shown = e.to_string();
+            assert!(shown.contains("chmod 600"), "{shown}");
+            assert!(
+                check_files(&node, &dir.0).is_err(),
+                "--check refuses {mode:o}"
+            );
+        }
+
+        write_token(&file, &format!("  {TOKEN}\n"), 0o400);
+        check_files(&node, &dir.0).expect("an owner-only file with a 32-byte token");
+        let l = AdminListener::bind(&node, &dir.0).expect("an owner-only file");
+        assert!(l.tcp_addr().is_some());
+    }
+
+    /// An rcgen CA and a certificate for 127.0.0.1 and `localhost` written
+    /// to `dir` (`admin.pem`, `admin.key`); returns the CA certificate.
+    fn admin_certificate(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("a P-256 key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "admin test CA");
+        let ca = params.self_signed(&ca_key).expect("a CA certificate");
+        let key = KeyPair::generate().expect("a P-256 key");
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("leaf params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("a leaf certificate");
+        std::fs::write(dir.join("admin.pem"), leaf.pem()).expect("writing the certificate");
+        std::fs::write(dir.join("admin.key"), key.serialize_pem()).expect("writing the key");
+        ca.der().clone()
+    }
+
+    /// One GET /status over TLS to `addr` (verified against `ca`), with
+    /// `token`; the status and body.
+    async fn tls_status(
+        addr: SocketAddr,
+        ca: &rustls::pki_types::CertificateDer<'static>,
+        token: &str,
+    ) -> (StatusCode, String) {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).expect("the CA as a root");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("a TLS handshake verified against the test CA");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP handshake");
+        tokio::spawn(conn);
+        let request = hyper::Request::get("/status")
+            .header(header::HOST, "127.0.0.1")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("an answer");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn tcp_over_tls_needs_the_token() {
+        let dir = TempDir::new("tls");
+        let ca = admin_certificate(&dir.0);
+        let token_file = dir.0.join("admin.token");
+        write_token(&token_file, TOKEN, 0o600);
+        // Relative paths start from the configuration's directory.
+        let files = config::TlsFiles {
+            cert: PathBuf::from("admin.pem"),
+            key: PathBuf::from("admin.key"),
+        };
+        let node = tcp_node(&dir.0, &token_file, Some(files));
+        check_files(&node, &dir.0).expect("--check accepts the files");
+        let listener = AdminListener::bind(&node, &dir.0).expect("binding with TLS");
+        let addr = listener.tcp_addr().expect("tcp address");
+        let (commands, seen) = fake_daemon();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, commands, async {
+            let _ = stopped.await;
+        }));
+
+        let (status, body) = tls_status(addr, &ca, TOKEN).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("\"status\""), "{body}");
+        let (status, body) = tls_status(addr, &ca, "a-wrong-token-of-at-least-32-bytes").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(body.contains("wrong bearer token"), "{body}");
+        assert_eq!(
+            seen.lock().expect("lock").len(),
+            1,
+            "only the right token reached the daemon"
+        );
+        // Plain HTTP on the TLS port gets no answer.
+        let plain = Client::new(Target::Tcp {
+            authority: addr.to_string(),
+            token: Some(TOKEN.to_owned()),
+        });
+        assert!(
+            plain.get("/status").await.is_err(),
+            "plain HTTP must not be served"
+        );
+
+        let _ = stop.send(());
+        task.await.expect("task").expect("serve");
+
+        // A key that is not the certificate's is refused at start.
+        let other = TempDir::new("tls-other");
+        admin_certificate(&other.0);
+        let files = config::TlsFiles {
+            cert: PathBuf::from("admin.pem"),
+            key: other.0.join("admin.key"),
+        };
+        let node = tcp_node(&dir.0, &token_file, Some(files));
+        let e = AdminListener::bind(&node, &dir.0).expect_err("a key of another certificate");
+        assert!(matches!(e, AdminError::Tls(_)), "{e:?}");
+        assert!(e.to_string().starts_with("node.admin_tls: "), "{e}");
     }
 
     #[test]

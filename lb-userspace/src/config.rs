@@ -360,6 +360,10 @@ pub struct Node {
     /// File holding the bearer token of `admin_listen` (set whenever
     /// `admin_listen` is).
     pub admin_token_file: Option<PathBuf>,
+    /// Certificate and key of the TCP admin API (TLS when set; only with
+    /// `admin_listen`). Relative paths are relative to the configuration
+    /// file's directory.
+    pub admin_tls: Option<TlsFiles>,
     /// Address of the Prometheus `/metrics` endpoint. Always `Some` when
     /// read from a file today (an absent key means the default).
     pub metrics_listen: Option<SocketAddr>,
@@ -647,6 +651,7 @@ struct RawNode {
     // that says what the value should look like.
     admin_listen: Option<String>,
     admin_token_file: Option<PathBuf>,
+    admin_tls: Option<RawAdminTls>,
     metrics_listen: Option<String>,
     state_dir: Option<PathBuf>,
     hash_seed: Option<u32>,
@@ -655,6 +660,14 @@ struct RawNode {
     access_log: Option<String>,
     drain_timeout: Option<String>,
     max_inflight_requests: Option<u64>,
+}
+
+/// `node.admin_tls`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdminTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -1303,6 +1316,7 @@ impl Ctx<'_> {
 
         let (admin_listen, admin_token_file) =
             self.admin_tcp(raw.admin_listen, raw.admin_token_file, path)?;
+        let admin_tls = self.admin_tls(raw.admin_tls, admin_listen.is_some(), path)?;
 
         let flow_table_size = raw.flow_table_size.unwrap_or(DEFAULT_FLOW_TABLE_ENTRIES);
         if !FLOW_TABLE_SIZE_RANGE.contains(&flow_table_size) {
@@ -1351,6 +1365,7 @@ impl Ctx<'_> {
             admin_socket,
             admin_listen,
             admin_token_file,
+            admin_tls,
             metrics_listen: Some(metrics_listen),
             state_dir,
             hash_seed: raw.hash_seed.unwrap_or(0),
@@ -1397,6 +1412,34 @@ impl Ctx<'_> {
             ));
         }
         Ok((admin_listen, admin_token_file))
+    }
+
+    /// `admin_tls`: only with the TCP listener, both files named.
+    fn admin_tls(
+        &self,
+        raw: Option<RawAdminTls>,
+        tcp: bool,
+        path: &FieldPath,
+    ) -> Result<Option<TlsFiles>, ConfigError> {
+        let Some(t) = raw else { return Ok(None) };
+        if !tcp {
+            return Err(self.error(
+                &path.key("admin_tls"),
+                "admin_tls is the TLS of the TCP admin API: it needs admin_listen",
+            ));
+        }
+        for (key, file) in [("cert", &t.cert), ("key", &t.key)] {
+            if file.as_os_str().is_empty() {
+                return Err(self.error(
+                    &path.key("admin_tls").key(key),
+                    format!("admin_tls.{key} is empty"),
+                ));
+            }
+        }
+        Ok(Some(TlsFiles {
+            cert: t.cert,
+            key: t.key,
+        }))
     }
 
     fn pool(&self, raw: RawPool, path: &FieldPath) -> Result<Pool, ConfigError> {
@@ -2256,6 +2299,40 @@ default_tenant = "acme"     # optional
             3,
             "node.admin_listen",
             "expected a string",
+        );
+    }
+
+    #[test]
+    fn admin_tls_needs_the_tcp_listener_and_both_files() {
+        let tcp = "admin_listen = \"0.0.0.0:9465\"\nadmin_token_file = \"/etc/lb/admin.token\"\n";
+        let c = ok(&format!(
+            "{NODE}{tcp}admin_tls = {{ cert = \"admin.pem\", key = \"/etc/lb/admin.key\" }}\n"
+        ));
+        assert_eq!(
+            c.node.admin_tls,
+            Some(TlsFiles {
+                cert: PathBuf::from("admin.pem"),
+                key: PathBuf::from("/etc/lb/admin.key"),
+            })
+        );
+        assert_eq!(ok(&format!("{NODE}{tcp}")).node.admin_tls, None);
+        assert_err(
+            &format!("{NODE}admin_tls = {{ cert = \"a.pem\", key = \"a.key\" }}\n"),
+            3,
+            "node.admin_tls",
+            "needs admin_listen",
+        );
+        assert_err(
+            &format!("{NODE}{tcp}admin_tls = {{ cert = \"a.pem\" }}\n"),
+            5,
+            "node.admin_tls",
+            "missing required key `key`",
+        );
+        assert_err(
+            &format!("{NODE}{tcp}admin_tls = {{ cert = \"\", key = \"a.key\" }}\n"),
+            5,
+            "node.admin_tls.cert",
+            "empty",
         );
     }
 

@@ -95,14 +95,16 @@ fn enable_forwarding(interface: &str) -> anyhow::Result<()> {
 impl Daemon {
     /// Loads the configuration and overrides, loads the balancer (adopting
     /// pinned maps and link), programs the maps, starts health checks and
-    /// attaches. Health events go to `events`.
+    /// attaches. Health events go to `events`. `inherited` are the
+    /// listening sockets of a running `lbd` this one takes over from: then
+    /// the L7 listeners do not accept until [`Daemon::start_accepting`].
     ///
     /// # Errors
     /// When the configuration is invalid or the data plane cannot be loaded.
     pub fn start(
         config_path: &Path,
         events: UnboundedSender<health::Event>,
-        inherited: HashMap<SocketAddr, OwnedFd>,
+        inherited: Option<HashMap<SocketAddr, OwnedFd>>,
     ) -> anyhow::Result<Self> {
         let file_text = fs::read_to_string(config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
@@ -133,6 +135,7 @@ impl Daemon {
             XdpMode::Generic => AttachMode::Generic,
         };
         let interface = node.interface.clone();
+        let hold = inherited.is_some();
         let mut daemon = Self {
             config_path: config_path.to_path_buf(),
             file_text,
@@ -155,8 +158,14 @@ impl Daemon {
         daemon.warm_neighbours();
         daemon.dp.attach(&interface, mode)?;
         daemon.l7 = Some(
-            L7::start(&daemon.config, config_path, &daemon.down, inherited)
-                .context("starting the L7 listeners")?,
+            L7::start(
+                &daemon.config,
+                config_path,
+                &daemon.down,
+                inherited.unwrap_or_default(),
+                hold,
+            )
+            .context("starting the L7 listeners")?,
         );
         info!(
             interface = %interface,
@@ -811,6 +820,14 @@ impl Daemon {
     pub fn refresh_certificates(&self) {
         if let Some(l7) = &self.l7 {
             l7.refresh_certificates();
+        }
+    }
+
+    /// Lets the L7 listeners accept (after a take-over, once the previous
+    /// `lbd` has released).
+    pub fn start_accepting(&self) {
+        if let Some(l7) = &self.l7 {
+            l7.start_accepting();
         }
     }
 

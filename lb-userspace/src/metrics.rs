@@ -123,6 +123,7 @@ pub async fn serve(
     let listeners = Listeners {
         unix: None,
         tcp: Some(&listener),
+        tls: None,
     };
     admin::run(listeners, Arc::new(Scraper { commands }), shutdown).await;
     Ok(())

@@ -11,6 +11,7 @@ use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -27,6 +28,8 @@ use lb_tests::{
 };
 
 const LBD: &str = env!("CARGO_BIN_EXE_lbd");
+/// The TCP admin API's bearer token (lbd wants at least 32 bytes).
+const ADMIN_TOKEN: &str = "control-plane-test-token-0123456789";
 
 /// A topology with the backends' programs and name servers, an `lbd` config
 /// in a private directory, and pins cleaned up on drop.
@@ -481,7 +484,9 @@ fn http(addr: SocketAddr, request: &str) -> (u16, String) {
 fn admin_api_refuses_without_the_token_and_rejects_bad_requests() {
     let mut node = Node::new(&[("a", 1)]);
     let token = node.work.join("token");
-    std::fs::write(&token, "s3cret\n").expect("token");
+    // The daemon refuses tokens under 32 bytes and files others may read.
+    std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).expect("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     // The TCP listener lives in the LB namespace; reach it from a thread there.
     node.write_config(
         &[("acme", "a", 1)],
@@ -501,17 +506,21 @@ fn admin_api_refuses_without_the_token_and_rejects_bad_requests() {
         );
         let right = http(
             api,
-            "GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n",
+            &format!(
+                "GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+            ),
         );
         let unknown = http(
             api,
-            "GET /nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n",
+            &format!(
+                "GET /nope HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+            ),
         );
         let body = "{\"tenant\": \"acme\", \"pool\": ";
         let malformed = http(
             api,
             &format!(
-                "POST /backends HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json\r\n\
+                "POST /backends HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             ),

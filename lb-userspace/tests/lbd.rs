@@ -71,6 +71,44 @@ fn check_reports_file_line_and_field() {
 }
 
 #[test]
+fn check_refuses_a_weak_admin_token() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("lbd-check-token-{}", std::process::id()));
+    let token = dir.join("admin.token");
+    let config = write_config(
+        &dir,
+        &format!(
+            "[node]\ninterface = \"eth0\"\nadmin_listen = \"127.0.0.1:9465\"\n\
+             admin_token_file = \"{}\"\n",
+            token.display()
+        ),
+    );
+    let check = |text: &str, mode: u32| {
+        std::fs::write(&token, text).expect("token");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        lbd(&["--config", config.to_str().expect("utf-8"), "--check"])
+    };
+    let long = "0123456789abcdef0123456789abcdef";
+    let out = check(long, 0o600);
+    assert!(
+        out.status.success(),
+        "a 32-byte token in a 0600 file: {out:?}"
+    );
+    let out = check(&long[1..], 0o600);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("31 bytes") && err.contains("at least 32"),
+        "{err}"
+    );
+    let out = check(long, 0o644);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_example_production_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/lb.example.toml");
     let out = lbd(&["--config", example, "--check"]);

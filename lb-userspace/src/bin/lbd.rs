@@ -17,7 +17,7 @@ use lb::{
     config::{self},
     daemon::Daemon,
     dataplane,
-    l7::handoff,
+    l7::{handoff, server::L7},
 };
 use notify::Watcher as _;
 use tokio::sync::mpsc;
@@ -75,18 +75,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // JWT key files are part of the configuration: --check and a start
-    // refuse broken ones like an invalid file (--cleanup does not care).
+    // JWT key files and the TCP admin API's token and certificate are part
+    // of the configuration: --check and a start refuse broken ones like an
+    // invalid file (--cleanup does not care).
     let key_files = || {
-        let dir = args
-            .config
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        lb::l7::policy::check_key_files(&config, dir).map_err(|e| {
+        let dir = config_dir(&args.config);
+        let fail = |e: &dyn std::fmt::Display| {
             eprintln!("error: {}: {e}", args.config.display());
             ExitCode::from(2)
-        })
+        };
+        lb::l7::policy::check_key_files(&config, dir).map_err(|e| fail(&e))?;
+        lb::admin::check_files(&config.node, dir).map_err(|e| fail(&e))
     };
     if args.check {
         if let Err(code) = key_files() {
@@ -149,6 +148,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The directory relative paths of the configuration start from.
+fn config_dir(config: &Path) -> &Path {
+    config
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -204,33 +211,22 @@ async fn run(config_path: &Path, state_dir: &Path) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-    // A running lbd hands over its listening sockets first, so that no
-    // connection is refused while this one starts.
     let handoff_path = handoff::socket_path(state_dir);
-    let asked = handoff_path.clone();
-    let inherited = tokio::task::spawn_blocking(move || handoff::take_over(&asked))
-        .await
-        .context("asking the running lbd for its sockets")?
-        .with_context(|| {
-            format!(
-                "taking over from the lbd running with {}",
-                handoff_path.display()
-            )
-        })?;
-    if let Some(sockets) = &inherited {
-        info!(
-            sockets = sockets.len(),
-            "took over from the running lbd, which now drains"
-        );
-    }
-
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
-    let mut daemon = Daemon::start(config_path, health_tx, inherited.unwrap_or_default())?;
+    let mut daemon = start(config_path, &handoff_path, health_tx).await?;
     let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
-    let admin = lb::admin::spawn(daemon.config(), commands_tx.clone())?;
+    let admin = lb::admin::spawn(
+        daemon.config(),
+        config_dir(config_path),
+        commands_tx.clone(),
+    )?;
     let metrics = lb::metrics::spawn(daemon.config(), commands_tx)?;
     let handoff_server = handoff::Server::bind(&handoff_path)
         .with_context(|| format!("creating {}", handoff_path.display()))?;
+    // The hand-off socket has its own task: a client that sends nothing
+    // never delays this loop.
+    let (handoff_tx, mut handoff_events) = mpsc::channel(4);
+    let handoff_task = tokio::spawn(handoff_server.serve(handoff_tx));
     let (_watcher, mut changes) = watch(config_path)?;
     let mut tick = tokio::time::interval(NEIGHBOUR_REFRESH);
     let mut certs = tokio::time::interval(CERT_REFRESH);
@@ -259,13 +255,23 @@ async fn run(config_path: &Path, state_dir: &Path) -> anyhow::Result<()> {
             Some(event) = health_rx.recv() => daemon.on_health(&event),
             _ = tick.tick() => daemon.warm_neighbours(),
             _ = certs.tick() => daemon.refresh_certificates(),
-            request = handoff_server.request() => match request {
-                Ok(successor) => break Some(successor),
-                Err(e) => warn!(error = %e, "ignoring a bad hand-off request"),
+            Some(event) = handoff_events.recv() => match event {
+                handoff::Event::Sockets(reply) => {
+                    let sockets = daemon.l7().map_or_else(|| Ok(Vec::new()), L7::sockets);
+                    let _ = reply.send(sockets);
+                }
+                handoff::Event::Confirmed(successor) => {
+                    info!("the new lbd has started: stopping the control plane, then draining");
+                    break Some(successor);
+                }
             },
         }
     };
 
+    // No other hand-off from here on; dropping the server removes the
+    // socket file before a successor binds its own.
+    handoff_task.abort();
+    let _ = handoff_task.await;
     // Stop the control plane: health checks, then the admin API and the
     // metrics endpoint, whose address and socket a successor binds next.
     daemon.shutdown();
@@ -274,19 +280,13 @@ async fn run(config_path: &Path, state_dir: &Path) -> anyhow::Result<()> {
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
-    drop(handoff_server);
     if let Some(successor) = successor {
-        let sockets = match daemon.l7() {
-            Some(l7) => l7.sockets().context("duplicating the listening sockets")?,
-            None => Vec::new(),
-        };
-        match tokio::task::spawn_blocking(move || successor.hand_over(&sockets)).await {
-            Ok(Ok(())) => info!("handed the listening sockets to the new lbd"),
-            Ok(Err(e)) => warn!(error = %e, "the hand-off failed; draining"),
-            Err(e) => warn!(error = %e, "the hand-off failed; draining"),
+        match successor.release().await {
+            Ok(()) => info!("released the control plane to the new lbd"),
+            Err(e) => warn!(error = %e, "telling the new lbd that it may go on failed"),
         }
     }
-    let open = daemon.l7().map_or(0, lb::l7::server::L7::open_connections);
+    let open = daemon.l7().map_or(0, L7::open_connections);
     if open > 0 {
         info!(
             connections = open,
@@ -306,4 +306,85 @@ async fn run(config_path: &Path, state_dir: &Path) -> anyhow::Result<()> {
         "stopping; the balancer stays attached and keeps forwarding (`lbd --cleanup` removes it)"
     );
     Ok(())
+}
+
+/// Starts the daemon, taking over from a running `lbd` if there is one: it
+/// hands over its listening sockets first, so that no connection is
+/// refused while this one starts, and keeps serving until this one has
+/// started and confirmed. Returns once this one accepts.
+async fn start(
+    config_path: &Path,
+    handoff_path: &Path,
+    health_tx: mpsc::UnboundedSender<lb::health::Event>,
+) -> anyhow::Result<Daemon> {
+    let asked = handoff_path.to_owned();
+    let taken = tokio::task::spawn_blocking(move || handoff::take_over(&asked))
+        .await
+        .context("asking the running lbd for its sockets")?
+        .with_context(|| {
+            format!(
+                "taking over from the lbd running with {}",
+                handoff_path.display()
+            )
+        })?;
+    let abort = TestAbort::from_env();
+    let (predecessor, inherited) = match taken {
+        Some((predecessor, sockets)) => {
+            info!(
+                sockets = sockets.len(),
+                "received the running lbd's listening sockets; starting (it keeps serving until \
+                 this start succeeds)"
+            );
+            abort.at(TestAbort::AfterReceive);
+            (Some(predecessor), Some(sockets))
+        }
+        None => (None, None),
+    };
+    let daemon = Daemon::start(config_path, health_tx, inherited)?;
+    if let Some(predecessor) = predecessor {
+        abort.at(TestAbort::BeforeConfirm);
+        tokio::task::spawn_blocking(move || predecessor.confirm())
+            .await
+            .context("confirming the start to the running lbd")?
+            .context("confirming the start to the running lbd")?;
+        info!("took over from the previous lbd, which now drains");
+    }
+    daemon.start_accepting();
+    Ok(daemon)
+}
+
+/// A test hook: `LB_TEST_HANDOFF_ABORT` makes a new `lbd` that takes over
+/// from a running one exit (status 3) at one step of the hand-off, to test
+/// that the running one keeps serving. `after_receive`: right after
+/// receiving the sockets; `before_confirm`: after a full start, before
+/// confirming it. Unset (or any other value) in production.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TestAbort {
+    Never,
+    AfterReceive,
+    BeforeConfirm,
+}
+
+impl TestAbort {
+    const VAR: &str = "LB_TEST_HANDOFF_ABORT";
+
+    fn from_env() -> Self {
+        match std::env::var(Self::VAR).as_deref() {
+            Ok("after_receive") => Self::AfterReceive,
+            Ok("before_confirm") => Self::BeforeConfirm,
+            _ => Self::Never,
+        }
+    }
+
+    /// Exits if the hook asks for it at `step`.
+    fn at(self, step: Self) {
+        if self == step {
+            warn!(
+                hook = Self::VAR,
+                ?step,
+                "test hook: exiting in the middle of the hand-off"
+            );
+            std::process::exit(3);
+        }
+    }
 }

@@ -78,6 +78,9 @@ pub struct L7 {
     /// Open client connections (all listeners).
     connections: Arc<Connections>,
     access_log: AccessLog,
+    /// Whether the accept loops accept: a new `lbd` holds them until the
+    /// previous one has stopped its own ([`super::handoff`]).
+    accepting: watch::Sender<bool>,
 }
 
 /// One accept loop.
@@ -121,7 +124,9 @@ impl Drop for ConnectionGuard {
 impl L7 {
     /// Starts the listeners of `config`. `inherited` are listening sockets
     /// handed over by the previous `lbd`, by address; the ones not used are
-    /// closed.
+    /// closed. With `hold`, the listeners do not accept until
+    /// [`L7::start_accepting`] (the previous `lbd` still accepts from the
+    /// same sockets until it has been told that this one started).
     ///
     /// # Errors
     /// When a listen address cannot be bound or the access log cannot be
@@ -131,6 +136,7 @@ impl L7 {
         config_path: &Path,
         down: &BTreeSet<BackendKey>,
         mut inherited: HashMap<SocketAddr, OwnedFd>,
+        hold: bool,
     ) -> anyhow::Result<Self> {
         let config_dir = config_path
             .parent()
@@ -154,6 +160,7 @@ impl L7 {
                 drain: watch::channel(false).0,
             }),
             access_log: config.node.access_log.clone(),
+            accepting: watch::channel(!hold).0,
         };
         l7.update_with(config, down, &mut inherited)?;
         if !inherited.is_empty() {
@@ -164,6 +171,11 @@ impl L7 {
             );
         }
         Ok(l7)
+    }
+
+    /// Lets held listeners accept (see [`L7::start`]).
+    pub fn start_accepting(&self) {
+        self.accepting.send_replace(true);
     }
 
     /// Follows a new configuration or health state.
@@ -246,6 +258,7 @@ impl L7 {
                         Arc::clone(&socket),
                         addr,
                         stop_rx,
+                        self.accepting.subscribe(),
                         Shared {
                             proxy: Arc::clone(&self.proxy),
                             connections: Arc::clone(&self.connections),
@@ -445,8 +458,14 @@ async fn accept_loop(
     socket: Arc<TcpListener>,
     addr: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    mut accepting: watch::Receiver<bool>,
     shared: Shared,
 ) {
+    tokio::select! {
+        biased;
+        _ = stop.changed() => return,
+        held = accepting.wait_for(|a| *a) => if held.is_err() { return },
+    }
     loop {
         tokio::select! {
             biased;

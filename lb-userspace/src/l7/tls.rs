@@ -848,6 +848,20 @@ fn parse_pair(
     }
 }
 
+/// Reads one certificate chain and its key from PEM files and checks that
+/// they belong together (the rules of a site's certificate, without host
+/// names): for TLS servers other than the L7 listeners (the admin API).
+///
+/// # Errors
+/// When a file cannot be read or parsed, or the key is not the
+/// certificate's.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, CertError> {
+    let provider = rustls::crypto::ring::default_provider();
+    let (cert_pem, _) = read(cert)?;
+    let (key_pem, _) = read(key)?;
+    parse_pair(&provider, cert, &cert_pem, key, &key_pem)
+}
+
 fn pem_error(path: &Path, e: &pem::Error) -> CertError {
     let reason = match e {
         pem::Error::MissingSectionEnd { .. } => {

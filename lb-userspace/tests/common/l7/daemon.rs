@@ -28,6 +28,11 @@ impl Lbd {
     /// Starts `lbd --config config` in the namespace at `ns`, its output
     /// going to `log`.
     pub fn start(ns: &Path, config: &Path, log: PathBuf) -> Lbd {
+        Lbd::start_with_env(ns, config, log, &[])
+    }
+
+    /// [`Lbd::start`] with extra environment variables (test hooks).
+    pub fn start_with_env(ns: &Path, config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Lbd {
         let file = std::fs::File::create(&log).expect("lbd log file");
         let mut cmd = Command::new("nsenter");
         // SAFETY: only the async-signal-safe prctl(2) runs between fork and
@@ -48,6 +53,7 @@ impl Lbd {
             .arg("--config")
             .arg(config)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
             .stderr(file)

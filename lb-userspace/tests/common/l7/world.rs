@@ -184,12 +184,18 @@ impl World {
     /// Starts an `lbd` with the world's configuration (a second one takes
     /// over from the first); returns its index for [`World::lbd`].
     pub fn start_lbd(&mut self) -> usize {
+        self.start_lbd_with_env(&[])
+    }
+
+    /// [`World::start_lbd`] with extra environment variables (test hooks).
+    pub fn start_lbd_with_env(&mut self, env: &[(&str, &str)]) -> usize {
         let i = self.lbds.len();
-        self.lbds.push(Lbd::start(
-            &self.topo.lb_path(),
-            &self.dir.join("lb.toml"),
-            self.dir.join(format!("lbd{i}.log")),
-        ));
+        let (ns, config) = (self.topo.lb_path(), self.dir.join("lb.toml"));
+        let log = self.dir.join(format!("lbd{i}.log"));
+        self.lbds.push(match env {
+            [] => Lbd::start(&ns, &config, log),
+            env => Lbd::start_with_env(&ns, &config, log, env),
+        });
         i
     }
 
