@@ -434,6 +434,7 @@ async fn serve_one(config: &config::Config, listen: SocketAddr) -> Result<(), St
         Path::new("lb.toml"),
         &BTreeSet::new(),
         HashMap::new(),
+        false,
     )
     .map_err(|e| format!("L7::start: {e:#}"))?;
     let result = tokio::time::timeout(STEP, get(listen))
