@@ -201,7 +201,13 @@ pub struct Listener {
     /// The address's packet limits, enforced in XDP before `lbd` sees the
     /// packets.
     pub limits: VipLimits,
+    /// Connections open at once from one client (an IPv4 address or an
+    /// IPv6 /64), counted from `accept`; `None`: no limit.
+    pub max_connections_per_source: Option<u32>,
 }
+
+/// Bounds of `listener.max_connections_per_source`.
+pub const MAX_CONNECTIONS_PER_SOURCE_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 
 /// One entry of `listener.identify`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -419,6 +425,7 @@ pub(super) struct RawListener {
     default_tenant: Option<String>,
     redirect_https: Option<bool>,
     limits: Option<super::RawVipLimits>,
+    max_connections_per_source: Option<u32>,
 }
 
 /// The L7 keys of `[[tenant.pool]]`, flattened into `RawPool`.
@@ -937,6 +944,51 @@ impl Ctx<'_> {
         Ok(t)
     }
 
+    /// A listener's `identify`: its default for the protocol, or a list
+    /// without repeats whose methods the address can use.
+    fn listener_identify(
+        &self,
+        tenants: &[Tenant],
+        identify: Option<Vec<Identify>>,
+        address: SocketAddr,
+        protocol: L7Protocol,
+        lpath: &FieldPath,
+    ) -> Result<Vec<Identify>, super::ConfigError> {
+        Ok(match identify {
+            None => default_identify(protocol),
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(self.error(
+                        &lpath.key("identify"),
+                        "identify needs at least one of \"sni\", \"host\", \"path\", \
+                         \"header\", \"jwt\"",
+                    ));
+                }
+                for (i, id) in list.iter().enumerate() {
+                    if list[..i].contains(id) {
+                        return Err(self.error(
+                            &lpath.key("identify").index(i, None),
+                            format!("{id:?} is listed twice"),
+                        ));
+                    }
+                    if *id == Identify::Sni && protocol == L7Protocol::Http {
+                        return Err(self.error(
+                            &lpath.key("identify").index(i, None),
+                            "\"sni\" needs TLS; this is a plain HTTP listener",
+                        ));
+                    }
+                    self.identify_credentials(
+                        tenants,
+                        address,
+                        *id,
+                        &lpath.key("identify").index(i, None),
+                    )?;
+                }
+                list
+            }
+        })
+    }
+
     /// `"header"` and `"jwt"` identification trust only authenticated
     /// requests: some tenant on the address must have the credentials.
     fn identify_credentials(
@@ -1003,39 +1055,8 @@ impl Ctx<'_> {
                     format!("a [[listener]] for {address} is already defined"),
                 ));
             }
-            let identify = match r.identify {
-                None => default_identify(protocol),
-                Some(list) => {
-                    if list.is_empty() {
-                        return Err(self.error(
-                            &lpath.key("identify"),
-                            "identify needs at least one of \"sni\", \"host\", \"path\", \
-                             \"header\", \"jwt\"",
-                        ));
-                    }
-                    for (i, id) in list.iter().enumerate() {
-                        if list[..i].contains(id) {
-                            return Err(self.error(
-                                &lpath.key("identify").index(i, None),
-                                format!("{id:?} is listed twice"),
-                            ));
-                        }
-                        if *id == Identify::Sni && protocol == L7Protocol::Http {
-                            return Err(self.error(
-                                &lpath.key("identify").index(i, None),
-                                "\"sni\" needs TLS; this is a plain HTTP listener",
-                            ));
-                        }
-                        self.identify_credentials(
-                            tenants,
-                            address,
-                            *id,
-                            &lpath.key("identify").index(i, None),
-                        )?;
-                    }
-                    list
-                }
-            };
+            let identify =
+                self.listener_identify(tenants, r.identify, address, protocol, &lpath)?;
             if let Some(t) = &r.default_tenant {
                 let on_address = tenants
                     .iter()
@@ -1055,6 +1076,16 @@ impl Ctx<'_> {
                 ));
             }
             let limits = self.vip_limits(r.limits, &lpath.key("limits"))?;
+            let max_connections_per_source = match r.max_connections_per_source {
+                None => None,
+                Some(n) => Some(self.count_in(
+                    &lpath.key("max_connections_per_source"),
+                    "max_connections_per_source",
+                    n,
+                    &MAX_CONNECTIONS_PER_SOURCE_RANGE,
+                    "",
+                )?),
+            };
             out.insert(
                 address,
                 Listener {
@@ -1063,6 +1094,7 @@ impl Ctx<'_> {
                     default_tenant: r.default_tenant,
                     redirect_https,
                     limits,
+                    max_connections_per_source,
                 },
             );
         }
@@ -1073,6 +1105,7 @@ impl Ctx<'_> {
                 default_tenant: None,
                 redirect_https: false,
                 limits: VipLimits::default(),
+                max_connections_per_source: None,
             });
         }
         Ok(out.into_values().collect())

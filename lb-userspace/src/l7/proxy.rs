@@ -186,6 +186,14 @@ pub enum ConnSlot {
 }
 
 impl ConnSlot {
+    /// The tenant the connection counts against.
+    #[must_use]
+    pub fn tenant(&self) -> &str {
+        match self {
+            Self::Held { tenant, .. } | Self::Refused { tenant } => tenant,
+        }
+    }
+
     /// Counts a connection of `tenant`.
     #[must_use]
     pub fn take(policy: &Policy, tenant: &str) -> Self {
@@ -872,7 +880,18 @@ fn check_policy<B>(
     let slot = conn
         .slot
         .get_or_init(|| ConnSlot::take(policy, &site.tenant));
-    let over_connections = matches!(slot, ConnSlot::Refused { tenant } if *tenant == site.tenant);
+    // A connection counts against the first tenant it serves; a request of
+    // another tenant on it (plain HTTP keep-alive) is sent to a connection
+    // of its own, so every connection is in exactly one tenant's count.
+    if slot.tenant() != site.tenant {
+        entry.decision = Rejection::Misdirected.code();
+        return Err(Box::new(Refused::with(
+            Rejection::Misdirected,
+            Some(site.tenant.clone()),
+            Some(Arc::clone(&site.stats)),
+        )));
+    }
+    let over_connections = matches!(slot, ConnSlot::Refused { .. });
     let checked = if over_connections {
         Err(policy::Refusal::connection_limit())
     } else {

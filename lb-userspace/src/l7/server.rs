@@ -48,6 +48,7 @@ use crate::{
 
 use super::{
     access_log::{self, AccessLogger, Entry},
+    caps::{SourceGuard, Sources},
     passthrough::{self, HelloError},
     policy::Policy,
     proxy::{ConnInfo, ConnSlot, Proxy, now_ms},
@@ -97,6 +98,8 @@ struct Running {
 #[derive(Debug)]
 pub struct Connections {
     open: AtomicUsize,
+    /// `node.max_connections`.
+    max: AtomicUsize,
     closed: Notify,
     /// Every connection's drain signal: set once to ask all of them to
     /// finish their current request and close.
@@ -156,6 +159,7 @@ impl L7 {
             listeners: HashMap::new(),
             connections: Arc::new(Connections {
                 open: AtomicUsize::new(0),
+                max: AtomicUsize::new(usize::MAX),
                 closed: Notify::new(),
                 drain: watch::channel(false).0,
             }),
@@ -199,6 +203,10 @@ impl L7 {
         down: &BTreeSet<BackendKey>,
         inherited: &mut HashMap<SocketAddr, OwnedFd>,
     ) -> anyhow::Result<()> {
+        self.connections.max.store(
+            usize::try_from(config.node.max_connections).unwrap_or(usize::MAX),
+            Relaxed,
+        );
         if config.node.access_log != self.access_log {
             match AccessLogger::start(&config.node.access_log) {
                 Ok(log) => {
@@ -264,6 +272,7 @@ impl L7 {
                             connections: Arc::clone(&self.connections),
                             stats: Arc::clone(&stats),
                             tls: Arc::clone(&tls),
+                            sources: Arc::new(Sources::default()),
                         },
                     ));
                     info!(%addr, "L7 listener accepting");
@@ -393,6 +402,9 @@ impl L7 {
                 connections: s.connections.load(Relaxed),
                 tls_handshake_failures: s.tls_handshake_failures.load(Relaxed),
                 bad_client_hellos: s.bad_client_hellos.load(Relaxed),
+                refused_connections: s.refused_connections.load(Relaxed),
+                deadline_closes: s.deadline_closes.load(Relaxed),
+                open_connections: self.connections.open.load(Relaxed) as u64,
             });
         }
         stats.access_log_lost = self.access_log_lost();
@@ -452,6 +464,65 @@ struct Shared {
     connections: Arc<Connections>,
     stats: Arc<ListenerStats>,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    /// Open connections per source, for `max_connections_per_source`.
+    sources: Arc<Sources>,
+}
+
+/// A connection's places in the caps counted from `accept`, held until it
+/// (and any tunnel made of it) is gone.
+struct Open {
+    _node: ConnectionGuard,
+    _source: Option<SourceGuard>,
+}
+
+impl Shared {
+    /// The connection's places under `node.max_connections` and the
+    /// listener's `max_connections_per_source`, or `None` (counted and
+    /// logged) when it is over either.
+    fn admit(&self, listen: SocketAddr, client: SocketAddr) -> Option<Open> {
+        let node = ConnectionGuard::new(&self.connections);
+        let max = self.connections.max.load(Relaxed);
+        let over = if node.0.open.load(Relaxed) > max {
+            Some("node.max_connections")
+        } else {
+            None
+        };
+        let per_source = self
+            .proxy
+            .routing
+            .load()
+            .listeners
+            .get(&listen)
+            .and_then(|l| l.listener.max_connections_per_source);
+        let source = match (over, per_source) {
+            (None, Some(limit)) => match self.sources.take(client.ip(), limit) {
+                Some(g) => Some(g),
+                None => {
+                    return self.refuse(client, listen, "listener.max_connections_per_source");
+                }
+            },
+            (None, None) => None,
+            (Some(rule), _) => return self.refuse(client, listen, rule),
+        };
+        Some(Open {
+            _node: node,
+            _source: source,
+        })
+    }
+
+    fn refuse(&self, client: SocketAddr, listen: SocketAddr, rule: &'static str) -> Option<Open> {
+        self.stats.refused_connections.fetch_add(1, Relaxed);
+        debug!(%client, %listen, rule, "connection over a cap closed at accept");
+        self.proxy.log.load().log(&Entry {
+            time: access_log::now(),
+            client: Some(client),
+            listener: Some(listen),
+            decision: "connection_limit",
+            rule: Some(rule.to_owned()),
+            ..Entry::default()
+        });
+        None
+    }
 }
 
 async fn accept_loop(
@@ -473,10 +544,11 @@ async fn accept_loop(
             accepted = socket.accept() => match accepted {
                 Ok((stream, client)) => {
                     shared.stats.connections.fetch_add(1, Relaxed);
+                    // Over a cap: closed at once (the stream drops here).
+                    let Some(open) = shared.admit(addr, client) else { continue };
                     let _ = stream.set_nodelay(true);
-                    let guard = ConnectionGuard::new(&shared.connections);
                     let shared = shared.clone();
-                    tokio::spawn(connection(stream, client, addr, shared, guard));
+                    tokio::spawn(connection(stream, client, addr, shared, open));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -495,7 +567,7 @@ async fn connection(
     client: SocketAddr,
     listen: SocketAddr,
     shared: Shared,
-    open: ConnectionGuard,
+    open: Open,
 ) {
     let routing = shared.proxy.routing.load_full();
     let Some(listener) = routing.listeners.get(&listen).cloned() else {
