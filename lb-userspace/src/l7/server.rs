@@ -578,7 +578,7 @@ async fn connection(
         // The tenant (and its connection count) comes with the first
         // request.
         let info = ConnInfo::new(client, listen, None, false).holding(open);
-        serve_http(stream, info, &listener, &shared).await;
+        serve_http(stream, info, false, &listener, &shared).await;
         return;
     }
 
@@ -646,7 +646,9 @@ async fn connection(
         let _ = info.slot.set(slot);
     }
     let _active = tenant_stats.map(ActiveConnection::new);
-    serve_http(tls, info, &listener, &shared).await;
+    // An h2 session has no request heads to time, from its start.
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_http(tls, info, h2, &listener, &shared).await;
 }
 
 /// Serves HTTP/1.1 and h2 on `io` until the client closes, the connection
@@ -665,7 +667,7 @@ async fn connection(
 ///   connection then closes; an h2 stream is reset when next polled, and
 ///   the connection closes too when nothing at all reached the client for
 ///   that long.
-async fn serve_http<S>(io: S, info: ConnInfo, listener: &ListenerRouting, shared: &Shared)
+async fn serve_http<S>(io: S, info: ConnInfo, h2: bool, listener: &ListenerRouting, shared: &Shared)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -680,6 +682,7 @@ where
     };
     let max_header = listener.max_header_bytes;
     let requests = Arc::new(Requests::new());
+    requests.h2.store(h2, Relaxed);
     let io = Activity {
         inner: io,
         requests: Arc::clone(&requests),
