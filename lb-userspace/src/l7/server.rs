@@ -578,7 +578,8 @@ async fn connection(
         // The tenant (and its connection count) comes with the first
         // request.
         let info = ConnInfo::new(client, listen, None, false).holding(open);
-        serve_http(stream, info, false, &listener, &shared).await;
+        let deadlines = Deadlines::of_listener(&listener);
+        serve_http(stream, info, false, deadlines, &listener, &shared).await;
         return;
     }
 
@@ -648,7 +649,12 @@ async fn connection(
     let _active = tenant_stats.map(ActiveConnection::new);
     // An h2 session has no request heads to time, from its start.
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_http(tls, info, h2, &listener, &shared).await;
+    // The SNI's tenant owns the session: its site's timeouts apply.
+    let deadlines = site.map_or_else(
+        || Deadlines::of_listener(&listener),
+        |id| Deadlines::of_site(&listener.sites[id].config.timeouts),
+    );
+    serve_http(tls, info, h2, deadlines, &listener, &shared).await;
 }
 
 /// Serves HTTP/1.1 and h2 on `io` until the client closes, the connection
@@ -667,18 +673,19 @@ async fn connection(
 ///   connection then closes; an h2 stream is reset when next polled, and
 ///   the connection closes too when nothing at all reached the client for
 ///   that long.
-async fn serve_http<S>(io: S, info: ConnInfo, h2: bool, listener: &ListenerRouting, shared: &Shared)
-where
+async fn serve_http<S>(
+    io: S,
+    info: ConnInfo,
+    h2: bool,
+    timeouts: Deadlines,
+    listener: &ListenerRouting,
+    shared: &Shared,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     use hyper_util::{
         rt::{TokioExecutor, TokioIo, TokioTimer},
         server::conn::auto,
-    };
-    let timeouts = Deadlines {
-        header: listener.header_timeout,
-        idle: listener.idle_timeout,
-        send: listener.send_timeout,
     };
     let max_header = listener.max_header_bytes;
     let requests = Arc::new(Requests::new());
@@ -805,6 +812,24 @@ enum Due {
 }
 
 impl Deadlines {
+    /// Before the tenant is known: the longest of the listener's sites.
+    fn of_listener(l: &ListenerRouting) -> Self {
+        Self {
+            header: l.header_timeout,
+            idle: l.idle_timeout,
+            send: l.send_timeout,
+        }
+    }
+
+    /// A site's own.
+    fn of_site(t: &crate::config::Timeouts) -> Self {
+        Self {
+            header: t.header,
+            idle: t.idle,
+            send: t.send,
+        }
+    }
+
     fn check(&self, r: &Requests, info: &ConnInfo, busy: bool) -> Due {
         let now = now_ms();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);

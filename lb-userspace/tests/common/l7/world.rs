@@ -84,6 +84,12 @@ pub struct World {
 impl World {
     /// Builds everything and waits until `lbd` serves every tenant.
     pub fn start() -> World {
+        World::start_with(|config| config)
+    }
+
+    /// [`World::start`] with `edit` applied to the generated `lb.toml`
+    /// text first (extra keys, a `[[listener]]`, other timeouts).
+    pub fn start_with(edit: impl FnOnce(String) -> String) -> World {
         let topo = Topology::create(
             &TopologySpec::new()
                 .with_clients(1)
@@ -165,7 +171,7 @@ impl World {
             ),
         );
 
-        std::fs::write(dir.join("lb.toml"), config(&topo, &dir, &pins.0)).expect("lb.toml");
+        std::fs::write(dir.join("lb.toml"), edit(config(&topo, &dir, &pins.0))).expect("lb.toml");
         let mut world = World {
             lbds: Vec::new(),
             backends,
