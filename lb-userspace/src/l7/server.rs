@@ -579,7 +579,16 @@ async fn connection(
         // request.
         let info = ConnInfo::new(client, listen, None, false).holding(open);
         let deadlines = Deadlines::of_listener(&listener);
-        serve_http(stream, info, false, deadlines, &listener, &shared).await;
+        let fd = stream.as_raw_fd();
+        serve_http(
+            stream,
+            info,
+            (false, Some(fd)),
+            deadlines,
+            &listener,
+            &shared,
+        )
+        .await;
         return;
     }
 
@@ -654,7 +663,8 @@ async fn connection(
         || Deadlines::of_listener(&listener),
         |id| Deadlines::of_site(&listener.sites[id].config.timeouts),
     );
-    serve_http(tls, info, h2, deadlines, &listener, &shared).await;
+    let fd = tls.get_ref().0.inner.as_raw_fd();
+    serve_http(tls, info, (h2, Some(fd)), deadlines, &listener, &shared).await;
 }
 
 /// Serves HTTP/1.1 and h2 on `io` until the client closes, the connection
@@ -676,7 +686,7 @@ async fn connection(
 async fn serve_http<S>(
     io: S,
     info: ConnInfo,
-    h2: bool,
+    (h2, fd): (bool, Option<RawFd>),
     timeouts: Deadlines,
     listener: &ListenerRouting,
     shared: &Shared,
@@ -688,7 +698,7 @@ async fn serve_http<S>(
         server::conn::auto,
     };
     let max_header = listener.max_header_bytes;
-    let requests = Arc::new(Requests::new());
+    let requests = Arc::new(Requests::new(fd));
     requests.h2.store(h2, Relaxed);
     let io = Activity {
         inner: io,
@@ -733,6 +743,9 @@ async fn serve_http<S>(
         closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
     }
     let mut shut = false;
+    // When the connection was asked to close: it then has the send timeout
+    // to flush and go (a client that stopped reading would hold it open).
+    let mut shut_at: Option<u64> = None;
     let mut clock = pin!(tokio::time::sleep(Duration::ZERO));
     let mut drain_tick = tokio::time::interval(DRAIN_CHECK);
     loop {
@@ -748,9 +761,12 @@ async fn serve_http<S>(
                     closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
                 }
             }
-            () = clock.as_mut(), if !shut => {
+            () = clock.as_mut() => {
                 let busy = requests.inflight.load(Relaxed) > 0 || conn_info.responses_open() > 0;
-                match timeouts.check(&requests, &conn_info, busy) {
+                if shut && !busy {
+                    shut_at.get_or_insert_with(now_ms);
+                }
+                match timeouts.check(&requests, &conn_info, busy, shut_at) {
                     Due::Nothing(next) => {
                         clock.as_mut().reset(later(tokio::time::Instant::now(), next));
                     }
@@ -758,6 +774,7 @@ async fn serve_http<S>(
                         shut = true;
                         closing.get_or_insert((requests.started.load(Relaxed), tokio::time::Instant::now()));
                         conn.as_mut().graceful_shutdown();
+                        clock.as_mut().reset(later(tokio::time::Instant::now(), CLOCK_MIN));
                     }
                     Due::Close(why) => {
                         debug!(%client, why, "connection closed");
@@ -783,6 +800,34 @@ async fn serve_http<S>(
             }
         }
     }
+}
+
+/// The client socket's send side, from the kernel: bytes still held for
+/// the client (written, not acknowledged: `SIOCOUTQ`), and every byte it
+/// acknowledged so far (`TCP_INFO`). A client that stopped reading leaves
+/// the first non-zero and the second still, however small the response.
+fn send_queue(fd: RawFd) -> Option<(u64, u64)> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `fd` is a TCP socket the caller keeps open for this call;
+    // SIOCOUTQ writes one c_int through the pointer, which is valid.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &raw mut queued) } != 0 {
+        return None;
+    }
+    // SAFETY: an all-zero tcp_info is a valid value of the plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).ok()?;
+    // SAFETY: `info` and `len` are valid for writes of `len` bytes; the
+    // kernel writes at most that many (older kernels fewer, leaving zeros).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0).then(|| (u64::try_from(queued).unwrap_or(0), info.tcpi_bytes_acked))
 }
 
 /// `at + after`, or decades from `at` when that is not representable (no
@@ -830,12 +875,23 @@ impl Deadlines {
         }
     }
 
-    fn check(&self, r: &Requests, info: &ConnInfo, busy: bool) -> Due {
+    fn check(&self, r: &Requests, info: &ConnInfo, busy: bool, shut_at: Option<u64>) -> Due {
         let now = now_ms();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let left = |since: u64, limit: Duration| {
             Duration::from_millis(since.saturating_add(ms(limit)).saturating_sub(now))
         };
+        if r.kernel_queue_stalled(now, ms(self.send)) {
+            return Due::Close("send_timeout");
+        }
+        if let (Some(at), false) = (shut_at, busy) {
+            // Asked to close, nothing under way: it has the send timeout.
+            let remaining = left(at, self.send);
+            if remaining.is_zero() {
+                return Due::Close("close_timeout");
+            }
+            return Due::Nothing(remaining.min(STALL_CHECK).max(CLOCK_MIN));
+        }
         if busy {
             // Activity: the idle time starts again when this ends.
             r.last_change_ms.store(now, Relaxed);
@@ -861,6 +917,9 @@ impl Deadlines {
         let remaining = left(r.last_change_ms.load(Relaxed), self.idle);
         if remaining.is_zero() {
             Due::Idle
+        } else if r.unacked.fd.is_some() {
+            // Watch the kernel's queue while idle too.
+            Due::Nothing(remaining.min(STALL_CHECK).max(CLOCK_MIN))
         } else {
             Due::Nothing(remaining.max(CLOCK_MIN))
         }
@@ -882,10 +941,50 @@ struct Requests {
     last_write_ms: AtomicU64,
     /// The connection speaks h2 (no request heads to time).
     h2: AtomicBool,
+    /// The client's socket's send queue, watched for a client that stopped
+    /// reading.
+    unacked: Unacked,
+}
+
+/// What [`send_queue`] last said, and since when the client has
+/// acknowledged nothing while bytes waited for it.
+#[derive(Debug, Default)]
+struct Unacked {
+    fd: Option<RawFd>,
+    /// Bytes the client had acknowledged at the last look.
+    acked: AtomicU64,
+    /// Since when bytes have waited with no new acknowledgement (0: none
+    /// waiting, or the client is taking them).
+    stuck_since_ms: AtomicU64,
 }
 
 impl Requests {
-    fn new() -> Self {
+    /// Whether bytes have waited in the kernel for `send_ms` while the
+    /// client acknowledged none.
+    fn kernel_queue_stalled(&self, now: u64, send_ms: u64) -> bool {
+        let Some(fd) = self.unacked.fd else {
+            return false;
+        };
+        let Some((queued, acked)) = send_queue(fd) else {
+            return false;
+        };
+        let u = &self.unacked;
+        let before = u.acked.swap(acked, Relaxed);
+        if queued == 0 || acked > before {
+            u.stuck_since_ms.store(0, Relaxed);
+            return false;
+        }
+        let since = u.stuck_since_ms.load(Relaxed);
+        if since == 0 {
+            u.stuck_since_ms.store(now, Relaxed);
+            return false;
+        }
+        now.saturating_sub(since) >= send_ms
+    }
+}
+
+impl Requests {
+    fn new(fd: Option<RawFd>) -> Self {
         let now = now_ms();
         Self {
             started: AtomicU64::new(0),
@@ -895,6 +994,10 @@ impl Requests {
             head_since_ms: AtomicU64::new(now),
             last_write_ms: AtomicU64::new(now),
             h2: AtomicBool::new(false),
+            unacked: Unacked {
+                fd,
+                ..Unacked::default()
+            },
         }
     }
 }

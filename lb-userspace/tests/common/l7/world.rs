@@ -229,6 +229,15 @@ impl World {
         }
     }
 
+    /// The client namespace (for `nsenter --net=`).
+    #[allow(
+        dead_code,
+        reason = "for the tests that run tools in the client namespace; the others leave it"
+    )]
+    pub fn client_netns(&self) -> PathBuf {
+        self.topo.client_path(0)
+    }
+
     /// Runs `f` to completion on a new thread inside the client namespace
     /// (a single-threaded runtime, so every socket is the client's).
     pub fn client<T, F, Fut>(&self, f: F) -> T
