@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! client c1 (10.77.0.10) --> LB namespace: lbd on 10.77.100.50:443 (on lo)
-//!   alpha  alpha.example, api.alpha.example, *.alpha.example
+//!   alpha  alpha.example, api.alpha.example, *.alpha.example (hsts)
 //!          pool web = a1, a2 (round robin, no health checks)
 //!          pool api = a3: Host api.alpha.example, /v2 (stripped), X-Canary: 1
 //!   beta   beta.example: pool web = b1, b2 (HTTP health checks)
@@ -42,6 +42,9 @@ use super::{
 pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(vip_v4(50)), 443);
 /// The plain-HTTP address on the same IP, which redirects to HTTPS.
 pub const PLAIN: SocketAddr = SocketAddr::new(IpAddr::V4(vip_v4(50)), 80);
+/// alpha's `hsts`: its `Strict-Transport-Security` (beta and gamma have
+/// none).
+pub const ALPHA_HSTS: &str = "max-age=31536000; includeSubDomains";
 /// Work directories are `<tmp>/<WORK_PREFIX><topology prefix>`.
 const WORK_PREFIX: &str = "lb-l7-";
 /// The port of the plain HTTP backends.
@@ -435,6 +438,7 @@ routes = [
 ]
 retries = 2
 timeouts = {{ connect = "1s", header = "5s", idle = "30s", request = "10s" }}
+hsts = "{ALPHA_HSTS}"
 
 [[tenant.l7]]
 listen = "{PLAIN}"
