@@ -293,6 +293,20 @@ impl World {
         IpAddr::V4(self.topo.client_addr_v4(0))
     }
 
+    /// The client's namespace, `/run/netns/NAME`, to run a command in with
+    /// `nsenter --net=...`.
+    #[allow(dead_code, reason = "only tests/tls_scan.rs runs a command there")]
+    pub fn client_netns(&self) -> PathBuf {
+        self.topo.client_path(0)
+    }
+
+    /// alpha's CA certificate as PEM, for tools that read trust anchors
+    /// from a file.
+    #[allow(dead_code, reason = "only tests/tls_scan.rs needs it as a file")]
+    pub fn alpha_ca_pem(&self) -> String {
+        self.alpha_ca.pem()
+    }
+
     /// A backend's fabric address.
     pub fn backend_addr(&self, name: &str, port: u16) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(self.topo.backend(name).v4), port)
