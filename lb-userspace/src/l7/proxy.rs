@@ -433,21 +433,30 @@ struct Forwarded {
 }
 
 impl Proxy {
-    /// Serves one request of a connection.
+    /// Serves one request of a connection. Every answer of an identified
+    /// site, the backend's or the proxy's own, carries the site's `hsts`.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
     ) -> Response<Tracked> {
-        let resp = self.respond(req, Arc::clone(&conn)).await;
+        let mut hsts = None;
+        let mut resp = self.respond(req, Arc::clone(&conn), &mut hsts).await;
+        headers::set_hsts(resp.headers_mut(), hsts);
         conn.watch(&resp.body().sending);
         resp
     }
 
+    /// [`Proxy::handle`]; `hsts` gets the identified site's.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one request from identification to the answer, read top to bottom"
+    )]
     async fn respond(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         conn: Arc<ConnInfo>,
+        hsts: &mut Option<HeaderValue>,
     ) -> Response<Tracked> {
         let start = Instant::now();
         let routing = self.routing.load_full();
@@ -472,7 +481,15 @@ impl Proxy {
                 );
             }
         };
-        let admitted = admit(&routing, &self.policy, &conn, &req, &target, &mut entry);
+        let admitted = admit(
+            &routing,
+            &self.policy,
+            &conn,
+            &req,
+            &target,
+            &mut entry,
+            hsts,
+        );
         let mut admitted = match admitted {
             Ok(a) => a,
             Err(refused) => return self.refused(*refused, entry, &request_id, start),
@@ -740,7 +757,8 @@ fn same_authority(a: &str, b: &str, https: bool) -> bool {
 }
 
 /// Identification and every check before the request may go to a
-/// backend: the tenant, its policy, the route and the pool.
+/// backend: the tenant, its policy, the route and the pool. `hsts` gets
+/// the identified site's, whether the request is admitted or not.
 fn admit<B: Body>(
     routing: &Routing,
     policy: &Policy,
@@ -748,6 +766,7 @@ fn admit<B: Body>(
     req: &Request<B>,
     target: &Target,
     entry: &mut Entry,
+    hsts: &mut Option<HeaderValue>,
 ) -> Result<Admitted, Box<Refused>> {
     let host = target.host.as_deref();
     let path_and_query = target.path_and_query.as_str();
@@ -776,7 +795,10 @@ fn admit<B: Body>(
     let identified = listener.identify(&facts).map_err(|refusal| {
         let (rejection, tenant) = match refusal {
             Refusal::Misdirected { identified, .. } => (Rejection::Misdirected, Some(identified)),
-            Refusal::TenantMismatch { identified, .. } => {
+            Refusal::TenantMismatch {
+                identified, site, ..
+            } => {
+                hsts.clone_from(&listener.sites[site].hsts);
                 (Rejection::TenantMismatch, Some(identified))
             }
             Refusal::UnknownHost => (Rejection::UnknownHost, None),
@@ -787,6 +809,7 @@ fn admit<B: Body>(
         Box::new(Refused::with(rejection, tenant, stats))
     })?;
     let site = &listener.sites[identified.site];
+    hsts.clone_from(&site.hsts);
     let refuse = |r: Rejection| {
         Box::new(Refused::with(
             r,

@@ -28,7 +28,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method};
 
 use crate::{
     config::{self, Config, HashOn, Identify, L7Protocol, L7Site, Listener, PoolL7},
@@ -52,6 +52,9 @@ pub struct Site {
     pub stats: Arc<TenantStats>,
     /// The tenant's `auth.jwt.tenant_claim`, when it accepts JWTs.
     pub jwt_claim: Option<String>,
+    /// The site's `hsts` as the `Strict-Transport-Security` value of its
+    /// responses (`https` sites only; validated with the configuration).
+    pub hsts: Option<HeaderValue>,
 }
 
 /// Everything about one listen address.
@@ -114,8 +117,13 @@ pub struct Routing {
 pub enum Refusal {
     /// SNI, Host or path name two different tenants: 421.
     Misdirected { identified: String, other: String },
-    /// `X-Tenant-ID` names another tenant than the one identified: 403.
-    TenantMismatch { identified: String, claimed: String },
+    /// `X-Tenant-ID` names another tenant than the one identified: 403,
+    /// an answer of the identified tenant's `site`.
+    TenantMismatch {
+        identified: String,
+        site: SiteId,
+        claimed: String,
+    },
     /// Nothing names a tenant and the listener has no default: 404.
     UnknownHost,
 }
@@ -199,6 +207,7 @@ impl ListenerRouting {
                     return Err(match method {
                         Identify::Header | Identify::Jwt => Refusal::TenantMismatch {
                             identified,
+                            site: first.site,
                             claimed: other,
                         },
                         Identify::Sni | Identify::Host | Identify::Path => {
@@ -220,6 +229,7 @@ impl ListenerRouting {
             if claimed.as_bytes() != tenant.as_bytes() {
                 return Err(Refusal::TenantMismatch {
                     identified: tenant.clone(),
+                    site: identified.site,
                     claimed: String::from_utf8_lossy(claimed.as_bytes()).into_owned(),
                 });
             }
@@ -407,6 +417,10 @@ impl ListenerRouting {
                         .get(&t.name)
                         .map_or_else(|| Arc::new(TenantStats::default()), Arc::clone),
                     jwt_claim: t.auth.jwt.as_ref().map(|j| j.tenant_claim.clone()),
+                    hsts: s
+                        .hsts
+                        .as_deref()
+                        .and_then(|v| HeaderValue::from_str(v).ok()),
                 });
             }
         }
@@ -852,6 +866,7 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             l.identify(&facts(Some("acme.example"), None, "/", &h)),
             Err(Refusal::TenantMismatch {
                 identified: "acme".into(),
+                site: 0,
                 claimed: "globex".into()
             })
         );
@@ -891,6 +906,7 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             who(Some("acme.example"), &x_tenant("globex")),
             Err(Refusal::TenantMismatch {
                 identified: "acme".into(),
+                site: 0,
                 claimed: "globex".into()
             })
         );
