@@ -45,7 +45,9 @@ use super::{
     access_log::{self, AccessLogger, Entry},
     headers::{self, Forwarding},
     path,
-    policy::{self, Ask, ConnectionGuard, InflightGuard, Policy, Proof, bucket::Quota},
+    policy::{
+        self, Ask, ConnectionGuard, InflightGuard, Policy, Proof, auth::Credentials, bucket::Quota,
+    },
     routing::{self, Identified, ListenerRouting, PoolRouting, Refusal, RequestFacts, Routing},
     stats::TenantStats,
     tunnel,
@@ -238,7 +240,8 @@ pub enum Rejection {
     /// Never counted against the backend.
     RequestBodyTimeout,
     /// A request the proxy will not read as it stands (duplicate or
-    /// disagreeing hosts, a malformed path): 400, with this code.
+    /// disagreeing hosts, duplicate credential headers, a malformed path):
+    /// 400, with this code.
     Malformed(&'static str),
 }
 
@@ -694,13 +697,18 @@ struct Target {
 /// The request's target, or 400 when its parts disagree: the URI's
 /// authority (HTTP/1.1 absolute form, h2's `:authority`) and the Host
 /// header must name the same host and port, a request has at most one
-/// Host, and its path must normalise. Identification, routes and the
-/// backend then all see this one host and path.
+/// Host (and at most one `X-API-Key` and one `Authorization`: which of two
+/// would count is not for a client to play with), and its path must
+/// normalise. Identification, routes and the backend then all see this one
+/// host and path.
 fn request_target<B>(req: &Request<B>, https: bool) -> Result<Target, Rejection> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
         return Err(Rejection::Malformed("duplicate_host"));
+    }
+    if policy::auth::duplicated(req.headers()) {
+        return Err(Rejection::Malformed("duplicate_credentials"));
     }
     let authority = match (req.uri().authority(), host_header) {
         (Some(uri), Some(h)) => {
@@ -785,12 +793,14 @@ fn admit<B: Body>(
     let path = path_and_query
         .split_once('?')
         .map_or(path_and_query, |(p, _)| p);
+    let credentials = Credentials::of(req.headers());
     let facts = RequestFacts {
         sni: conn.sni.as_deref(),
         host,
         path,
         method: req.method(),
         headers: req.headers(),
+        jwt: credentials.jwt.as_ref(),
     };
     let identified = listener.identify(&facts).map_err(|refusal| {
         let (rejection, tenant) = match refusal {
@@ -826,7 +836,7 @@ fn admit<B: Body>(
         path: &path,
         ..facts
     };
-    let admission = check_policy(policy, conn, req, identified, site, entry)?;
+    let admission = check_policy(policy, conn, req, &credentials, identified, site, entry)?;
     if head_size(req) > site.config.max_header_bytes {
         return Err(refuse(Rejection::HeadersTooLarge));
     }
@@ -896,6 +906,7 @@ fn check_policy<B>(
     policy: &Policy,
     conn: &ConnInfo,
     req: &Request<B>,
+    credentials: &Credentials<'_>,
     identified: Identified,
     site: &routing::Site,
     entry: &mut Entry,
@@ -922,7 +933,7 @@ fn check_policy<B>(
             &site.tenant,
             &Ask {
                 client: conn.client.ip(),
-                headers: req.headers(),
+                credentials,
                 proof: Proof::of(identified.by),
             },
         )
@@ -1399,5 +1410,55 @@ impl Drop for Tracked {
         if let Some(s) = self.state().as_mut() {
             s.finish(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `request_target`'s refusal of a request with `headers`, if any.
+    fn refusal(headers: &[(&str, &str)]) -> Option<&'static str> {
+        let mut b = Request::get("/");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(()).expect("request");
+        match request_target(&req, false) {
+            Ok(_) => None,
+            Err(Rejection::Malformed(code)) => Some(code),
+            Err(other) => panic!("{headers:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_host_and_one_of_each_credential_header() {
+        let host = ("host", "acme.example");
+        assert_eq!(
+            refusal(&[host, ("x-api-key", "k"), ("authorization", "Bearer t")]),
+            None
+        );
+        assert_eq!(refusal(&[host, host]), Some("duplicate_host"));
+        for twice in [
+            [("x-api-key", "junk"), ("x-api-key", "key")],
+            [
+                ("authorization", "Bearer junk"),
+                ("authorization", "Bearer key"),
+            ],
+            [
+                ("authorization", "Basic eA=="),
+                ("Authorization", "Bearer key"),
+            ],
+        ] {
+            assert_eq!(
+                refusal(&[host, twice[0], twice[1]]),
+                Some("duplicate_credentials"),
+                "{twice:?}"
+            );
+        }
+        assert_eq!(
+            Rejection::Malformed("duplicate_credentials").status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

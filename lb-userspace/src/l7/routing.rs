@@ -37,6 +37,7 @@ use crate::{
 
 use super::{
     backend_client::{UpstreamClient, client_for},
+    policy::auth::UnverifiedJwt,
     stats::TenantStats,
     upstream::{self, PoolBalancer, UpstreamSpec},
 };
@@ -146,6 +147,8 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
+    /// The bearer JWT, if any (decoded once for the whole request).
+    pub jwt: Option<&'a UnverifiedJwt<'a>>,
 }
 
 impl ListenerRouting {
@@ -191,7 +194,7 @@ impl ListenerRouting {
                     .get(super::headers::X_TENANT_ID)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|t| self.tenant_sites.get(t).copied()),
-                Identify::Jwt => self.site_for_jwt(req.headers),
+                Identify::Jwt => req.jwt.and_then(|jwt| self.site_for_jwt(jwt)),
             };
             let Some(site) = site else { continue };
             match found {
@@ -270,14 +273,11 @@ impl ListenerRouting {
 
     /// The site of the tenant a bearer JWT's tenant claim names (unverified:
     /// the policy verifies it with that tenant's keys).
-    fn site_for_jwt(&self, headers: &HeaderMap) -> Option<SiteId> {
-        let token = super::policy::auth::bearer(headers)
-            .filter(|t| super::policy::auth::looks_like_jwt(t))?;
+    fn site_for_jwt(&self, jwt: &UnverifiedJwt<'_>) -> Option<SiteId> {
         self.sites.iter().position(|s| {
-            s.jwt_claim.as_deref().is_some_and(|claim| {
-                super::policy::auth::unverified_claim(token, claim).as_deref()
-                    == Some(s.tenant.as_str())
-            })
+            s.jwt_claim
+                .as_deref()
+                .is_some_and(|claim| jwt.claim(claim) == Some(s.tenant.as_str()))
         })
     }
 
@@ -686,6 +686,7 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             path,
             method: &Method::GET,
             headers,
+            jwt: None,
         }
     }
 
@@ -894,7 +895,12 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             h
         };
         let who = |host: Option<&str>, h: &HeaderMap| {
-            l.identify(&facts(None, host, "/", h))
+            let creds = super::super::policy::auth::Credentials::of(h);
+            let facts = RequestFacts {
+                jwt: creds.jwt.as_ref(),
+                ..facts(None, host, "/", h)
+            };
+            l.identify(&facts)
                 .map(|i| (l.sites[i.site].tenant.clone(), i.by))
         };
         // The header names a candidate the policy must then see proven.
