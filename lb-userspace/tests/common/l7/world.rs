@@ -232,15 +232,6 @@ impl World {
         }
     }
 
-    /// The client namespace (for `nsenter --net=`).
-    #[allow(
-        dead_code,
-        reason = "for the tests that run tools in the client namespace; the others leave it"
-    )]
-    pub fn client_netns(&self) -> PathBuf {
-        self.topo.client_path(0)
-    }
-
     /// Runs `f` to completion on a new thread inside the client namespace
     /// (a single-threaded runtime, so every socket is the client's).
     pub fn client<T, F, Fut>(&self, f: F) -> T
@@ -304,7 +295,10 @@ impl World {
 
     /// The client's namespace, `/run/netns/NAME`, to run a command in with
     /// `nsenter --net=...`.
-    #[allow(dead_code, reason = "only tests/tls_scan.rs runs a command there")]
+    #[allow(
+        dead_code,
+        reason = "only the tests that run a tool there (tls_scan, slow_clients)"
+    )]
     pub fn client_netns(&self) -> PathBuf {
         self.topo.client_path(0)
     }
