@@ -601,6 +601,10 @@ async fn connection(
         Err(e) => {
             shared.stats.bad_client_hellos.fetch_add(1, Relaxed);
             shared.stats.tls_handshake_failures.fetch_add(1, Relaxed);
+            if matches!(e, HelloError::Timeout) {
+                shared.stats.deadline_closes.fetch_add(1, Relaxed);
+                reset_on_close(stream.as_raw_fd());
+            }
             log_refused(&shared, client, listen, None, &e);
             return;
         }
@@ -631,25 +635,11 @@ async fn connection(
         refuse_connection(&shared, client, listen, sni, tenant, stats);
         return;
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.load_full());
     let replay = Replay::new(first_bytes, stream);
-    let tls = match tokio::time::timeout(header_timeout, acceptor.accept(replay)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            shared.stats.tls_handshake_failures.fetch_add(1, Relaxed);
-            if let Some(s) = &tenant_stats {
-                s.tls_handshake_failures.fetch_add(1, Relaxed);
-            }
-            debug!(%client, %listen, sni = ?sni, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            shared.stats.tls_handshake_failures.fetch_add(1, Relaxed);
-            if let Some(s) = &tenant_stats {
-                s.tls_handshake_failures.fetch_add(1, Relaxed);
-            }
-            return;
-        }
+    let Some(tls) = handshake(replay, header_timeout, &shared, tenant_stats.as_deref()).await
+    else {
+        debug!(%client, %listen, sni = ?sni, "TLS handshake failed or timed out");
+        return;
     };
     let info = ConnInfo::new(client, listen, sni, true).holding(open);
     if let Some(slot) = slot {
@@ -665,6 +655,37 @@ async fn connection(
     );
     let fd = tls.get_ref().0.inner.as_raw_fd();
     serve_http(tls, info, (h2, Some(fd)), deadlines, &listener, &shared).await;
+}
+
+/// The TLS handshake of a terminated connection, within `timeout`; a
+/// failure is counted (for the listener and the SNI's tenant).
+async fn handshake(
+    replay: Replay<TcpStream>,
+    timeout: Duration,
+    shared: &Shared,
+    tenant_stats: Option<&super::stats::TenantStats>,
+) -> Option<tokio_rustls::server::TlsStream<Replay<TcpStream>>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(shared.tls.load_full());
+    let mut accept = acceptor.accept(replay);
+    let result = tokio::time::timeout(timeout, &mut accept).await;
+    if let Ok(Ok(tls)) = result {
+        return Some(tls);
+    }
+    shared.stats.tls_handshake_failures.fetch_add(1, Relaxed);
+    if let Some(s) = tenant_stats {
+        s.tls_handshake_failures.fetch_add(1, Relaxed);
+    }
+    if let Ok(Err(e)) = result {
+        debug!(error = %e, "TLS handshake failed");
+    } else {
+        shared.stats.deadline_closes.fetch_add(1, Relaxed);
+        // Too slow to take the server's handshake (a tiny window, say): a
+        // reset frees the socket, a FIN would wait behind it.
+        if let Some(io) = accept.get_ref() {
+            reset_on_close(io.inner.as_raw_fd());
+        }
+    }
+    None
 }
 
 /// Serves HTTP/1.1 and h2 on `io` until the client closes, the connection
@@ -779,6 +800,12 @@ async fn serve_http<S>(
                     Due::Close(why) => {
                         debug!(%client, why, "connection closed");
                         shared.stats.deadline_closes.fetch_add(1, Relaxed);
+                        // A reset, not a FIN queued behind bytes the client
+                        // is not taking: the kernel would keep the socket
+                        // and its buffers for minutes after we let go.
+                        if let Some(fd) = fd {
+                            reset_on_close(fd);
+                        }
                         break;
                     }
                 }
@@ -799,6 +826,29 @@ async fn serve_http<S>(
                 }
             }
         }
+    }
+}
+
+/// Makes closing `fd` send a reset and drop what is queued (`SO_LINGER`
+/// on, zero seconds).
+fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let Ok(len) = libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()) else {
+        return;
+    };
+    // SAFETY: `fd` is the connection's socket, open until the caller drops
+    // it right after; `linger` is a valid `struct linger` of `len` bytes.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            len,
+        );
     }
 }
 
@@ -916,7 +966,19 @@ impl Deadlines {
         }
         let remaining = left(r.last_change_ms.load(Relaxed), self.idle);
         if remaining.is_zero() {
-            Due::Idle
+            // Idle with the last answers still unread in the kernel: the
+            // client is not coming back for more, and a graceful close
+            // would wait behind those bytes.
+            let unread = r
+                .unacked
+                .fd
+                .and_then(send_queue)
+                .is_some_and(|(queued, _)| queued > 0);
+            if unread {
+                Due::Close("idle_unread")
+            } else {
+                Due::Idle
+            }
         } else if r.unacked.fd.is_some() {
             // Watch the kernel's queue while idle too.
             Due::Nothing(remaining.min(STALL_CHECK).max(CLOCK_MIN))

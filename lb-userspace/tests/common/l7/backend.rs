@@ -246,6 +246,14 @@ async fn answer(req: Request<Incoming>, peer: &Peer, shared: &Shared) -> Respons
     if is_websocket(&req) {
         return websocket_echo(req);
     }
+    if path == "/upload" {
+        // Reads the whole body first, as an application that takes
+        // uploads does (the others answer without reading it).
+        use http_body_util::BodyExt as _;
+        let read = req.into_body().collect().await.map(|b| b.to_bytes().len());
+        let echo = serde_json::json!({ "backend": shared.name, "body_bytes": read.ok() });
+        return Response::new(Full::new(Bytes::from(echo.to_string())));
+    }
     if let Some(ms) = path.strip_prefix("/delay/").and_then(|ms| ms.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

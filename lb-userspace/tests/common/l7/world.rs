@@ -303,6 +303,12 @@ impl World {
         self.topo.client_path(0)
     }
 
+    /// The LB namespace, `/run/netns/NAME` (for `nsenter --net=...`).
+    #[allow(dead_code, reason = "only the tests that inspect lbd's sockets")]
+    pub fn lb_netns(&self) -> PathBuf {
+        self.topo.lb_path()
+    }
+
     /// alpha's CA certificate as PEM, for tools that read trust anchors
     /// from a file.
     #[allow(dead_code, reason = "only tests/tls_scan.rs needs it as a file")]
