@@ -323,6 +323,9 @@ pub struct L7ListenerStats {
     pub connections: u64,
     pub tls_handshake_failures: u64,
     pub bad_client_hellos: u64,
+    /// Connections from trusted proxies without a valid PROXY v2 header.
+    #[serde(default)]
+    pub bad_proxy_headers: u64,
 }
 
 /// One flow-table entry in `GET /flows`.

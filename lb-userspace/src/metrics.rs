@@ -27,7 +27,7 @@
 //! | `lb_l7_active_connections` | gauge | `tenant` |
 //! | `lb_l7_tls_handshake_failures_total` | counter | `tenant` |
 //! | `lb_l7_policy_refusals_total` | counter | `tenant`, `reason` (`rate_limit`, `jwt_expired`, `shed`, ...) |
-//! | `lb_l7_listener_connections_total`, `_tls_handshake_failures_total`, `_bad_client_hellos_total` | counter | `listener` |
+//! | `lb_l7_listener_connections_total`, `_tls_handshake_failures_total`, `_bad_client_hellos_total`, `_bad_proxy_headers_total` | counter | `listener` |
 //! | `lb_access_log_lost_total` | counter | |
 //!
 //! `vip` is `ADDRESS:PORT` (`[v6]:PORT`); `backend` is the address, with
@@ -445,6 +445,18 @@ impl Exposition {
             );
         }
         self.family(
+            "lb_l7_listener_bad_proxy_headers_total",
+            "counter",
+            "Connections from trusted proxies closed because they did not start with a valid PROXY protocol v2 header.",
+        );
+        for (l, name) in stats.l7_listeners.iter().zip(&names) {
+            self.sample(
+                "lb_l7_listener_bad_proxy_headers_total",
+                &[("listener", name)],
+                l.bad_proxy_headers,
+            );
+        }
+        self.family(
             "lb_access_log_lost_total",
             "counter",
             "Access-log lines dropped because the writer fell behind.",
@@ -638,6 +650,7 @@ mod tests {
                 connections: 9,
                 tls_handshake_failures: 2,
                 bad_client_hellos: 1,
+                bad_proxy_headers: 0,
             }],
             access_log_lost: 0,
         };
