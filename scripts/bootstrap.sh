@@ -21,7 +21,8 @@ if ! mountpoint -q /sys/fs/bpf; then
 fi
 
 # 2. Debian packages: LLVM for bpf-linker, and the tools the tests and the
-#    demo drive (iproute2 for namespaces, ethtool for offloads).
+#    demo drive (iproute2 for namespaces, ethtool for offloads, testssl.sh
+#    for the TLS configuration scan).
 apt_pkgs=()
 [ -f "${LLVM_PREFIX}/lib/libLLVM.so" ] || [ -d "${LLVM_PREFIX}/lib/cmake/llvm" ] || apt_pkgs+=("llvm-${LLVM_MAJOR}-dev")
 command -v ip >/dev/null || apt_pkgs+=(iproute2)
@@ -30,6 +31,9 @@ command -v nsenter >/dev/null || apt_pkgs+=(util-linux)
 # The demo's L7 part makes its certificates with openssl and asks with curl.
 command -v openssl >/dev/null || apt_pkgs+=(openssl)
 command -v curl >/dev/null || apt_pkgs+=(curl)
+# The TLS configuration scan (lb-userspace/tests/tls_scan.rs); Debian's
+# package testssl.sh installs the command as `testssl`.
+command -v testssl >/dev/null || apt_pkgs+=(testssl.sh)
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
     log "installing Debian packages: ${apt_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -323,6 +323,16 @@ pub struct L7ListenerStats {
     pub connections: u64,
     pub tls_handshake_failures: u64,
     pub bad_client_hellos: u64,
+    /// Closed at accept, over `node.max_connections` or the listener's
+    /// `max_connections_per_source`.
+    #[serde(default)]
+    pub refused_connections: u64,
+    /// Closed by a header or send deadline.
+    #[serde(default)]
+    pub deadline_closes: u64,
+    /// L7 connections open on the node now.
+    #[serde(default)]
+    pub open_connections: u64,
     /// Connections from trusted proxies without a valid PROXY v2 header.
     #[serde(default)]
     pub bad_proxy_headers: u64,

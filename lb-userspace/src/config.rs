@@ -385,7 +385,15 @@ pub struct Node {
     /// L7 requests in flight at which `lbd` sheds tiers (free from 50 %,
     /// standard from 80 %, premium at 100 %); `None`: never.
     pub max_inflight_requests: Option<u64>,
+    /// L7 client connections open at once, all listeners together, counted
+    /// from `accept` (before TLS); more are closed at once.
+    pub max_connections: u64,
 }
+
+/// Default `node.max_connections`.
+pub const DEFAULT_NODE_MAX_CONNECTIONS: u64 = 100_000;
+/// Bounds of `node.max_connections`.
+pub const NODE_MAX_CONNECTIONS_RANGE: RangeInclusive<u64> = 1..=10_000_000;
 
 /// `node.xdp_mode`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -660,6 +668,7 @@ struct RawNode {
     access_log: Option<String>,
     drain_timeout: Option<String>,
     max_inflight_requests: Option<u64>,
+    max_connections: Option<u64>,
 }
 
 /// `node.admin_tls`.
@@ -1346,17 +1355,13 @@ impl Ctx<'_> {
                 l7::parse_access_log(&text).map_err(|m| self.error(&path.key("access_log"), m))?
             }
         };
-        let drain_timeout = match raw.drain_timeout {
-            None => DEFAULT_DRAIN_TIMEOUT,
-            Some(text) => self.duration_in(
-                &path.key("drain_timeout"),
-                "drain_timeout",
-                &text,
-                &DRAIN_TIMEOUT_RANGE,
-            )?,
-        };
+        let (drain_timeout, max_inflight_requests, max_connections) = self.node_l7(
+            raw.drain_timeout,
+            raw.max_inflight_requests,
+            raw.max_connections,
+            path,
+        )?;
 
-        let max_inflight_requests = self.max_inflight(raw.max_inflight_requests, path)?;
         Ok(Node {
             interface,
             xdp_mode: raw.xdp_mode.unwrap_or_default(),
@@ -1374,7 +1379,37 @@ impl Ctx<'_> {
             access_log,
             drain_timeout,
             max_inflight_requests,
+            max_connections,
         })
+    }
+
+    /// The node's L7 keys: `drain_timeout`, `max_inflight_requests` and
+    /// `max_connections`.
+    fn node_l7(
+        &self,
+        drain_timeout: Option<String>,
+        max_inflight: Option<u64>,
+        max_connections: Option<u64>,
+        path: &FieldPath,
+    ) -> Result<(Duration, Option<u64>, u64), ConfigError> {
+        let drain_timeout = match drain_timeout {
+            None => DEFAULT_DRAIN_TIMEOUT,
+            Some(text) => self.duration_in(
+                &path.key("drain_timeout"),
+                "drain_timeout",
+                &text,
+                &DRAIN_TIMEOUT_RANGE,
+            )?,
+        };
+        let max_inflight_requests = self.max_inflight(max_inflight, path)?;
+        let max_connections = self.count_in(
+            &path.key("max_connections"),
+            "max_connections",
+            max_connections.unwrap_or(DEFAULT_NODE_MAX_CONNECTIONS),
+            &NODE_MAX_CONNECTIONS_RANGE,
+            "",
+        )?;
+        Ok((drain_timeout, max_inflight_requests, max_connections))
     }
 
     /// `admin_listen` and `admin_token_file`. The TCP admin listener is only

@@ -27,7 +27,8 @@
 //! | `lb_l7_active_connections` | gauge | `tenant` |
 //! | `lb_l7_tls_handshake_failures_total` | counter | `tenant` |
 //! | `lb_l7_policy_refusals_total` | counter | `tenant`, `reason` (`rate_limit`, `jwt_expired`, `shed`, ...) |
-//! | `lb_l7_listener_connections_total`, `_tls_handshake_failures_total`, `_bad_client_hellos_total`, `_bad_proxy_headers_total` | counter | `listener` |
+//! | `lb_l7_listener_connections_total`, `_tls_handshake_failures_total`, `_bad_client_hellos_total`, `_refused_connections_total`, `_deadline_closes_total`, `_bad_proxy_headers_total` | counter | `listener` |
+//! | `lb_l7_listener_open_connections` | gauge | `listener` |
 //! | `lb_access_log_lost_total` | counter | |
 //!
 //! `vip` is `ADDRESS:PORT` (`[v6]:PORT`); `backend` is the address, with
@@ -403,58 +404,59 @@ impl Exposition {
     }
 
     fn l7_listeners(&mut self, stats: &Stats) {
-        self.family(
-            "lb_l7_listener_connections_total",
-            "counter",
-            "Connections accepted by an L7 listener.",
-        );
+        type Family = (&'static str, &'static str, fn(&api::L7ListenerStats) -> u64);
         let names: Vec<String> = stats
             .l7_listeners
             .iter()
             .map(|l| l.address.to_string())
             .collect();
-        for (l, name) in stats.l7_listeners.iter().zip(&names) {
-            self.sample(
+        let families: [Family; 7] = [
+            (
                 "lb_l7_listener_connections_total",
-                &[("listener", name)],
-                l.connections,
-            );
-        }
-        self.family(
-            "lb_l7_listener_tls_handshake_failures_total",
-            "counter",
-            "Failed TLS handshakes on an L7 listener, whatever their SNI (bad ClientHellos included).",
-        );
-        for (l, name) in stats.l7_listeners.iter().zip(&names) {
-            self.sample(
+                "Connections accepted by an L7 listener.",
+                |l| l.connections,
+            ),
+            (
                 "lb_l7_listener_tls_handshake_failures_total",
-                &[("listener", name)],
-                l.tls_handshake_failures,
-            );
-        }
-        self.family(
-            "lb_l7_listener_bad_client_hellos_total",
-            "counter",
-            "Connections closed because their first bytes were not a well-formed TLS ClientHello.",
-        );
-        for (l, name) in stats.l7_listeners.iter().zip(&names) {
-            self.sample(
+                "Failed TLS handshakes on an L7 listener, whatever their SNI (bad ClientHellos included).",
+                |l| l.tls_handshake_failures,
+            ),
+            (
                 "lb_l7_listener_bad_client_hellos_total",
-                &[("listener", name)],
-                l.bad_client_hellos,
-            );
-        }
-        self.family(
-            "lb_l7_listener_bad_proxy_headers_total",
-            "counter",
-            "Connections from trusted proxies closed because they did not start with a valid PROXY protocol v2 header.",
-        );
-        for (l, name) in stats.l7_listeners.iter().zip(&names) {
-            self.sample(
+                "Connections closed because their first bytes were not a well-formed TLS ClientHello.",
+                |l| l.bad_client_hellos,
+            ),
+            (
                 "lb_l7_listener_bad_proxy_headers_total",
-                &[("listener", name)],
-                l.bad_proxy_headers,
-            );
+                "Connections from trusted proxies closed because they did not start with a valid PROXY protocol v2 header.",
+                |l| l.bad_proxy_headers,
+            ),
+            (
+                "lb_l7_listener_refused_connections_total",
+                "Connections closed at accept: over node.max_connections or the listener's max_connections_per_source.",
+                |l| l.refused_connections,
+            ),
+            (
+                "lb_l7_listener_deadline_closes_total",
+                "Connections closed by a deadline: a request head slower than the header timeout, a response the client stopped reading.",
+                |l| l.deadline_closes,
+            ),
+            (
+                "lb_l7_listener_open_connections",
+                "L7 connections open on the node (all listeners; the same value on each).",
+                |l| l.open_connections,
+            ),
+        ];
+        for (family, help, value) in families {
+            let kind = if family.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            self.family(family, kind, help);
+            for (l, name) in stats.l7_listeners.iter().zip(&names) {
+                self.sample(family, &[("listener", name)], value(l));
+            }
         }
         self.family(
             "lb_access_log_lost_total",
@@ -650,6 +652,9 @@ mod tests {
                 connections: 9,
                 tls_handshake_failures: 2,
                 bad_client_hellos: 1,
+                refused_connections: 3,
+                deadline_closes: 4,
+                open_connections: 5,
                 bad_proxy_headers: 0,
             }],
             access_log_lost: 0,

@@ -14,7 +14,9 @@
 //! * `refuses_cross_tenant_requests_and_owns_forwarding_headers`: SNI of
 //!   one tenant with the Host of another -> 421; `X-Tenant-ID` of another
 //!   tenant -> 403; client copies of `X-Forwarded-For` (and the other
-//!   headers the proxy sets) are replaced; `X-Request-ID` is kept or made.
+//!   headers the proxy sets) are replaced; `X-Request-ID` is kept or made;
+//!   alpha's answers (its backends' and lbd's own, HTTP/1.1 and h2) carry
+//!   its `hsts` as `Strict-Transport-Security`, beta's do not.
 //! * `a_dead_backend_is_retried_around_and_a_dead_pool_answers_503`: GETs
 //!   never fail while one backend is down (connect failure -> retry on
 //!   another); all of a pool's backends down -> 503 with its JSON body.
@@ -38,7 +40,7 @@
 //! * `backend_tls_body_limit_and_https_redirect`: TLS to a backend
 //!   verified against the backends' own CA (a relative `backend_tls.ca`),
 //!   413 for a body over `max_body_bytes`, and a plain listener's 308 to
-//!   HTTPS.
+//!   HTTPS (without `Strict-Transport-Security`).
 //! * `lbctl_lists_and_edits_the_sni_map`: `lbctl sni list` shows every
 //!   host's FNV-1a hash and tenant in the map; `sni add` and `sni remove`
 //!   change it; a name of another tenant is refused.
@@ -67,7 +69,7 @@ use http::{StatusCode, Version};
 use http_body_util::{BodyExt as _, Full};
 use l7::{
     client::{self, Conn, Http, tls_connect, tls_error},
-    world::{LISTEN, World, join},
+    world::{ALPHA_HSTS, LISTEN, World, join},
 };
 use rustls::{AlertDescription, CertificateError, pki_types::CertificateDer};
 use serde_json::json;
@@ -77,6 +79,8 @@ use tokio::{
 };
 
 const H1: &[&[u8]] = &[b"http/1.1"];
+/// The header a site's `hsts` sets.
+const HSTS: &str = "strict-transport-security";
 
 /// Whether a handshake failed because the client did not trust the
 /// server's certificate.
@@ -237,9 +241,12 @@ fn refuses_cross_tenant_requests_and_owns_forwarding_headers() {
             json!({"error": "misdirected", "request_id": "req-421"})
         );
 
+        assert_eq!(r.header(HSTS), None, "no site answered the 421: {r}");
+
         let r = alpha("alpha.example", &[("X-Tenant-ID", "beta")]).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{r}");
         assert_eq!(r.json()["error"], "tenant_mismatch", "{r}");
+        assert_eq!(r.header(HSTS), Some(ALPHA_HSTS), "lbd's own answer: {r}");
 
         let r = alpha(
             "alpha.example",
@@ -264,6 +271,11 @@ fn refuses_cross_tenant_requests_and_owns_forwarding_headers() {
         assert_eq!(r.seen("x-tenant-id"), ["alpha"], "{r}");
         assert_eq!(r.seen("x-request-id"), ["trace-me.1"], "a valid id is kept");
         assert_eq!(r.header("x-request-id"), Some("trace-me.1"));
+        assert_eq!(
+            r.header(HSTS),
+            Some(ALPHA_HSTS),
+            "the backend's answer: {r}"
+        );
 
         let r = alpha("alpha.example", &[("X-Request-ID", "not an id!")]).await;
         let id = r.seen("x-request-id");
@@ -279,6 +291,17 @@ fn refuses_cross_tenant_requests_and_owns_forwarding_headers() {
             .expect("h2 to alpha.example");
         let r = h2.fetch("beta.example", "/", &[]).await;
         assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "{r}");
+        let r = h2.fetch("alpha.example", "/", &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{r}");
+        assert_eq!(r.header(HSTS), Some(ALPHA_HSTS), "over h2: {r}");
+
+        // beta has no hsts: nothing is added.
+        let mut beta = Conn::open(LISTEN, "beta.example", &pki.beta, Http::H1)
+            .await
+            .expect("connecting to beta.example");
+        let r = beta.fetch("beta.example", "/", &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{r}");
+        assert_eq!(r.header(HSTS), None, "beta has no hsts: {r}");
     });
     world.wait_for_log("for the 421", |l| {
         l["decision"] == "misdirected" && l["request_id"] == "req-421" && l["status"] == 421
@@ -801,6 +824,12 @@ fn backend_tls_body_limit_and_https_redirect() {
                 .to_ascii_lowercase()
                 .contains("location: https://alpha.example/a/b?c=d"),
             "{answer}"
+        );
+        assert!(
+            !answer
+                .to_ascii_lowercase()
+                .contains("strict-transport-security"),
+            "never over plain HTTP: {answer}"
         );
     });
 }

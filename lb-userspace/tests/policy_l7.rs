@@ -11,9 +11,11 @@
 //!   access log and `/metrics`, while beta at a steady rate loses nothing.
 //! * `credentials_stay_with_their_tenant_and_bad_jwts_get_401`: API keys
 //!   and JWTs accepted for their own tenant, refused (403) on another's
-//!   routes; expired, not-yet-valid, wrongly signed and wrong-audience JWTs
-//!   refused with 401, `WWW-Authenticate` and the reason in the log; keys
-//!   never logged.
+//!   routes, also behind a junk credential in the other header or beside
+//!   the tenant's own key; two `X-API-Key` or two `Authorization` headers
+//!   refused (400); expired, not-yet-valid, wrongly signed and
+//!   wrong-audience JWTs refused with 401, `WWW-Authenticate` and the
+//!   reason in the log; keys never logged.
 //! * `x_tenant_id_and_jwt_identification_need_proof`: a spoofed
 //!   `X-Tenant-ID` is refused (403) with or without credentials of another
 //!   tenant, accepted with the named tenant's key; a JWT's claim identifies
@@ -698,8 +700,8 @@ fn a_flood_gets_429s_while_a_steady_neighbour_gets_everything() {
 struct Case {
     what: &'static str,
     host: &'static str,
-    /// (header, value)
-    credential: Option<(&'static str, String)>,
+    /// (header, value), sent in this order
+    credentials: Vec<(&'static str, String)>,
     status: u16,
     /// The backend that answers, or the refusal's reason.
     who: &'static str,
@@ -708,14 +710,14 @@ struct Case {
 fn case(
     what: &'static str,
     host: &'static str,
-    credential: Option<(&'static str, String)>,
+    credentials: Vec<(&'static str, String)>,
     status: u16,
     who: &'static str,
 ) -> Case {
     Case {
         what,
         host,
-        credential,
+        credentials,
         status,
         who,
     }
@@ -735,16 +737,16 @@ fn forged_alpha_token() -> String {
 /// The requests of `credentials_stay_with_their_tenant_and_bad_jwts_get_401`;
 /// `good` is a valid token of alpha.
 fn credential_cases(f: &Fixture, good: &str) -> Vec<Case> {
-    let bearer = |t: &str| Some(("authorization", format!("Bearer {t}")));
-    let key = |k: &str| Some(("x-api-key", k.to_owned()));
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+    let key = |k: &str| vec![("x-api-key", k.to_owned())];
     let (a, b) = ("alpha.example", "beta.example");
     let cases = vec![
         case("alpha: its key", a, key("alpha-key"), 200, "a1"),
         case("alpha: its JWT", a, bearer(good), 200, "a1"),
-        case("alpha: anonymous", a, None, 200, "a1"),
+        case("alpha: anonymous", a, vec![], 200, "a1"),
         case("beta: its key as bearer", b, bearer("beta-key"), 200, "b1"),
         case("beta: its JWT", b, bearer(&f.beta_token()), 200, "b1"),
-        case("beta: nothing", b, None, 401, "credentials_missing"),
+        case("beta: nothing", b, vec![], 401, "credentials_missing"),
         case(
             "beta: alpha's key",
             b,
@@ -812,18 +814,65 @@ fn credential_cases(f: &Fixture, good: &str) -> Vec<Case> {
     cases
 }
 
+/// The requests of `credentials_stay_with_their_tenant_and_bad_jwts_get_401`
+/// with two credentials: every one counts, a junk one first hides nothing,
+/// and two of the same header are refused.
+fn mixed_credential_cases(f: &Fixture, good: &str) -> Vec<Case> {
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+    let key = |k: &str| vec![("x-api-key", k.to_owned())];
+    let (a, b) = ("alpha.example", "beta.example");
+    vec![
+        case(
+            "alpha: a junk key, then beta's key as bearer",
+            a,
+            [key("junk"), bearer("beta-key")].concat(),
+            403,
+            "foreign_credentials",
+        ),
+        case(
+            "beta: alpha's key, then a junk bearer",
+            b,
+            [key("alpha-key"), bearer("junk")].concat(),
+            403,
+            "foreign_credentials",
+        ),
+        case(
+            "alpha: its key, and beta's JWT",
+            a,
+            [key("alpha-key"), bearer(&f.beta_token())].concat(),
+            403,
+            "foreign_credentials",
+        ),
+        case(
+            "alpha: two X-API-Key headers",
+            a,
+            [key("junk"), key("alpha-key")].concat(),
+            400,
+            "duplicate_credentials",
+        ),
+        case(
+            "alpha: two Authorization headers",
+            a,
+            [bearer("junk"), bearer(good)].concat(),
+            400,
+            "duplicate_credentials",
+        ),
+    ]
+}
+
 #[test]
 fn credentials_stay_with_their_tenant_and_bad_jwts_get_401() {
     let f = Fixture::start(true);
     let good = f.alpha_token(&json!({}));
-    let cases = credential_cases(&f, &good);
+    let mut cases = credential_cases(&f, &good);
+    cases.extend(mixed_credential_cases(&f, &good));
     let sent = cases.clone();
     let replies = f.client(move || async move {
         let mut out = Vec::new();
         for (i, c) in sent.iter().enumerate() {
             let request_id = format!("case-{i}");
             let mut headers = vec![("x-request-id", request_id.as_str())];
-            headers.extend(c.credential.as_ref().map(|(k, v)| (*k, v.as_str())));
+            headers.extend(c.credentials.iter().map(|(k, v)| (*k, v.as_str())));
             out.push(H1::open().await.fetch(c.host, "/", &headers).await);
         }
         out

@@ -1536,13 +1536,22 @@ fn print_l7(stats: &Stats) {
     }
     t.print_or("no L7 tenants");
     println!();
-    let mut t = Table::new(&["LISTENER", "CONNECTIONS", "TLS_FAILURES", "BAD_HELLOS"]);
+    let mut t = Table::new(&[
+        "LISTENER",
+        "CONNECTIONS",
+        "TLS_FAILURES",
+        "BAD_HELLOS",
+        "REFUSED",
+        "DEADLINE_CLOSES",
+    ]);
     for l in &stats.l7_listeners {
         t.row(vec![
             l.address.to_string(),
             l.connections.to_string(),
             l.tls_handshake_failures.to_string(),
             l.bad_client_hellos.to_string(),
+            l.refused_connections.to_string(),
+            l.deadline_closes.to_string(),
         ]);
     }
     t.print_or("no L7 listeners");

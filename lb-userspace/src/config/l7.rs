@@ -72,6 +72,10 @@ pub const DRAIN_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Durat
 pub const MAX_TRUSTED_PROXIES: usize = 1024;
 /// Longest host name (RFC 1035, without the trailing dot).
 const MAX_HOST_LEN: usize = 253;
+/// Largest `hsts` max-age: two years, in seconds (what the HSTS preload
+/// list asks for at most; a longer pin is a mistake that cannot be undone
+/// before it expires in every browser that saw it).
+pub const MAX_HSTS_MAX_AGE: u64 = 2 * 365 * 24 * 60 * 60;
 
 // ---- Public types ----
 
@@ -113,6 +117,9 @@ pub struct L7Site {
     /// `Upgrade` tokens proxied as tunnels (lower case); any other
     /// `Upgrade` is removed from the request.
     pub upgrades: Vec<String>,
+    /// The `Strict-Transport-Security` value put on every response of the
+    /// site (`https` only), e.g. `max-age=31536000; includeSubDomains`.
+    pub hsts: Option<String>,
 }
 
 /// Default `upgrades`.
@@ -204,6 +211,9 @@ pub struct Listener {
     /// The address's packet limits, enforced in XDP before `lbd` sees the
     /// packets.
     pub limits: VipLimits,
+    /// Connections open at once from one client (an IPv4 address or an
+    /// IPv6 /64), counted from `accept`; `None`: no limit.
+    pub max_connections_per_source: Option<u32>,
     /// Source prefixes (network address, length) of the proxies in front
     /// of `lbd`: only connections from them have their `X-Forwarded-For`
     /// extended rather than replaced, or may carry a PROXY header.
@@ -213,6 +223,9 @@ pub struct Listener {
     /// (`proxy_protocol = "v2"`).
     pub proxy_protocol: bool,
 }
+
+/// Bounds of `listener.max_connections_per_source`.
+pub const MAX_CONNECTIONS_PER_SOURCE_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 
 /// One entry of `listener.identify`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -385,6 +398,7 @@ pub(super) struct RawL7 {
     merge_slashes: Option<bool>,
     allow_encoded_slashes: Option<bool>,
     upgrades: Option<Vec<String>>,
+    hsts: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -430,6 +444,7 @@ pub(super) struct RawListener {
     default_tenant: Option<String>,
     redirect_https: Option<bool>,
     limits: Option<super::RawVipLimits>,
+    max_connections_per_source: Option<u32>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
     proxy_protocol: Option<String>,
@@ -801,6 +816,26 @@ impl Ctx<'_> {
                 upgrades
             }
         };
+        let strict_transport = match raw.hsts {
+            None => None,
+            Some(_) if protocol != L7Protocol::Https => {
+                let why = if protocol == L7Protocol::Http {
+                    "browsers ignore Strict-Transport-Security over plain HTTP; set it on the \
+                     https site (and redirect_https on this listener)"
+                } else {
+                    "lbd does not see the responses of a passthrough site; its backends must \
+                     send the header"
+                };
+                return Err(self.error(
+                    &path.key("hsts"),
+                    format!(
+                        "hsts applies only to protocol = \"https\" (this site is {:?}): {why}",
+                        protocol_name(protocol)
+                    ),
+                ));
+            }
+            Some(value) => Some(check_hsts(&value).map_err(|m| self.error(&path.key("hsts"), m))?),
+        };
         Ok(L7Site {
             listen,
             protocol,
@@ -817,6 +852,7 @@ impl Ctx<'_> {
             merge_slashes: raw.merge_slashes.unwrap_or(false),
             allow_encoded_slashes: raw.allow_encoded_slashes.unwrap_or(false),
             upgrades,
+            hsts: strict_transport,
         })
     }
 
@@ -951,6 +987,51 @@ impl Ctx<'_> {
         Ok(t)
     }
 
+    /// A listener's `identify`: its default for the protocol, or a list
+    /// without repeats whose methods the address can use.
+    fn listener_identify(
+        &self,
+        tenants: &[Tenant],
+        identify: Option<Vec<Identify>>,
+        address: SocketAddr,
+        protocol: L7Protocol,
+        lpath: &FieldPath,
+    ) -> Result<Vec<Identify>, super::ConfigError> {
+        Ok(match identify {
+            None => default_identify(protocol),
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(self.error(
+                        &lpath.key("identify"),
+                        "identify needs at least one of \"sni\", \"host\", \"path\", \
+                         \"header\", \"jwt\"",
+                    ));
+                }
+                for (i, id) in list.iter().enumerate() {
+                    if list[..i].contains(id) {
+                        return Err(self.error(
+                            &lpath.key("identify").index(i, None),
+                            format!("{id:?} is listed twice"),
+                        ));
+                    }
+                    if *id == Identify::Sni && protocol == L7Protocol::Http {
+                        return Err(self.error(
+                            &lpath.key("identify").index(i, None),
+                            "\"sni\" needs TLS; this is a plain HTTP listener",
+                        ));
+                    }
+                    self.identify_credentials(
+                        tenants,
+                        address,
+                        *id,
+                        &lpath.key("identify").index(i, None),
+                    )?;
+                }
+                list
+            }
+        })
+    }
+
     /// `"header"` and `"jwt"` identification trust only authenticated
     /// requests: some tenant on the address must have the credentials.
     fn identify_credentials(
@@ -1038,10 +1119,6 @@ impl Ctx<'_> {
 
     /// `[[listener]]` entries, plus defaults for every site address without
     /// one.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one pass over each entry's keys in order; the longer checks are helpers"
-    )]
     fn listeners(
         &self,
         tenants: &[Tenant],
@@ -1073,39 +1150,8 @@ impl Ctx<'_> {
                     format!("a [[listener]] for {address} is already defined"),
                 ));
             }
-            let identify = match r.identify {
-                None => default_identify(protocol),
-                Some(list) => {
-                    if list.is_empty() {
-                        return Err(self.error(
-                            &lpath.key("identify"),
-                            "identify needs at least one of \"sni\", \"host\", \"path\", \
-                             \"header\", \"jwt\"",
-                        ));
-                    }
-                    for (i, id) in list.iter().enumerate() {
-                        if list[..i].contains(id) {
-                            return Err(self.error(
-                                &lpath.key("identify").index(i, None),
-                                format!("{id:?} is listed twice"),
-                            ));
-                        }
-                        if *id == Identify::Sni && protocol == L7Protocol::Http {
-                            return Err(self.error(
-                                &lpath.key("identify").index(i, None),
-                                "\"sni\" needs TLS; this is a plain HTTP listener",
-                            ));
-                        }
-                        self.identify_credentials(
-                            tenants,
-                            address,
-                            *id,
-                            &lpath.key("identify").index(i, None),
-                        )?;
-                    }
-                    list
-                }
-            };
+            let identify =
+                self.listener_identify(tenants, r.identify, address, protocol, &lpath)?;
             if let Some(t) = &r.default_tenant {
                 let on_address = tenants
                     .iter()
@@ -1125,6 +1171,16 @@ impl Ctx<'_> {
                 ));
             }
             let limits = self.vip_limits(r.limits, &lpath.key("limits"))?;
+            let max_connections_per_source = match r.max_connections_per_source {
+                None => None,
+                Some(n) => Some(self.count_in(
+                    &lpath.key("max_connections_per_source"),
+                    "max_connections_per_source",
+                    n,
+                    &MAX_CONNECTIONS_PER_SOURCE_RANGE,
+                    "",
+                )?),
+            };
             let (trusted_proxies, proxy_protocol) =
                 self.trusted_proxies(&r.trusted_proxies, r.proxy_protocol.as_deref(), &lpath)?;
             out.insert(
@@ -1135,6 +1191,7 @@ impl Ctx<'_> {
                     default_tenant: r.default_tenant,
                     redirect_https,
                     limits,
+                    max_connections_per_source,
                     trusted_proxies,
                     proxy_protocol,
                 },
@@ -1147,6 +1204,7 @@ impl Ctx<'_> {
                 default_tenant: None,
                 redirect_https: false,
                 limits: VipLimits::default(),
+                max_connections_per_source: None,
                 trusted_proxies: Vec::new(),
                 proxy_protocol: false,
             });
@@ -1237,6 +1295,57 @@ fn check_path_prefix(p: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A site's `hsts`: `max-age=SECONDS` (at most [`MAX_HSTS_MAX_AGE`]), then
+/// optionally `; includeSubDomains` and `; preload`, each at most once
+/// (directive names in any case, RFC 6797). Returns the value as sent:
+/// `max-age=N[; includeSubDomains][; preload]`.
+fn check_hsts(text: &str) -> Result<String, String> {
+    let bad = |why: &str| {
+        format!(
+            "invalid hsts {text:?}: {why}; expected \"max-age=SECONDS\" with optional \
+             \"; includeSubDomains\" and \"; preload\", e.g. \"max-age=31536000; includeSubDomains\""
+        )
+    };
+    let mut parts = text.split(';').map(str::trim);
+    let age = parts
+        .next()
+        .and_then(|first| first.strip_prefix("max-age="))
+        .ok_or_else(|| bad("it must start with max-age="))?;
+    if age.is_empty() || !age.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("max-age must be a number of seconds"));
+    }
+    let age = age
+        .parse::<u64>()
+        .ok()
+        .filter(|a| *a <= MAX_HSTS_MAX_AGE)
+        .ok_or_else(|| {
+            bad(&format!(
+                "max-age must be at most {MAX_HSTS_MAX_AGE} (two years)"
+            ))
+        })?;
+    let (mut subdomains, mut preload) = (false, false);
+    for directive in parts {
+        let seen = if directive.eq_ignore_ascii_case("includeSubDomains") {
+            &mut subdomains
+        } else if directive.eq_ignore_ascii_case("preload") {
+            &mut preload
+        } else {
+            return Err(bad(&format!("unknown directive {directive:?}")));
+        };
+        if std::mem::replace(seen, true) {
+            return Err(bad(&format!("{directive:?} is given twice")));
+        }
+    }
+    let mut value = format!("max-age={age}");
+    if subdomains {
+        value.push_str("; includeSubDomains");
+    }
+    if preload {
+        value.push_str("; preload");
+    }
+    Ok(value)
 }
 
 /// `"client_ip"`, `"header:NAME"` or `"cookie:NAME"`.
@@ -1540,6 +1649,80 @@ outlier = { consecutive_failures = 3, ejection = "5s" }"#,
         assert_eq!(p.outlier.consecutive_failures, 3);
         let e = parse_err(&text.replace("balance = \"maglev\"\n", ""));
         assert!(e.message().contains("only to balance = \"maglev\""), "{e}");
+    }
+
+    #[test]
+    fn hsts_forms() {
+        for (text, sent) in [
+            ("max-age=31536000", "max-age=31536000"),
+            ("max-age=0", "max-age=0"),
+            ("max-age=63072000", "max-age=63072000"),
+            (
+                "max-age=600;includesubdomains ; PRELOAD",
+                "max-age=600; includeSubDomains; preload",
+            ),
+            ("max-age=600; preload", "max-age=600; preload"),
+        ] {
+            assert_eq!(check_hsts(text).as_deref(), Ok(sent), "{text:?}");
+        }
+        for (text, fragment) in [
+            ("", "must start with max-age="),
+            ("includeSubDomains; max-age=1", "must start with max-age="),
+            ("Max-Age=1", "must start with max-age="),
+            ("max-age=", "a number of seconds"),
+            ("max-age=-1", "a number of seconds"),
+            ("max-age=\"1\"", "a number of seconds"),
+            ("max-age=63072001", "at most 63072000"),
+            ("max-age=99999999999999999999999", "at most 63072000"),
+            (
+                "max-age=1; includeSubDomains; includeSubDomains",
+                "given twice",
+            ),
+            ("max-age=1;", "unknown directive \"\""),
+            ("max-age=1; secure", "unknown directive \"secure\""),
+        ] {
+            let e = check_hsts(text).expect_err(text);
+            assert!(e.contains(fragment), "{text:?}: {fragment:?} not in {e}");
+        }
+    }
+
+    #[test]
+    fn hsts_only_on_https_sites() {
+        let with = |hsts: &str| {
+            two_tenants("", "").replacen(
+                "routes = [ { path_prefix = \"/\", pool = \"app\" } ]",
+                &format!("routes = [ {{ path_prefix = \"/\", pool = \"app\" }} ]\nhsts = {hsts:?}"),
+                1,
+            )
+        };
+        let c = super::super::parse(&with("max-age=31536000; includeSubDomains"), "lb.toml")
+            .expect("valid");
+        assert_eq!(
+            c.tenant("globex").expect("globex").l7[0].hsts.as_deref(),
+            Some("max-age=31536000; includeSubDomains")
+        );
+        assert_eq!(c.tenant("acme").expect("acme").l7[0].hsts, None, "default");
+        let e = parse_err(&with("max-age=1; secure"));
+        assert!(e.message().contains("unknown directive"), "{e}");
+        assert!(
+            e.field().is_some_and(|f| f.ends_with("l7[0].hsts")),
+            "names the field: {e}"
+        );
+
+        let plain = "[[tenant.l7]]\nlisten = \"203.0.113.20:80\"\nprotocol = \"http\"\nroutes = [ { pool = \"web\" } ]\nhsts = \"max-age=600\"\n";
+        let e = parse_err(&two_tenants(plain, ""));
+        assert!(
+            e.message()
+                .contains("hsts applies only to protocol = \"https\" (this site is \"http\")"),
+            "{e}"
+        );
+        assert!(e.message().contains("over plain HTTP"), "{e}");
+        let passthrough = "[[tenant.l7]]\nlisten = \"203.0.113.20:443\"\nprotocol = \"tls_passthrough\"\nhosts = [\"raw.acme.example\"]\npool = \"web\"\nhsts = \"max-age=600\"\n";
+        let e = parse_err(&two_tenants(passthrough, ""));
+        assert!(
+            e.message().contains("responses of a passthrough site"),
+            "{e}"
+        );
     }
 
     #[test]

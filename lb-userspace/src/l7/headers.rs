@@ -16,7 +16,7 @@
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
-    header::{CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
+    header::{CONNECTION, STRICT_TRANSPORT_SECURITY, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -66,6 +66,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(CONNECTION);
         headers.remove(UPGRADE);
+    }
+}
+
+/// Puts a site's `hsts` on a response as `Strict-Transport-Security`,
+/// replacing a backend's own: the site's setting is the operator's word.
+/// Without one the response is left as it is.
+pub fn set_hsts(headers: &mut HeaderMap, hsts: Option<HeaderValue>) {
+    if let Some(v) = hsts {
+        headers.insert(STRICT_TRANSPORT_SECURITY, v);
     }
 }
 
@@ -359,5 +368,20 @@ mod tests {
         h.insert("http2-settings", "AAMAAABkAAQAAP__".parse().expect("v"));
         remove_hop_by_hop(&mut h, false);
         assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn hsts_replaces_the_backends_and_is_optional() {
+        let mut h = HeaderMap::new();
+        h.insert(STRICT_TRANSPORT_SECURITY, "max-age=1".parse().expect("v"));
+        set_hsts(&mut h, None);
+        assert_eq!(h.get_all(STRICT_TRANSPORT_SECURITY).iter().count(), 1);
+        assert_eq!(h[STRICT_TRANSPORT_SECURITY], "max-age=1", "left alone");
+        set_hsts(
+            &mut h,
+            Some(HeaderValue::from_static("max-age=600; preload")),
+        );
+        assert_eq!(h.get_all(STRICT_TRANSPORT_SECURITY).iter().count(), 1);
+        assert_eq!(h[STRICT_TRANSPORT_SECURITY], "max-age=600; preload");
     }
 }

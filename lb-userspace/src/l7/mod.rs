@@ -1,6 +1,7 @@
 //! The L7 tier inside `lbd`: TLS termination with per-tenant certificates,
 //! tenant identification, the HTTP reverse proxy, and TLS passthrough.
 //!
+//! * [`caps`]: connection caps counted from `accept`, before a tenant is known.
 //! * [`routing`]: the snapshot of which tenant and pool serve a request.
 //! * [`proxy`]: one request, from identification to the backend's answer.
 //! * [`headers`]: the headers the proxy owns.
@@ -18,6 +19,7 @@
 
 pub mod access_log;
 pub mod backend_client;
+pub mod caps;
 pub mod handoff;
 pub mod headers;
 pub mod passthrough;

@@ -13,11 +13,13 @@
 //! 3. the per-credential bucket (the presented API key or bearer token,
 //!    valid or not, so guessing keys is rate limited too): 429
 //!    `api_key_rate_limit`;
-//! 4. credentials ([`auth`]): a presented credential the tenant checks
-//!    must be valid (401 `api_key_invalid`, `jwt_*`), one of another tenant
-//!    is refused (403 `foreign_credentials`), `auth.required` needs one
-//!    (401 `credentials_missing`), and a request whose tenant came from
-//!    `X-Tenant-ID` must prove it (403 `tenant_unproven`);
+//! 4. credentials ([`auth`]): any credential of another tenant among those
+//!    the request carries (`X-API-Key`, a bearer key or JWT) is refused
+//!    first (403 `foreign_credentials`), then a presented credential the
+//!    tenant checks must be valid (401 `api_key_invalid`, `jwt_*`),
+//!    `auth.required` needs one (401 `credentials_missing`), and a request
+//!    whose tenant came from `X-Tenant-ID` must prove it (403
+//!    `tenant_unproven`);
 //! 5. the tenant's bucket: 429 `rate_limit` (after authentication, so
 //!    requests with bad credentials never spend a tenant's quota);
 //! 6. shedding by tier when the node is loaded: 503 `shed`;
@@ -58,12 +60,12 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
 use crate::config::{Acl, Config, Identify, RequestLimits, Tenant, Tier};
 
 use self::{
-    auth::{ApiKeys, Credentials, JwtError, JwtVerifier},
+    auth::{ApiKeys, Credentials, JwtError, JwtVerifier, UnverifiedJwt},
     bucket::{KeyedBuckets, Quota, Rate, Take, TokenBucket},
 };
 
@@ -275,7 +277,9 @@ impl Proof {
 #[derive(Debug, Clone, Copy)]
 pub struct Ask<'a> {
     pub client: IpAddr,
-    pub headers: &'a HeaderMap,
+    /// The request's credentials (made once per request: identification
+    /// looks at the same JWT).
+    pub credentials: &'a Credentials<'a>,
     pub proof: Proof,
 }
 
@@ -633,7 +637,7 @@ impl Policy {
                 }
             }
         }
-        let creds = Credentials::of(ask.headers);
+        let creds = ask.credentials;
         if let (Some((rate, table)), Some(key)) = (&s.per_key, creds.limit_key()) {
             match table.take(key.as_bytes(), rate, now) {
                 Take::Allowed(q) => tighten(q),
@@ -647,7 +651,7 @@ impl Policy {
                 }
             }
         }
-        let principal = self.authenticate(&t.name, &s.auth, &creds, ask.proof)?;
+        let principal = self.authenticate(&t.name, &s.auth, creds, ask.proof)?;
         if let Some(rate) = &s.rate {
             match t.bucket.take(rate, now) {
                 Take::Allowed(q) => tighten(q),
@@ -694,6 +698,10 @@ impl Policy {
     }
 
     /// Who the request is, if anyone (see the module documentation, step 4).
+    /// Every credential the request carries is first checked for belonging
+    /// to another tenant (403 whatever else it carries), then the tenant
+    /// checks its own: the API key (`X-API-Key`, else a bearer key) and the
+    /// JWT.
     fn authenticate(
         &self,
         tenant: &str,
@@ -701,26 +709,35 @@ impl Policy {
         creds: &Credentials<'_>,
         proof: Proof,
     ) -> Result<Option<String>, Refusal> {
+        let header_key = creds.header_key.map(auth::digest);
+        let bearer_key = creds.bearer_key.map(auth::digest);
+        let owners = self.key_owners.load();
+        if [&header_key, &bearer_key]
+            .into_iter()
+            .flatten()
+            .any(|d| owners.get(d).is_some_and(|owner| owner != tenant))
+        {
+            return Err(Refusal::new(Reason::ForeignCredentials, "auth.api_keys"));
+        }
+        if creds
+            .jwt
+            .as_ref()
+            .is_some_and(|jwt| self.jwt_of_another_tenant(tenant, jwt))
+        {
+            return Err(Refusal::new(Reason::ForeignCredentials, "auth.jwt"));
+        }
         let mut principal = None;
         let mut failure: Option<(Reason, &str)> = None;
-        if let Some(key) = creds.api_key {
-            let digest = auth::digest(key);
+        if let Some(digest) = header_key.or(bearer_key) {
             if let Some(name) = auth.api_keys.find(&digest) {
                 principal = Some(format!("api_key:{name}"));
-            } else if self
-                .key_owners
-                .load()
-                .get(&digest)
-                .is_some_and(|owner| owner != tenant)
-            {
-                return Err(Refusal::new(Reason::ForeignCredentials, "auth.api_keys"));
             } else if !auth.api_keys.is_empty() {
                 failure = Some((Reason::ApiKeyInvalid, "auth.api_keys"));
             }
         }
-        if let Some(token) = creds.jwt {
-            match auth.jwt.as_ref().map(|v| v.verify(token)) {
-                Some(Ok(v)) => {
+        if let (Some(jwt), Some(verifier)) = (&creds.jwt, &auth.jwt) {
+            match verifier.verify(jwt) {
+                Ok(v) => {
                     principal = principal.or_else(|| {
                         Some(
                             v.subject
@@ -728,20 +745,10 @@ impl Policy {
                         )
                     });
                 }
-                Some(Err(JwtError::OtherTenant)) => {
+                Err(JwtError::OtherTenant) => {
                     return Err(Refusal::new(Reason::ForeignCredentials, "auth.jwt"));
                 }
-                Some(Err(e)) => {
-                    if self.jwt_of_another_tenant(tenant, token) {
-                        return Err(Refusal::new(Reason::ForeignCredentials, "auth.jwt"));
-                    }
-                    failure = failure.or(Some((Reason::of_jwt(e), "auth.jwt")));
-                }
-                None => {
-                    if self.jwt_of_another_tenant(tenant, token) {
-                        return Err(Refusal::new(Reason::ForeignCredentials, "auth.jwt"));
-                    }
-                }
+                Err(e) => failure = failure.or(Some((Reason::of_jwt(e), "auth.jwt"))),
             }
         }
         if let Some((reason, rule)) = failure {
@@ -775,20 +782,20 @@ impl Policy {
         Ok(principal)
     }
 
-    /// Whether `token` is a valid JWT of a tenant other than `tenant`: its
+    /// Whether `jwt` is a valid JWT of a tenant other than `tenant`: its
     /// claim names that tenant and it verifies with that tenant's keys.
-    fn jwt_of_another_tenant(&self, tenant: &str, token: &str) -> bool {
+    fn jwt_of_another_tenant(&self, tenant: &str, jwt: &UnverifiedJwt<'_>) -> bool {
         let tenants = self.tenants.load();
         self.jwt_claims.load().iter().any(|claim| {
-            auth::unverified_claim(token, claim)
-                .filter(|named| named != tenant)
-                .and_then(|named| tenants.get(&named).cloned())
+            jwt.claim(claim)
+                .filter(|&named| named != tenant)
+                .and_then(|named| tenants.get(named))
                 .is_some_and(|other| {
                     let s = other.settings.load();
                     s.auth
                         .jwt
                         .as_ref()
-                        .is_some_and(|v| v.claim() == claim && v.verify(token).is_ok())
+                        .is_some_and(|v| v.claim() == claim && v.verify(jwt).is_ok())
                 })
         })
     }
@@ -873,6 +880,7 @@ mod tests {
     use super::*;
     use crate::config::hex;
     use auth::tests::{now as unix_now, test_keys, token};
+    use http::HeaderMap;
     use jsonwebtoken::Algorithm;
     use serde_json::json;
 
@@ -915,10 +923,10 @@ routes = [ {{ pool = "app" }} ]
         p
     }
 
-    fn ask(headers: &HeaderMap) -> Ask<'_> {
+    fn ask<'a>(credentials: &'a Credentials<'a>) -> Ask<'a> {
         Ask {
             client: "192.0.2.7".parse().expect("ip"),
-            headers,
+            credentials,
             proof: Proof::None,
         }
     }
@@ -957,7 +965,9 @@ routes = [ {{ pool = "app" }} ]
         assert_eq!(acl("globex", "192.0.2.1"), Err("acl.deny[0]".into()));
         assert_eq!(acl("globex", "198.51.100.1"), Ok(()));
         let h = HeaderMap::new();
-        let refused = p.admit("globex", &ask(&h)).expect_err("denied");
+        let refused = p
+            .admit("globex", &ask(&Credentials::of(&h)))
+            .expect_err("denied");
         assert_eq!(
             (refused.reason, refused.reason.status()),
             (Reason::AclDenied, StatusCode::FORBIDDEN)
@@ -974,7 +984,9 @@ routes = [ {{ pool = "app" }} ]
         let p = policy(&c);
         let h = HeaderMap::new();
         for i in 0..6 {
-            let a = p.admit("acme", &ask(&h)).expect("within the burst");
+            let a = p
+                .admit("acme", &ask(&Credentials::of(&h)))
+                .expect("within the burst");
             assert_eq!(a.quota.map(|q| q.remaining), Some(9 - i));
         }
         // Reload with a bigger burst: the 4 tokens left stay 4.
@@ -985,9 +997,12 @@ routes = [ {{ pool = "app" }} ]
         );
         assert!(p.update(&bigger, Path::new("/")).is_empty());
         for _ in 0..4 {
-            p.admit("acme", &ask(&h)).expect("the tokens left");
+            p.admit("acme", &ask(&Credentials::of(&h)))
+                .expect("the tokens left");
         }
-        let refused = p.admit("acme", &ask(&h)).expect_err("spent");
+        let refused = p
+            .admit("acme", &ask(&Credentials::of(&h)))
+            .expect_err("spent");
         assert_eq!(refused.reason, Reason::RateLimit);
         assert_eq!(refused.reason.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(refused.rule, "limits.requests_per_second");
@@ -996,12 +1011,14 @@ routes = [ {{ pool = "app" }} ]
         assert_eq!((q.limit, q.remaining), (100, 0));
         // The neighbour is not limited at all.
         for _ in 0..50 {
-            p.admit("globex", &ask(&h)).expect("no limits");
+            p.admit("globex", &ask(&Credentials::of(&h)))
+                .expect("no limits");
         }
         // Removing the limit lets everything through; removing the tenant
         // drops its state.
         assert!(p.update(&config("", "", ""), Path::new("/")).is_empty());
-        p.admit("acme", &ask(&h)).expect("no limit now");
+        p.admit("acme", &ask(&Credentials::of(&h)))
+            .expect("no limit now");
         let without = crate::config::parse(
             "[node]\ninterface = \"eth0\"\n[[tenant]]\nname = \"globex\"\n",
             "lb.toml",
@@ -1020,9 +1037,10 @@ routes = [ {{ pool = "app" }} ]
         );
         let p = policy(&c);
         let h = HeaderMap::new();
+        let none = Credentials::of(&h);
         let from = |ip: &str| Ask {
             client: ip.parse().expect("ip"),
-            headers: &h,
+            credentials: &none,
             proof: Proof::None,
         };
         p.admit("acme", &from("192.0.2.1")).expect("1");
@@ -1049,7 +1067,7 @@ routes = [ {{ pool = "app" }} ]
                 "acme",
                 &Ask {
                     client: ip.parse().expect("ip"),
-                    headers: &h,
+                    credentials: &Credentials::of(&h),
                     proof: Proof::None,
                 },
             ))
@@ -1079,7 +1097,7 @@ routes = [ {{ pool = "app" }} ]
             "",
         );
         let p = policy(&c);
-        let with = |t: &str, h: &[(&str, &str)]| p.admit(t, &ask(&headers(h)));
+        let with = |t: &str, h: &[(&str, &str)]| p.admit(t, &ask(&Credentials::of(&headers(h))));
         let ok = with("acme", &[("x-api-key", "acme-secret")]).expect("valid key");
         assert_eq!(ok.principal.as_deref(), Some("api_key:ci"));
         let ok = with("acme", &[("authorization", "Bearer acme-secret")]).expect("bearer");
@@ -1116,18 +1134,20 @@ routes = [ {{ pool = "app" }} ]
         );
         // A tenant identified by X-Tenant-ID must prove it.
         let h = headers(&[]);
+        let c = Credentials::of(&h);
         let header_only = Ask {
             proof: Proof::Header,
-            ..ask(&h)
+            ..ask(&c)
         };
         assert_eq!(
             reason(p.admit("globex", &header_only)),
             Some(Reason::TenantUnproven)
         );
         let h = headers(&[("x-api-key", "globex-secret")]);
+        let c = Credentials::of(&h);
         let proven = Ask {
             proof: Proof::Header,
-            ..ask(&h)
+            ..ask(&c)
         };
         assert!(p.admit("globex", &proven).is_ok());
     }
@@ -1161,7 +1181,7 @@ routes = [ {{ pool = "app" }} ]
             &claims("org", "globex", 60),
         );
         let bearer = |t: &str| headers(&[("authorization", &format!("Bearer {t}"))]);
-        let admit = |tenant: &str, h: &HeaderMap| p.admit(tenant, &ask(h));
+        let admit = |tenant: &str, h: &HeaderMap| p.admit(tenant, &ask(&Credentials::of(h)));
         let ok = admit("acme", &bearer(&acme_token)).expect("valid");
         assert_eq!(ok.principal.as_deref(), Some("jwt:bob"));
         assert!(admit("globex", &bearer(&globex_token)).is_ok());
@@ -1202,9 +1222,10 @@ routes = [ {{ pool = "app" }} ]
         );
         // Identified by its claim: the JWT must verify.
         let h = bearer(&forged);
+        let creds = Credentials::of(&h);
         let by_jwt = Ask {
             proof: Proof::Jwt,
-            ..ask(&h)
+            ..ask(&creds)
         };
         assert!(p.admit("acme", &by_jwt).is_err());
         // A broken key file on reload keeps the keys that worked.
@@ -1217,6 +1238,102 @@ routes = [ {{ pool = "app" }} ]
         assert!(admit("acme", &bearer(&acme_token)).is_ok());
         assert!(check_key_files(&c, &dir).is_err_and(|e| e.contains("tenant \"acme\"")));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_credential_is_checked_for_another_tenant() {
+        let dir = std::env::temp_dir().join(format!("lb-policy-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let acme = test_keys();
+        let globex = test_keys();
+        std::fs::write(dir.join("acme.json"), &acme.jwks).expect("jwks");
+        std::fs::write(dir.join("globex.secret"), &globex.secret).expect("secret");
+        let keys = |name: &str, key: &str| {
+            format!(
+                "api_keys = [ {{ name = \"{name}\", sha256 = \"{}\" }} ]",
+                sha(key)
+            )
+        };
+        let c = config(
+            &format!(
+                "[tenant.auth]\n{}\njwt = {{ jwks_file = \"acme.json\" }}",
+                keys("ci", "acme-secret")
+            ),
+            &format!(
+                "[tenant.auth]\n{}\njwt = {{ hs256_secret_file = \"globex.secret\", tenant_claim = \"org\" }}",
+                keys("ops", "globex-secret")
+            ),
+            "",
+        );
+        let p = Policy::new();
+        assert!(p.update(&c, &dir).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+        let exp = unix_now() + 60;
+        let acme_jwt = token(
+            Algorithm::ES256,
+            Some("e1"),
+            &acme.ec,
+            &json!({ "tenant": "acme", "sub": "ann", "exp": exp }),
+        );
+        let globex_jwt = token(
+            Algorithm::HS256,
+            None,
+            &globex.hs,
+            &json!({ "org": "globex", "exp": exp }),
+        );
+        let (acme_bearer, globex_bearer) =
+            (format!("Bearer {acme_jwt}"), format!("Bearer {globex_jwt}"));
+        let admit = |tenant: &str, key: &str, authorization: &str| {
+            let h = headers(&[("x-api-key", key), ("authorization", authorization)]);
+            p.admit(tenant, &ask(&Credentials::of(&h)))
+                .map(|a| a.principal.unwrap_or_default())
+                .map_err(|r| (r.reason, r.rule))
+        };
+        let foreign = |rule: &str| Err((Reason::ForeignCredentials, rule.to_owned()));
+        // Junk first, another tenant's credential second, and the reverse.
+        assert_eq!(
+            admit("acme", "junk", "Bearer globex-secret"),
+            foreign("auth.api_keys")
+        );
+        assert_eq!(
+            admit("acme", "globex-secret", "Bearer junk"),
+            foreign("auth.api_keys")
+        );
+        assert_eq!(admit("globex", "junk", &acme_bearer), foreign("auth.jwt"));
+        // The tenant's own valid key does not excuse another tenant's
+        // credential beside it.
+        assert_eq!(
+            admit("acme", "acme-secret", &globex_bearer),
+            foreign("auth.jwt")
+        );
+        assert_eq!(
+            admit("acme", "acme-secret", "Bearer globex-secret"),
+            foreign("auth.api_keys")
+        );
+        // Nothing foreign: the tenant checks X-API-Key (an unknown bearer
+        // key beside it may be the backend's) and its JWT.
+        assert_eq!(
+            admit("acme", "acme-secret", "Bearer junk"),
+            Ok("api_key:ci".into())
+        );
+        assert_eq!(
+            admit("acme", "junk", "Bearer acme-secret"),
+            Err((Reason::ApiKeyInvalid, "auth.api_keys".into()))
+        );
+        // One decode of the token per request, whatever the tenants whose
+        // claims are looked up and keys tried.
+        let decoded = || auth::DECODED.with(std::cell::Cell::get);
+        let before = decoded();
+        assert_eq!(
+            admit("acme", "acme-secret", &acme_bearer),
+            Ok("api_key:ci".into())
+        );
+        assert_eq!(decoded(), before + 1);
+        assert_eq!(
+            admit("globex", "globex-secret", &acme_bearer),
+            foreign("auth.jwt")
+        );
+        assert_eq!(decoded(), before + 2);
     }
 
     #[test]
@@ -1233,27 +1350,38 @@ routes = [ {{ pool = "app" }} ]
         let p = policy(&c);
         let h = HeaderMap::new();
         let free: Vec<Admission> = (0..5)
-            .map(|_| p.admit("acme", &ask(&h)).expect("free below 50%"))
+            .map(|_| {
+                p.admit("acme", &ask(&Credentials::of(&h)))
+                    .expect("free below 50%")
+            })
             .collect();
-        let shed = p.admit("acme", &ask(&h)).expect_err("free at 50%");
+        let shed = p
+            .admit("acme", &ask(&Credentials::of(&h)))
+            .expect_err("free at 50%");
         assert_eq!(
             (shed.reason, shed.reason.status(), shed.retry_after),
             (Reason::Shed, StatusCode::SERVICE_UNAVAILABLE, Some(1))
         );
         let premium: Vec<Admission> = (0..5)
-            .map(|_| p.admit("globex", &ask(&h)).expect("premium up to 100%"))
+            .map(|_| {
+                p.admit("globex", &ask(&Credentials::of(&h)))
+                    .expect("premium up to 100%")
+            })
             .collect();
         assert_eq!(p.inflight(), 10);
         assert_eq!(
-            reason(p.admit("globex", &ask(&h))),
+            reason(p.admit("globex", &ask(&Credentials::of(&h)))),
             Some(Reason::Shed),
             "at the node's limit even premium waits"
         );
         drop(free);
         assert_eq!(p.inflight(), 5);
-        let more = vec![p.admit("globex", &ask(&h)).expect("6th of globex")];
+        let more = vec![
+            p.admit("globex", &ask(&Credentials::of(&h)))
+                .expect("6th of globex"),
+        ];
         assert_eq!(
-            reason(p.admit("globex", &ask(&h))),
+            reason(p.admit("globex", &ask(&Credentials::of(&h)))),
             Some(Reason::InflightLimit),
             "globex's own max_inflight_requests"
         );

@@ -45,7 +45,9 @@ use super::{
     access_log::{self, AccessLogger, Entry},
     headers::{self, Forwarding},
     path,
-    policy::{self, Ask, ConnectionGuard, InflightGuard, Policy, Proof, bucket::Quota},
+    policy::{
+        self, Ask, ConnectionGuard, InflightGuard, Policy, Proof, auth::Credentials, bucket::Quota,
+    },
     routing::{self, Identified, ListenerRouting, PoolRouting, Refusal, RequestFacts, Routing},
     stats::TenantStats,
     tunnel,
@@ -190,6 +192,14 @@ pub enum ConnSlot {
 }
 
 impl ConnSlot {
+    /// The tenant the connection counts against.
+    #[must_use]
+    pub fn tenant(&self) -> &str {
+        match self {
+            Self::Held { tenant, .. } | Self::Refused { tenant } => tenant,
+        }
+    }
+
     /// Counts a connection of `tenant`.
     #[must_use]
     pub fn take(policy: &Policy, tenant: &str) -> Self {
@@ -234,7 +244,8 @@ pub enum Rejection {
     /// Never counted against the backend.
     RequestBodyTimeout,
     /// A request the proxy will not read as it stands (duplicate or
-    /// disagreeing hosts, a malformed path): 400, with this code.
+    /// disagreeing hosts, duplicate credential headers, a malformed path):
+    /// 400, with this code.
     Malformed(&'static str),
 }
 
@@ -429,21 +440,30 @@ struct Forwarded {
 }
 
 impl Proxy {
-    /// Serves one request of a connection.
+    /// Serves one request of a connection. Every answer of an identified
+    /// site, the backend's or the proxy's own, carries the site's `hsts`.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
     ) -> Response<Tracked> {
-        let resp = self.respond(req, Arc::clone(&conn)).await;
+        let mut hsts = None;
+        let mut resp = self.respond(req, Arc::clone(&conn), &mut hsts).await;
+        headers::set_hsts(resp.headers_mut(), hsts);
         conn.watch(&resp.body().sending);
         resp
     }
 
+    /// [`Proxy::handle`]; `hsts` gets the identified site's.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one request from identification to the answer, read top to bottom"
+    )]
     async fn respond(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         conn: Arc<ConnInfo>,
+        hsts: &mut Option<HeaderValue>,
     ) -> Response<Tracked> {
         let start = Instant::now();
         let routing = self.routing.load_full();
@@ -468,7 +488,15 @@ impl Proxy {
                 );
             }
         };
-        let admitted = admit(&routing, &self.policy, &conn, &req, &target, &mut entry);
+        let admitted = admit(
+            &routing,
+            &self.policy,
+            &conn,
+            &req,
+            &target,
+            &mut entry,
+            hsts,
+        );
         let mut admitted = match admitted {
             Ok(a) => a,
             Err(refused) => return self.refused(*refused, entry, &request_id, start),
@@ -673,13 +701,18 @@ struct Target {
 /// The request's target, or 400 when its parts disagree: the URI's
 /// authority (HTTP/1.1 absolute form, h2's `:authority`) and the Host
 /// header must name the same host and port, a request has at most one
-/// Host, and its path must normalise. Identification, routes and the
-/// backend then all see this one host and path.
+/// Host (and at most one `X-API-Key` and one `Authorization`: which of two
+/// would count is not for a client to play with), and its path must
+/// normalise. Identification, routes and the backend then all see this one
+/// host and path.
 fn request_target<B>(req: &Request<B>, https: bool) -> Result<Target, Rejection> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host_header = hosts.next();
     if hosts.next().is_some() {
         return Err(Rejection::Malformed("duplicate_host"));
+    }
+    if policy::auth::duplicated(req.headers()) {
+        return Err(Rejection::Malformed("duplicate_credentials"));
     }
     let authority = match (req.uri().authority(), host_header) {
         (Some(uri), Some(h)) => {
@@ -736,7 +769,8 @@ fn same_authority(a: &str, b: &str, https: bool) -> bool {
 }
 
 /// Identification and every check before the request may go to a
-/// backend: the tenant, its policy, the route and the pool.
+/// backend: the tenant, its policy, the route and the pool. `hsts` gets
+/// the identified site's, whether the request is admitted or not.
 fn admit<B: Body>(
     routing: &Routing,
     policy: &Policy,
@@ -744,6 +778,7 @@ fn admit<B: Body>(
     req: &Request<B>,
     target: &Target,
     entry: &mut Entry,
+    hsts: &mut Option<HeaderValue>,
 ) -> Result<Admitted, Box<Refused>> {
     let host = target.host.as_deref();
     let path_and_query = target.path_and_query.as_str();
@@ -762,17 +797,22 @@ fn admit<B: Body>(
     let path = path_and_query
         .split_once('?')
         .map_or(path_and_query, |(p, _)| p);
+    let credentials = Credentials::of(req.headers());
     let facts = RequestFacts {
         sni: conn.sni.as_deref(),
         host,
         path,
         method: req.method(),
         headers: req.headers(),
+        jwt: credentials.jwt.as_ref(),
     };
     let identified = listener.identify(&facts).map_err(|refusal| {
         let (rejection, tenant) = match refusal {
             Refusal::Misdirected { identified, .. } => (Rejection::Misdirected, Some(identified)),
-            Refusal::TenantMismatch { identified, .. } => {
+            Refusal::TenantMismatch {
+                identified, site, ..
+            } => {
+                hsts.clone_from(&listener.sites[site].hsts);
                 (Rejection::TenantMismatch, Some(identified))
             }
             Refusal::UnknownHost => (Rejection::UnknownHost, None),
@@ -783,6 +823,7 @@ fn admit<B: Body>(
         Box::new(Refused::with(rejection, tenant, stats))
     })?;
     let site = &listener.sites[identified.site];
+    hsts.clone_from(&site.hsts);
     let refuse = |r: Rejection| {
         Box::new(Refused::with(
             r,
@@ -799,7 +840,7 @@ fn admit<B: Body>(
         path: &path,
         ..facts
     };
-    let admission = check_policy(policy, conn, req, identified, site, entry)?;
+    let admission = check_policy(policy, conn, req, &credentials, identified, site, entry)?;
     if head_size(req) > site.config.max_header_bytes {
         return Err(refuse(Rejection::HeadersTooLarge));
     }
@@ -869,6 +910,7 @@ fn check_policy<B>(
     policy: &Policy,
     conn: &ConnInfo,
     req: &Request<B>,
+    credentials: &Credentials<'_>,
     identified: Identified,
     site: &routing::Site,
     entry: &mut Entry,
@@ -876,7 +918,18 @@ fn check_policy<B>(
     let slot = conn
         .slot
         .get_or_init(|| ConnSlot::take(policy, &site.tenant));
-    let over_connections = matches!(slot, ConnSlot::Refused { tenant } if *tenant == site.tenant);
+    // A connection counts against the first tenant it serves; a request of
+    // another tenant on it (plain HTTP keep-alive) is sent to a connection
+    // of its own, so every connection is in exactly one tenant's count.
+    if slot.tenant() != site.tenant {
+        entry.decision = Rejection::Misdirected.code();
+        return Err(Box::new(Refused::with(
+            Rejection::Misdirected,
+            Some(site.tenant.clone()),
+            Some(Arc::clone(&site.stats)),
+        )));
+    }
+    let over_connections = matches!(slot, ConnSlot::Refused { .. });
     let checked = if over_connections {
         Err(policy::Refusal::connection_limit())
     } else {
@@ -884,7 +937,7 @@ fn check_policy<B>(
             &site.tenant,
             &Ask {
                 client: conn.client.ip(),
-                headers: req.headers(),
+                credentials,
                 proof: Proof::of(identified.by),
             },
         )
@@ -1362,5 +1415,55 @@ impl Drop for Tracked {
         if let Some(s) = self.state().as_mut() {
             s.finish(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `request_target`'s refusal of a request with `headers`, if any.
+    fn refusal(headers: &[(&str, &str)]) -> Option<&'static str> {
+        let mut b = Request::get("/");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(()).expect("request");
+        match request_target(&req, false) {
+            Ok(_) => None,
+            Err(Rejection::Malformed(code)) => Some(code),
+            Err(other) => panic!("{headers:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_host_and_one_of_each_credential_header() {
+        let host = ("host", "acme.example");
+        assert_eq!(
+            refusal(&[host, ("x-api-key", "k"), ("authorization", "Bearer t")]),
+            None
+        );
+        assert_eq!(refusal(&[host, host]), Some("duplicate_host"));
+        for twice in [
+            [("x-api-key", "junk"), ("x-api-key", "key")],
+            [
+                ("authorization", "Bearer junk"),
+                ("authorization", "Bearer key"),
+            ],
+            [
+                ("authorization", "Basic eA=="),
+                ("Authorization", "Bearer key"),
+            ],
+        ] {
+            assert_eq!(
+                refusal(&[host, twice[0], twice[1]]),
+                Some("duplicate_credentials"),
+                "{twice:?}"
+            );
+        }
+        assert_eq!(
+            Rejection::Malformed("duplicate_credentials").status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

@@ -28,7 +28,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderValue, Method};
 
 use crate::{
     config::{self, Config, HashOn, Identify, L7Protocol, L7Site, Listener, PoolL7},
@@ -37,6 +37,7 @@ use crate::{
 
 use super::{
     backend_client::{UpstreamClient, client_for},
+    policy::auth::UnverifiedJwt,
     stats::TenantStats,
     upstream::{self, PoolBalancer, UpstreamSpec},
 };
@@ -52,6 +53,9 @@ pub struct Site {
     pub stats: Arc<TenantStats>,
     /// The tenant's `auth.jwt.tenant_claim`, when it accepts JWTs.
     pub jwt_claim: Option<String>,
+    /// The site's `hsts` as the `Strict-Transport-Security` value of its
+    /// responses (`https` sites only; validated with the configuration).
+    pub hsts: Option<HeaderValue>,
 }
 
 /// Everything about one listen address.
@@ -114,8 +118,13 @@ pub struct Routing {
 pub enum Refusal {
     /// SNI, Host or path name two different tenants: 421.
     Misdirected { identified: String, other: String },
-    /// `X-Tenant-ID` names another tenant than the one identified: 403.
-    TenantMismatch { identified: String, claimed: String },
+    /// `X-Tenant-ID` names another tenant than the one identified: 403,
+    /// an answer of the identified tenant's `site`.
+    TenantMismatch {
+        identified: String,
+        site: SiteId,
+        claimed: String,
+    },
     /// Nothing names a tenant and the listener has no default: 404.
     UnknownHost,
 }
@@ -138,6 +147,8 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub method: &'a Method,
     pub headers: &'a HeaderMap,
+    /// The bearer JWT, if any (decoded once for the whole request).
+    pub jwt: Option<&'a UnverifiedJwt<'a>>,
 }
 
 impl ListenerRouting {
@@ -183,7 +194,7 @@ impl ListenerRouting {
                     .get(super::headers::X_TENANT_ID)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|t| self.tenant_sites.get(t).copied()),
-                Identify::Jwt => self.site_for_jwt(req.headers),
+                Identify::Jwt => req.jwt.and_then(|jwt| self.site_for_jwt(jwt)),
             };
             let Some(site) = site else { continue };
             match found {
@@ -199,6 +210,7 @@ impl ListenerRouting {
                     return Err(match method {
                         Identify::Header | Identify::Jwt => Refusal::TenantMismatch {
                             identified,
+                            site: first.site,
                             claimed: other,
                         },
                         Identify::Sni | Identify::Host | Identify::Path => {
@@ -220,6 +232,7 @@ impl ListenerRouting {
             if claimed.as_bytes() != tenant.as_bytes() {
                 return Err(Refusal::TenantMismatch {
                     identified: tenant.clone(),
+                    site: identified.site,
                     claimed: String::from_utf8_lossy(claimed.as_bytes()).into_owned(),
                 });
             }
@@ -260,14 +273,11 @@ impl ListenerRouting {
 
     /// The site of the tenant a bearer JWT's tenant claim names (unverified:
     /// the policy verifies it with that tenant's keys).
-    fn site_for_jwt(&self, headers: &HeaderMap) -> Option<SiteId> {
-        let token = super::policy::auth::bearer(headers)
-            .filter(|t| super::policy::auth::looks_like_jwt(t))?;
+    fn site_for_jwt(&self, jwt: &UnverifiedJwt<'_>) -> Option<SiteId> {
         self.sites.iter().position(|s| {
-            s.jwt_claim.as_deref().is_some_and(|claim| {
-                super::policy::auth::unverified_claim(token, claim).as_deref()
-                    == Some(s.tenant.as_str())
-            })
+            s.jwt_claim
+                .as_deref()
+                .is_some_and(|claim| jwt.claim(claim) == Some(s.tenant.as_str()))
         })
     }
 
@@ -407,6 +417,10 @@ impl ListenerRouting {
                         .get(&t.name)
                         .map_or_else(|| Arc::new(TenantStats::default()), Arc::clone),
                     jwt_claim: t.auth.jwt.as_ref().map(|j| j.tenant_claim.clone()),
+                    hsts: s
+                        .hsts
+                        .as_deref()
+                        .and_then(|v| HeaderValue::from_str(v).ok()),
                 });
             }
         }
@@ -672,6 +686,7 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             path,
             method: &Method::GET,
             headers,
+            jwt: None,
         }
     }
 
@@ -852,6 +867,7 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             l.identify(&facts(Some("acme.example"), None, "/", &h)),
             Err(Refusal::TenantMismatch {
                 identified: "acme".into(),
+                site: 0,
                 claimed: "globex".into()
             })
         );
@@ -879,7 +895,12 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             h
         };
         let who = |host: Option<&str>, h: &HeaderMap| {
-            l.identify(&facts(None, host, "/", h))
+            let creds = super::super::policy::auth::Credentials::of(h);
+            let facts = RequestFacts {
+                jwt: creds.jwt.as_ref(),
+                ..facts(None, host, "/", h)
+            };
+            l.identify(&facts)
                 .map(|i| (l.sites[i.site].tenant.clone(), i.by))
         };
         // The header names a candidate the policy must then see proven.
@@ -891,6 +912,7 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             who(Some("acme.example"), &x_tenant("globex")),
             Err(Refusal::TenantMismatch {
                 identified: "acme".into(),
+                site: 0,
                 claimed: "globex".into()
             })
         );

@@ -55,6 +55,7 @@ use crate::{
 
 use super::{
     access_log::{self, AccessLogger, Entry},
+    caps::{SourceGuard, Sources},
     passthrough::{self, HelloError, ProxyHeader, ProxyHeaderError},
     policy::{self as request_policy, Policy},
     proxy::{ConnInfo, ConnSlot, Proxy, now_ms},
@@ -104,6 +105,8 @@ struct Running {
 #[derive(Debug)]
 pub struct Connections {
     open: AtomicUsize,
+    /// `node.max_connections`.
+    max: AtomicUsize,
     closed: Notify,
     /// Every connection's drain signal: set once to ask all of them to
     /// finish their current request and close.
@@ -163,6 +166,7 @@ impl L7 {
             listeners: HashMap::new(),
             connections: Arc::new(Connections {
                 open: AtomicUsize::new(0),
+                max: AtomicUsize::new(usize::MAX),
                 closed: Notify::new(),
                 drain: watch::channel(false).0,
             }),
@@ -206,6 +210,10 @@ impl L7 {
         down: &BTreeSet<BackendKey>,
         inherited: &mut HashMap<SocketAddr, OwnedFd>,
     ) -> anyhow::Result<()> {
+        self.connections.max.store(
+            usize::try_from(config.node.max_connections).unwrap_or(usize::MAX),
+            Relaxed,
+        );
         if config.node.access_log != self.access_log {
             match AccessLogger::start(&config.node.access_log) {
                 Ok(log) => {
@@ -271,6 +279,7 @@ impl L7 {
                             connections: Arc::clone(&self.connections),
                             stats: Arc::clone(&stats),
                             tls: Arc::clone(&tls),
+                            sources: Arc::new(Sources::default()),
                         },
                     ));
                     info!(%addr, "L7 listener accepting");
@@ -401,6 +410,9 @@ impl L7 {
                 tls_handshake_failures: s.tls_handshake_failures.load(Relaxed),
                 bad_client_hellos: s.bad_client_hellos.load(Relaxed),
                 bad_proxy_headers: s.bad_proxy_headers.load(Relaxed),
+                refused_connections: s.refused_connections.load(Relaxed),
+                deadline_closes: s.deadline_closes.load(Relaxed),
+                open_connections: self.connections.open.load(Relaxed) as u64,
             });
         }
         stats.access_log_lost = self.access_log_lost();
@@ -460,6 +472,65 @@ struct Shared {
     connections: Arc<Connections>,
     stats: Arc<ListenerStats>,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    /// Open connections per source, for `max_connections_per_source`.
+    sources: Arc<Sources>,
+}
+
+/// A connection's places in the caps counted from `accept`, held until it
+/// (and any tunnel made of it) is gone.
+struct Open {
+    _node: ConnectionGuard,
+    _source: Option<SourceGuard>,
+}
+
+impl Shared {
+    /// The connection's places under `node.max_connections` and the
+    /// listener's `max_connections_per_source`, or `None` (counted and
+    /// logged) when it is over either.
+    fn admit(&self, listen: SocketAddr, client: SocketAddr) -> Option<Open> {
+        let node = ConnectionGuard::new(&self.connections);
+        let max = self.connections.max.load(Relaxed);
+        let over = if node.0.open.load(Relaxed) > max {
+            Some("node.max_connections")
+        } else {
+            None
+        };
+        let per_source = self
+            .proxy
+            .routing
+            .load()
+            .listeners
+            .get(&listen)
+            .and_then(|l| l.listener.max_connections_per_source);
+        let source = match (over, per_source) {
+            (None, Some(limit)) => match self.sources.take(client.ip(), limit) {
+                Some(g) => Some(g),
+                None => {
+                    return self.refuse(client, listen, "listener.max_connections_per_source");
+                }
+            },
+            (None, None) => None,
+            (Some(rule), _) => return self.refuse(client, listen, rule),
+        };
+        Some(Open {
+            _node: node,
+            _source: source,
+        })
+    }
+
+    fn refuse(&self, client: SocketAddr, listen: SocketAddr, rule: &'static str) -> Option<Open> {
+        self.stats.refused_connections.fetch_add(1, Relaxed);
+        debug!(%client, %listen, rule, "connection over a cap closed at accept");
+        self.proxy.log.load().log(&Entry {
+            time: access_log::now(),
+            client: Some(client),
+            listener: Some(listen),
+            decision: "connection_limit",
+            rule: Some(rule.to_owned()),
+            ..Entry::default()
+        });
+        None
+    }
 }
 
 async fn accept_loop(
@@ -481,10 +552,11 @@ async fn accept_loop(
             accepted = socket.accept() => match accepted {
                 Ok((stream, client)) => {
                     shared.stats.connections.fetch_add(1, Relaxed);
+                    // Over a cap: closed at once (the stream drops here).
+                    let Some(open) = shared.admit(addr, client) else { continue };
                     let _ = stream.set_nodelay(true);
-                    let guard = ConnectionGuard::new(&shared.connections);
                     let shared = shared.clone();
-                    tokio::spawn(connection(stream, client, addr, shared, guard));
+                    tokio::spawn(connection(stream, client, addr, shared, open));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -506,6 +578,35 @@ fn trusted_proxy(listener: &Listener, ip: IpAddr) -> bool {
         .any(|&(net, len)| request_policy::prefix_contains(net, len, ip))
 }
 
+/// The client address of a connection from `peer`, and whether `peer` is
+/// a trusted proxy: the source of its PROXY header on a `proxy_protocol`
+/// listener, else `peer` itself. `None`: a trusted proxy sent no valid
+/// header (counted and logged; the connection is to be closed).
+async fn client_of(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    listen: SocketAddr,
+    listener: &ListenerRouting,
+    shared: &Shared,
+) -> Option<(SocketAddr, bool)> {
+    let trusted = trusted_proxy(&listener.listener, peer.ip());
+    if !(trusted && listener.listener.proxy_protocol) {
+        return Some((peer, trusted));
+    }
+    match passthrough::read_proxy_v2(stream, listener.header_timeout).await {
+        Ok(ProxyHeader::Proxy { source, .. }) => Some((
+            SocketAddr::new(source.ip().to_canonical(), source.port()),
+            trusted,
+        )),
+        Ok(ProxyHeader::Local) => Some((peer, trusted)),
+        Err(e) => {
+            shared.stats.bad_proxy_headers.fetch_add(1, Relaxed);
+            log_bad_proxy_header(shared, peer, listen, &e);
+            None
+        }
+    }
+}
+
 /// One client connection, from accept to close. `peer` is the TCP peer;
 /// the client is that, or the source of a trusted proxy's PROXY header.
 async fn connection(
@@ -513,7 +614,7 @@ async fn connection(
     peer: SocketAddr,
     listen: SocketAddr,
     shared: Shared,
-    open: ConnectionGuard,
+    open: Open,
 ) {
     let routing = shared.proxy.routing.load_full();
     let Some(listener) = routing.listeners.get(&listen).cloned() else {
@@ -521,28 +622,27 @@ async fn connection(
     };
     let started = tokio::time::Instant::now();
     let header_timeout = listener.header_timeout;
-    let trusted = trusted_proxy(&listener.listener, peer.ip());
-    let client = if trusted && listener.listener.proxy_protocol {
-        match passthrough::read_proxy_v2(&mut stream, header_timeout).await {
-            Ok(ProxyHeader::Proxy { source, .. }) => {
-                SocketAddr::new(source.ip().to_canonical(), source.port())
-            }
-            Ok(ProxyHeader::Local) => peer,
-            Err(e) => {
-                shared.stats.bad_proxy_headers.fetch_add(1, Relaxed);
-                log_bad_proxy_header(&shared, peer, listen, &e);
-                return;
-            }
-        }
-    } else {
-        peer
+    let Some((client, trusted)) = client_of(&mut stream, peer, listen, &listener, &shared).await
+    else {
+        return;
     };
     if !listener.tls {
         // The tenant (and its connection count) comes with the first
         // request.
         let mut info = ConnInfo::new(client, listen, None, false);
         info.from_trusted_proxy = trusted;
-        serve_http(stream, info.holding(open), &listener, &shared).await;
+        let info = info.holding(open);
+        let deadlines = Deadlines::of_listener(&listener);
+        let fd = stream.as_raw_fd();
+        serve_http(
+            stream,
+            info,
+            (false, Some(fd)),
+            deadlines,
+            &listener,
+            &shared,
+        )
+        .await;
         return;
     }
 
@@ -613,7 +713,15 @@ async fn connection(
         let _ = info.slot.set(slot);
     }
     let _active = tenant_stats.map(ActiveConnection::new);
-    serve_http(tls, info, &listener, &shared).await;
+    // An h2 session has no request heads to time, from its start.
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    // The SNI's tenant owns the session: its site's timeouts apply.
+    let deadlines = site.map_or_else(
+        || Deadlines::of_listener(&listener),
+        |id| Deadlines::of_site(&listener.sites[id].config.timeouts),
+    );
+    let fd = tls.get_ref().0.inner.as_raw_fd();
+    serve_http(tls, info, (h2, Some(fd)), deadlines, &listener, &shared).await;
 }
 
 /// Serves HTTP/1.1 and h2 on `io` until the client closes, the connection
@@ -632,21 +740,23 @@ async fn connection(
 ///   connection then closes; an h2 stream is reset when next polled, and
 ///   the connection closes too when nothing at all reached the client for
 ///   that long.
-async fn serve_http<S>(io: S, info: ConnInfo, listener: &ListenerRouting, shared: &Shared)
-where
+async fn serve_http<S>(
+    io: S,
+    info: ConnInfo,
+    (h2, fd): (bool, Option<RawFd>),
+    timeouts: Deadlines,
+    listener: &ListenerRouting,
+    shared: &Shared,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     use hyper_util::{
         rt::{TokioExecutor, TokioIo, TokioTimer},
         server::conn::auto,
     };
-    let timeouts = Deadlines {
-        header: listener.header_timeout,
-        idle: listener.idle_timeout,
-        send: listener.send_timeout,
-    };
     let max_header = listener.max_header_bytes;
-    let requests = Arc::new(Requests::new());
+    let requests = Arc::new(Requests::new(fd));
+    requests.h2.store(h2, Relaxed);
     let io = Activity {
         inner: io,
         requests: Arc::clone(&requests),
@@ -690,6 +800,9 @@ where
         closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
     }
     let mut shut = false;
+    // When the connection was asked to close: it then has the send timeout
+    // to flush and go (a client that stopped reading would hold it open).
+    let mut shut_at: Option<u64> = None;
     let mut clock = pin!(tokio::time::sleep(Duration::ZERO));
     let mut drain_tick = tokio::time::interval(DRAIN_CHECK);
     loop {
@@ -705,9 +818,12 @@ where
                     closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
                 }
             }
-            () = clock.as_mut(), if !shut => {
+            () = clock.as_mut() => {
                 let busy = requests.inflight.load(Relaxed) > 0 || conn_info.responses_open() > 0;
-                match timeouts.check(&requests, &conn_info, busy) {
+                if shut && !busy {
+                    shut_at.get_or_insert_with(now_ms);
+                }
+                match timeouts.check(&requests, &conn_info, busy, shut_at) {
                     Due::Nothing(next) => {
                         clock.as_mut().reset(later(tokio::time::Instant::now(), next));
                     }
@@ -715,6 +831,7 @@ where
                         shut = true;
                         closing.get_or_insert((requests.started.load(Relaxed), tokio::time::Instant::now()));
                         conn.as_mut().graceful_shutdown();
+                        clock.as_mut().reset(later(tokio::time::Instant::now(), CLOCK_MIN));
                     }
                     Due::Close(why) => {
                         debug!(%client, why, "connection closed");
@@ -740,6 +857,34 @@ where
             }
         }
     }
+}
+
+/// The client socket's send side, from the kernel: bytes still held for
+/// the client (written, not acknowledged: `SIOCOUTQ`), and every byte it
+/// acknowledged so far (`TCP_INFO`). A client that stopped reading leaves
+/// the first non-zero and the second still, however small the response.
+fn send_queue(fd: RawFd) -> Option<(u64, u64)> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `fd` is a TCP socket the caller keeps open for this call;
+    // SIOCOUTQ writes one c_int through the pointer, which is valid.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &raw mut queued) } != 0 {
+        return None;
+    }
+    // SAFETY: an all-zero tcp_info is a valid value of the plain C struct.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>()).ok()?;
+    // SAFETY: `info` and `len` are valid for writes of `len` bytes; the
+    // kernel writes at most that many (older kernels fewer, leaving zeros).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0).then(|| (u64::try_from(queued).unwrap_or(0), info.tcpi_bytes_acked))
 }
 
 /// `at + after`, or decades from `at` when that is not representable (no
@@ -769,12 +914,41 @@ enum Due {
 }
 
 impl Deadlines {
-    fn check(&self, r: &Requests, info: &ConnInfo, busy: bool) -> Due {
+    /// Before the tenant is known: the longest of the listener's sites.
+    fn of_listener(l: &ListenerRouting) -> Self {
+        Self {
+            header: l.header_timeout,
+            idle: l.idle_timeout,
+            send: l.send_timeout,
+        }
+    }
+
+    /// A site's own.
+    fn of_site(t: &crate::config::Timeouts) -> Self {
+        Self {
+            header: t.header,
+            idle: t.idle,
+            send: t.send,
+        }
+    }
+
+    fn check(&self, r: &Requests, info: &ConnInfo, busy: bool, shut_at: Option<u64>) -> Due {
         let now = now_ms();
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let left = |since: u64, limit: Duration| {
             Duration::from_millis(since.saturating_add(ms(limit)).saturating_sub(now))
         };
+        if r.kernel_queue_stalled(now, ms(self.send)) {
+            return Due::Close("send_timeout");
+        }
+        if let (Some(at), false) = (shut_at, busy) {
+            // Asked to close, nothing under way: it has the send timeout.
+            let remaining = left(at, self.send);
+            if remaining.is_zero() {
+                return Due::Close("close_timeout");
+            }
+            return Due::Nothing(remaining.min(STALL_CHECK).max(CLOCK_MIN));
+        }
         if busy {
             // Activity: the idle time starts again when this ends.
             r.last_change_ms.store(now, Relaxed);
@@ -800,6 +974,9 @@ impl Deadlines {
         let remaining = left(r.last_change_ms.load(Relaxed), self.idle);
         if remaining.is_zero() {
             Due::Idle
+        } else if r.unacked.fd.is_some() {
+            // Watch the kernel's queue while idle too.
+            Due::Nothing(remaining.min(STALL_CHECK).max(CLOCK_MIN))
         } else {
             Due::Nothing(remaining.max(CLOCK_MIN))
         }
@@ -821,10 +998,50 @@ struct Requests {
     last_write_ms: AtomicU64,
     /// The connection speaks h2 (no request heads to time).
     h2: AtomicBool,
+    /// The client's socket's send queue, watched for a client that stopped
+    /// reading.
+    unacked: Unacked,
+}
+
+/// What [`send_queue`] last said, and since when the client has
+/// acknowledged nothing while bytes waited for it.
+#[derive(Debug, Default)]
+struct Unacked {
+    fd: Option<RawFd>,
+    /// Bytes the client had acknowledged at the last look.
+    acked: AtomicU64,
+    /// Since when bytes have waited with no new acknowledgement (0: none
+    /// waiting, or the client is taking them).
+    stuck_since_ms: AtomicU64,
 }
 
 impl Requests {
-    fn new() -> Self {
+    /// Whether bytes have waited in the kernel for `send_ms` while the
+    /// client acknowledged none.
+    fn kernel_queue_stalled(&self, now: u64, send_ms: u64) -> bool {
+        let Some(fd) = self.unacked.fd else {
+            return false;
+        };
+        let Some((queued, acked)) = send_queue(fd) else {
+            return false;
+        };
+        let u = &self.unacked;
+        let before = u.acked.swap(acked, Relaxed);
+        if queued == 0 || acked > before {
+            u.stuck_since_ms.store(0, Relaxed);
+            return false;
+        }
+        let since = u.stuck_since_ms.load(Relaxed);
+        if since == 0 {
+            u.stuck_since_ms.store(now, Relaxed);
+            return false;
+        }
+        now.saturating_sub(since) >= send_ms
+    }
+}
+
+impl Requests {
+    fn new(fd: Option<RawFd>) -> Self {
         let now = now_ms();
         Self {
             started: AtomicU64::new(0),
@@ -834,6 +1051,10 @@ impl Requests {
             head_since_ms: AtomicU64::new(now),
             last_write_ms: AtomicU64::new(now),
             h2: AtomicBool::new(false),
+            unacked: Unacked {
+                fd,
+                ..Unacked::default()
+            },
         }
     }
 }

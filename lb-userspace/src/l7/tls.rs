@@ -597,7 +597,8 @@ impl CertStore {
         files.into_iter().cloned().collect()
     }
 
-    /// The rustls server config of one listener: TLS 1.2 and 1.3, ALPN
+    /// The rustls server config of one listener: TLS 1.2 and 1.3 with the
+    /// server's cipher suite order (rustls' default, strongest first), ALPN
     /// `h2` then `http/1.1` (only `http/1.1` when `h2` is false), the
     /// listener's session cache and ticket keys, and a resolver that reads
     /// the store's current certificates on each handshake. With
@@ -631,6 +632,11 @@ impl CertStore {
         } else {
             vec![b"http/1.1".to_vec()]
         };
+        // The server's order, not the client's: rustls' suites are listed
+        // strongest first (AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305, all
+        // with forward secrecy), so a client that lists a weaker suite
+        // first still gets the strongest one both support.
+        config.ignore_client_order = true;
         // One ticket per handshake instead of rustls' two: a client resumes
         // one connection with it and gets a fresh ticket on that one, and
         // each ticket costs an encryption, a record and random bytes.
@@ -1469,6 +1475,40 @@ mod tests {
             .await
             .expect("handshake");
         assert_eq!(tls.get_ref().1.alpn_protocol(), None, "no ALPN offered");
+    }
+
+    /// A client that lists its suites weakest first still gets the
+    /// server's first choice (AES-256-GCM), over TLS 1.3 and 1.2.
+    #[tokio::test]
+    async fn the_servers_cipher_order_wins() {
+        let t = three_tenants("cipher-order");
+        let (addr, _rx) = serve(t.store.server_config(LISTEN, None, true)).await;
+        let cases: [(&[&SupportedProtocolVersion], _); 2] = [
+            (
+                &[&rustls::version::TLS13],
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+            ),
+            (
+                &[&rustls::version::TLS12],
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ),
+        ];
+        for (versions, expected) in cases {
+            let mut provider = rustls::crypto::ring::default_provider();
+            provider.cipher_suites.reverse();
+            let mut roots = RootCertStore::empty();
+            roots.add(t.cas[0].cert.der().clone()).expect("the CA");
+            let client = ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(versions)
+                .expect("protocol versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let tls = connect(addr, &Arc::new(client), "api.alpha.example")
+                .await
+                .expect("handshake");
+            let suite = tls.get_ref().1.negotiated_cipher_suite().expect("a suite");
+            assert_eq!(suite.suite(), expected, "{versions:?}");
+        }
     }
 
     #[tokio::test]

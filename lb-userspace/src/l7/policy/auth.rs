@@ -3,10 +3,14 @@
 //!
 //! A request's credentials come from `X-API-Key: KEY` and `Authorization:
 //! Bearer VALUE`; a bearer value shaped like a JWT (three base64url parts,
-//! the first starting `eyJ`) is a JWT, anything else an API key. Keys are
-//! never stored or logged: the configuration holds their SHA-256, and a
-//! presented key is hashed and compared with every digest of the tenant
-//! (`subtle`, no early exit).
+//! the first starting `eyJ`) is a JWT, anything else an API key. A request
+//! with two of either header is refused before identification (400,
+//! [`duplicated`]), and every credential it carries is looked at, so a
+//! junk first header cannot hide another tenant's credential in the
+//! second. Keys are never stored or logged: the configuration holds their
+//! SHA-256, and a presented key is hashed and compared with every digest of
+//! the tenant (`subtle`, no early exit). A JWT's header and claims are
+//! decoded once per request ([`UnverifiedJwt`]).
 //!
 //! JWTs: HS256, RS256 and ES256 only. The header's `alg` must be one of
 //! those *and* the algorithm of the key that verifies it (an RS256 key is
@@ -15,7 +19,7 @@
 //! `aud` (when configured) are checked with the configured leeway; and the
 //! tenant claim must name the tenant.
 
-use std::{path::Path, time::Duration};
+use std::{cell::OnceCell, path::Path, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use http::{HeaderMap, header::AUTHORIZATION};
@@ -35,22 +39,26 @@ pub const MIN_HS256_SECRET: usize = 32;
 /// Keys tried for one token (when `kid` does not single one out).
 const MAX_KEYS_TRIED: usize = 4;
 
-/// The credentials a request carries.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The credentials a request carries. Every one of them is checked for
+/// belonging to another tenant; the tenant then checks its API key (the
+/// `X-API-Key`, else a bearer key) and its JWT.
+#[derive(Debug, Default)]
 pub struct Credentials<'a> {
-    /// From `X-API-Key`, else a bearer value that is not a JWT.
-    pub api_key: Option<&'a str>,
+    /// The value of `X-API-Key`.
+    pub header_key: Option<&'a str>,
+    /// A bearer value that is not shaped like a JWT: an API key.
+    pub bearer_key: Option<&'a str>,
     /// A bearer value shaped like a JWT.
-    pub jwt: Option<&'a str>,
+    pub jwt: Option<UnverifiedJwt<'a>>,
 }
 
 impl<'a> Credentials<'a> {
-    /// The credentials of `headers`.
+    /// The credentials of `headers` (the first `X-API-Key` and
+    /// `Authorization`: the proxy refuses requests with two of either).
     #[must_use]
     pub fn of(headers: &'a HeaderMap) -> Self {
-        let bearer = bearer(headers);
-        let (bearer_jwt, bearer_key) = match bearer {
-            Some(b) if looks_like_jwt(b) => (Some(b), None),
+        let (jwt, bearer_key) = match bearer(headers) {
+            Some(b) if looks_like_jwt(b) => (Some(UnverifiedJwt::new(b)), None),
             other => (None, other),
         };
         let header_key = headers
@@ -59,23 +67,40 @@ impl<'a> Credentials<'a> {
             .map(str::trim)
             .filter(|k| !k.is_empty());
         Self {
-            api_key: header_key.or(bearer_key),
-            jwt: bearer_jwt,
+            header_key,
+            bearer_key,
+            jwt,
         }
     }
 
     /// Whether there is anything to check.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.api_key.is_none() && self.jwt.is_none()
+        self.header_key.is_none() && self.bearer_key.is_none() && self.jwt.is_none()
+    }
+
+    /// The API key the tenant checks: `X-API-Key`, else a bearer key.
+    #[must_use]
+    pub fn api_key(&self) -> Option<&'a str> {
+        self.header_key.or(self.bearer_key)
     }
 
     /// The credential a per-key rate limit counts: the API key, else the
     /// token.
     #[must_use]
     pub fn limit_key(&self) -> Option<&'a str> {
-        self.api_key.or(self.jwt)
+        self.api_key()
+            .or_else(|| self.jwt.as_ref().map(UnverifiedJwt::token))
     }
+}
+
+/// Whether `headers` carry `X-API-Key` or `Authorization` more than once:
+/// such a request is refused (400) rather than judged on one of them.
+#[must_use]
+pub fn duplicated(headers: &HeaderMap) -> bool {
+    [X_API_KEY, AUTHORIZATION]
+        .iter()
+        .any(|name| headers.get_all(name).iter().nth(1).is_some())
 }
 
 /// The value of `Authorization: Bearer VALUE` (scheme case-insensitive).
@@ -101,6 +126,66 @@ pub fn looks_like_jwt(token: &str) -> bool {
     shaped && parts.next().is_none() && token.starts_with("eyJ")
 }
 
+/// A presented JWT, not verified. Its header and claims are decoded on
+/// first use and at most once, however many tenants' claims identification
+/// and the policy look up in it; nothing read here is trusted, it only
+/// chooses the keys that verify the token.
+#[derive(Debug)]
+pub struct UnverifiedJwt<'a> {
+    token: &'a str,
+    decoded: OnceCell<Option<Decoded>>,
+}
+
+/// The JSON objects of a token's first two parts.
+#[derive(Debug)]
+struct Decoded {
+    header: Map<String, Value>,
+    claims: Map<String, Value>,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tokens decoded by this thread (tests count them).
+    pub(crate) static DECODED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl<'a> UnverifiedJwt<'a> {
+    #[must_use]
+    pub fn new(token: &'a str) -> Self {
+        Self {
+            token,
+            decoded: OnceCell::new(),
+        }
+    }
+
+    /// The token as presented.
+    #[must_use]
+    pub fn token(&self) -> &'a str {
+        self.token
+    }
+
+    /// Its header and claims, or `None` when it is not a well-formed token.
+    fn decoded(&self) -> Option<&Decoded> {
+        self.decoded
+            .get_or_init(|| {
+                #[cfg(test)]
+                DECODED.with(|n| n.set(n.get() + 1));
+                Some(Decoded {
+                    header: part(self.token, 0)?,
+                    claims: part(self.token, 1)?,
+                })
+            })
+            .as_ref()
+    }
+
+    /// A string claim (for choosing which tenant's keys to verify the
+    /// token with, never for trusting it).
+    #[must_use]
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        self.decoded()?.claims.get(name)?.as_str()
+    }
+}
+
 /// One base64url JSON object of a token (0 = header, 1 = claims), without
 /// verifying anything.
 fn part(token: &str, index: usize) -> Option<Map<String, Value>> {
@@ -111,16 +196,6 @@ fn part(token: &str, index: usize) -> Option<Map<String, Value>> {
     let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
     match serde_json::from_slice(&bytes).ok()? {
         Value::Object(map) => Some(map),
-        _ => None,
-    }
-}
-
-/// A string claim of an unverified token (for choosing which tenant's keys
-/// to verify it with, never for trusting it).
-#[must_use]
-pub fn unverified_claim(token: &str, claim: &str) -> Option<String> {
-    match part(token, 1)?.remove(claim)? {
-        Value::String(s) => Some(s),
         _ => None,
     }
 }
@@ -353,8 +428,8 @@ impl JwtVerifier {
     ///
     /// # Errors
     /// Why the token is refused.
-    pub fn verify(&self, token: &str) -> Result<Verified, JwtError> {
-        let header = part(token, 0).ok_or(JwtError::Malformed)?;
+    pub fn verify(&self, jwt: &UnverifiedJwt<'_>) -> Result<Verified, JwtError> {
+        let header = &jwt.decoded().ok_or(JwtError::Malformed)?.header;
         let alg = header
             .get("alg")
             .and_then(Value::as_str)
@@ -376,7 +451,7 @@ impl JwtVerifier {
             })
             .take(MAX_KEYS_TRIED);
         for key in candidates {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, validation) {
+            match jsonwebtoken::decode::<Map<String, Value>>(jwt.token, &key.decoding, validation) {
                 Ok(data) => {
                     return match data.claims.get(&self.claim) {
                         Some(Value::String(t)) if *t == self.tenant => Ok(Verified {
@@ -565,6 +640,10 @@ pub(crate) mod tests {
         encode(&h, claims, key).expect("signing")
     }
 
+    fn verify(v: &JwtVerifier, token: &str) -> Result<Verified, JwtError> {
+        v.verify(&UnverifiedJwt::new(token))
+    }
+
     fn config() -> JwtAuth {
         JwtAuth {
             jwks_file: None,
@@ -598,7 +677,7 @@ pub(crate) mod tests {
             (Algorithm::HS256, None, &k.hs),
         ] {
             assert_eq!(
-                v.verify(&token(alg, kid, key, &c)),
+                verify(&v, &token(alg, kid, key, &c)),
                 Ok(Verified {
                     subject: Some("alice".into())
                 }),
@@ -613,32 +692,32 @@ pub(crate) mod tests {
         let v = JwtVerifier::new("acme", &config(), Some(&k.jwks), None).expect("keys");
         let sign = |c: &Value| token(Algorithm::ES256, Some("e1"), &k.ec, c);
         let mut c = claims("acme", -120);
-        assert_eq!(v.verify(&sign(&c)), Err(JwtError::Expired));
+        assert_eq!(verify(&v, &sign(&c)), Err(JwtError::Expired));
         // Within the leeway: accepted.
         c["exp"] = json!(now() - 10);
-        assert!(v.verify(&sign(&c)).is_ok());
+        assert!(verify(&v, &sign(&c)).is_ok());
         let mut c = claims("acme", 600);
         c["nbf"] = json!(now() + 120);
-        assert_eq!(v.verify(&sign(&c)), Err(JwtError::NotYetValid));
+        assert_eq!(verify(&v, &sign(&c)), Err(JwtError::NotYetValid));
         let mut c = claims("acme", 600);
         c["aud"] = json!("other");
-        assert_eq!(v.verify(&sign(&c)), Err(JwtError::Audience));
+        assert_eq!(verify(&v, &sign(&c)), Err(JwtError::Audience));
         c["aud"] = json!(["other", "api"]);
-        assert!(v.verify(&sign(&c)).is_ok());
+        assert!(verify(&v, &sign(&c)).is_ok());
         let mut c = claims("acme", 600);
         c["iss"] = json!("https://evil.example");
-        assert_eq!(v.verify(&sign(&c)), Err(JwtError::Issuer));
+        assert_eq!(verify(&v, &sign(&c)), Err(JwtError::Issuer));
         for missing in ["exp", "iss", "aud", "tenant"] {
             let mut c = claims("acme", 600);
             c.as_object_mut().expect("object").remove(missing);
             assert_eq!(
-                v.verify(&sign(&c)),
+                verify(&v, &sign(&c)),
                 Err(JwtError::MissingClaim),
                 "{missing}"
             );
         }
         assert_eq!(
-            v.verify(&sign(&claims("globex", 600))),
+            verify(&v, &sign(&claims("globex", 600))),
             Err(JwtError::OtherTenant)
         );
     }
@@ -656,13 +735,13 @@ pub(crate) mod tests {
             &EncodingKey::from_ec_der(&other.serialize_der()),
             &c,
         );
-        assert_eq!(v.verify(&forged), Err(JwtError::Signature));
+        assert_eq!(verify(&v, &forged), Err(JwtError::Signature));
         // A tampered payload.
         let good = token(Algorithm::RS256, Some("r1"), &k.rsa, &c);
         let mut parts: Vec<&str> = good.split('.').collect();
         let evil = URL_SAFE_NO_PAD.encode(claims("acme", 99_999).to_string());
         parts[1] = &evil;
-        assert_eq!(v.verify(&parts.join(".")), Err(JwtError::Signature));
+        assert_eq!(verify(&v, &parts.join(".")), Err(JwtError::Signature));
         // HS256 with the RSA public key as the secret: no HMAC key here.
         let jwks: Value = serde_json::from_str(&k.jwks).expect("jwks");
         let n = jwks["keys"][0]["n"].as_str().expect("n");
@@ -672,31 +751,31 @@ pub(crate) mod tests {
             &EncodingKey::from_secret(n.as_bytes()),
             &c,
         );
-        assert_eq!(v.verify(&confused), Err(JwtError::Algorithm));
+        assert_eq!(verify(&v, &confused), Err(JwtError::Algorithm));
         // alg "none", and algorithms outside the three.
         let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(c.to_string());
         assert_eq!(
-            v.verify(&format!("{header}.{body}.")),
+            verify(&v, &format!("{header}.{body}.")),
             Err(JwtError::Algorithm)
         );
         let rs384 = token(Algorithm::RS384, Some("r1"), &k.rsa, &c);
-        assert_eq!(v.verify(&rs384), Err(JwtError::Algorithm));
+        assert_eq!(verify(&v, &rs384), Err(JwtError::Algorithm));
         // ES256 header on an RSA signature, and an unknown kid.
         let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
         parts[0] = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"e1"}"#);
-        assert_eq!(v.verify(&parts.join(".")), Err(JwtError::Signature));
+        assert_eq!(verify(&v, &parts.join(".")), Err(JwtError::Signature));
         let unknown = token(Algorithm::RS256, Some("nope"), &k.rsa, &c);
-        assert_eq!(v.verify(&unknown), Err(JwtError::Signature));
+        assert_eq!(verify(&v, &unknown), Err(JwtError::Signature));
         // Garbage and oversized tokens.
-        assert_eq!(v.verify("eyJ.x.y"), Err(JwtError::Malformed));
+        assert_eq!(verify(&v, "eyJ.x.y"), Err(JwtError::Malformed));
         assert_eq!(
-            v.verify(&format!("eyJ{}", "a".repeat(MAX_TOKEN_BYTES))),
+            verify(&v, &format!("eyJ{}", "a".repeat(MAX_TOKEN_BYTES))),
             Err(JwtError::Malformed)
         );
         // A verifier without keys refuses everything.
         let none = JwtVerifier::refusing("acme", &config());
-        assert_eq!(none.verify(&good), Err(JwtError::Algorithm));
+        assert_eq!(verify(&none, &good), Err(JwtError::Algorithm));
     }
 
     #[test]
@@ -708,7 +787,7 @@ pub(crate) mod tests {
         let verifier = JwtVerifier::new("acme", &config(), None, Some(&newline)).expect("secret");
         let hs = token(Algorithm::HS256, None, &keys.hs, &claims("acme", 60));
         assert!(
-            verifier.verify(&hs).is_ok(),
+            verify(&verifier, &hs).is_ok(),
             "the trailing newline is not part of the secret"
         );
         for (jwks, fragment) in [
@@ -738,33 +817,75 @@ pub(crate) mod tests {
         let mut h = HeaderMap::new();
         assert!(Credentials::of(&h).is_empty());
         h.insert(AUTHORIZATION, "Bearer sk-123".parse().expect("v"));
+        let c = Credentials::of(&h);
         assert_eq!(
-            Credentials::of(&h),
-            Credentials {
-                api_key: Some("sk-123"),
-                jwt: None
-            }
+            (c.header_key, c.bearer_key, c.api_key(), c.jwt.is_none()),
+            (None, Some("sk-123"), Some("sk-123"), true)
+        );
+        // Both keys are kept (each is checked for another tenant's); the
+        // tenant checks X-API-Key.
+        h.insert(X_API_KEY, " junk ".parse().expect("v"));
+        let c = Credentials::of(&h);
+        assert_eq!(
+            (c.header_key, c.bearer_key, c.api_key(), c.limit_key()),
+            (Some("junk"), Some("sk-123"), Some("junk"), Some("junk"))
         );
         h.insert(AUTHORIZATION, "bearer eyJa.eyJb.c-_d".parse().expect("v"));
         h.insert(X_API_KEY, "k2".parse().expect("v"));
         let c = Credentials::of(&h);
         assert_eq!(
-            (c.api_key, c.jwt, c.limit_key()),
+            (
+                c.api_key(),
+                c.jwt.as_ref().map(UnverifiedJwt::token),
+                c.limit_key()
+            ),
             (Some("k2"), Some("eyJa.eyJb.c-_d"), Some("k2"))
         );
-        h.insert(AUTHORIZATION, "Basic dXNlcjpwdw==".parse().expect("v"));
         h.remove(X_API_KEY);
+        assert_eq!(
+            Credentials::of(&h).limit_key(),
+            Some("eyJa.eyJb.c-_d"),
+            "the token, without a key"
+        );
+        h.insert(AUTHORIZATION, "Basic dXNlcjpwdw==".parse().expect("v"));
         assert!(Credentials::of(&h).is_empty());
         assert!(!looks_like_jwt("eyJa.b"));
         assert!(!looks_like_jwt("eyJa.b.c.d"));
         assert!(!looks_like_jwt("abc.def.ghi"));
         assert!(!looks_like_jwt("eyJa.b!.c"));
+    }
+
+    #[test]
+    fn duplicate_credential_headers_are_seen() {
+        let mut h = HeaderMap::new();
+        assert!(!duplicated(&h));
+        h.append(X_API_KEY, "a".parse().expect("v"));
+        h.append(AUTHORIZATION, "Bearer b".parse().expect("v"));
+        assert!(!duplicated(&h), "one of each");
+        let mut keys = h.clone();
+        keys.append(X_API_KEY, "c".parse().expect("v"));
+        assert!(duplicated(&keys));
+        h.append(AUTHORIZATION, "Basic eA==".parse().expect("v"));
+        assert!(duplicated(&h), "two Authorization headers, whatever scheme");
+    }
+
+    #[test]
+    fn an_unverified_jwt_is_decoded_once() {
         let t = format!(
             "eyJhbGciOiJIUzI1NiJ9.{}.sig",
             URL_SAFE_NO_PAD.encode(r#"{"tenant":"acme","n":1}"#)
         );
-        assert_eq!(unverified_claim(&t, "tenant").as_deref(), Some("acme"));
-        assert_eq!(unverified_claim(&t, "n"), None);
+        let before = DECODED.with(std::cell::Cell::get);
+        let jwt = UnverifiedJwt::new(&t);
+        assert_eq!(DECODED.with(std::cell::Cell::get), before, "lazily");
+        assert_eq!(jwt.claim("tenant"), Some("acme"));
+        assert_eq!(jwt.claim("n"), None, "not a string");
+        assert_eq!(jwt.claim("org"), None);
+        assert_eq!(DECODED.with(std::cell::Cell::get), before + 1);
+        let broken = UnverifiedJwt::new("eyJhbGciOiJIUzI1NiJ9.eyJ.sig");
+        assert_eq!(broken.claim("tenant"), None);
+        assert_eq!(broken.claim("tenant"), None);
+        assert_eq!(DECODED.with(std::cell::Cell::get), before + 2);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! client c1 (10.77.0.10) --> LB namespace: lbd on 10.77.100.50:443 (on lo)
-//!   alpha  alpha.example, api.alpha.example, *.alpha.example
+//!   alpha  alpha.example, api.alpha.example, *.alpha.example (hsts)
 //!          pool web = a1, a2 (round robin, no health checks)
 //!          pool api = a3: Host api.alpha.example, /v2 (stripped), X-Canary: 1
 //!   beta   beta.example: pool web = b1, b2 (HTTP health checks)
@@ -42,6 +42,9 @@ use super::{
 pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(vip_v4(50)), 443);
 /// The plain-HTTP address on the same IP, which redirects to HTTPS.
 pub const PLAIN: SocketAddr = SocketAddr::new(IpAddr::V4(vip_v4(50)), 80);
+/// alpha's `hsts`: its `Strict-Transport-Security` (beta and gamma have
+/// none).
+pub const ALPHA_HSTS: &str = "max-age=31536000; includeSubDomains";
 /// Work directories are `<tmp>/<WORK_PREFIX><topology prefix>`.
 const WORK_PREFIX: &str = "lb-l7-";
 /// The port of the plain HTTP backends.
@@ -84,6 +87,12 @@ pub struct World {
 impl World {
     /// Builds everything and waits until `lbd` serves every tenant.
     pub fn start() -> World {
+        World::start_with(|config| config)
+    }
+
+    /// [`World::start`] with `edit` applied to the generated `lb.toml`
+    /// text first (extra keys, a `[[listener]]`, other timeouts).
+    pub fn start_with(edit: impl FnOnce(String) -> String) -> World {
         let topo = Topology::create(
             &TopologySpec::new()
                 .with_clients(1)
@@ -165,7 +174,7 @@ impl World {
             ),
         );
 
-        std::fs::write(dir.join("lb.toml"), config(&topo, &dir, &pins.0)).expect("lb.toml");
+        std::fs::write(dir.join("lb.toml"), edit(config(&topo, &dir, &pins.0))).expect("lb.toml");
         let mut world = World {
             lbds: Vec::new(),
             backends,
@@ -282,6 +291,23 @@ impl World {
     /// The client's address.
     pub fn client_ip(&self) -> IpAddr {
         IpAddr::V4(self.topo.client_addr_v4(0))
+    }
+
+    /// The client's namespace, `/run/netns/NAME`, to run a command in with
+    /// `nsenter --net=...`.
+    #[allow(
+        dead_code,
+        reason = "only the tests that run a tool there (tls_scan, slow_clients)"
+    )]
+    pub fn client_netns(&self) -> PathBuf {
+        self.topo.client_path(0)
+    }
+
+    /// alpha's CA certificate as PEM, for tools that read trust anchors
+    /// from a file.
+    #[allow(dead_code, reason = "only tests/tls_scan.rs needs it as a file")]
+    pub fn alpha_ca_pem(&self) -> String {
+        self.alpha_ca.pem()
     }
 
     /// A backend's fabric address.
@@ -429,6 +455,7 @@ routes = [
 ]
 retries = 2
 timeouts = {{ connect = "1s", header = "5s", idle = "30s", request = "10s" }}
+hsts = "{ALPHA_HSTS}"
 
 [[tenant.l7]]
 listen = "{PLAIN}"
