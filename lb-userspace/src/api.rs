@@ -333,6 +333,9 @@ pub struct L7ListenerStats {
     /// L7 connections open on the node now.
     #[serde(default)]
     pub open_connections: u64,
+    /// Connections from trusted proxies without a valid PROXY v2 header.
+    #[serde(default)]
+    pub bad_proxy_headers: u64,
 }
 
 /// One flow-table entry in `GET /flows`.

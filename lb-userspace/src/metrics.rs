@@ -27,7 +27,7 @@
 //! | `lb_l7_active_connections` | gauge | `tenant` |
 //! | `lb_l7_tls_handshake_failures_total` | counter | `tenant` |
 //! | `lb_l7_policy_refusals_total` | counter | `tenant`, `reason` (`rate_limit`, `jwt_expired`, `shed`, ...) |
-//! | `lb_l7_listener_connections_total`, `_tls_handshake_failures_total`, `_bad_client_hellos_total`, `_refused_connections_total`, `_deadline_closes_total` | counter | `listener` |
+//! | `lb_l7_listener_connections_total`, `_tls_handshake_failures_total`, `_bad_client_hellos_total`, `_refused_connections_total`, `_deadline_closes_total`, `_bad_proxy_headers_total` | counter | `listener` |
 //! | `lb_l7_listener_open_connections` | gauge | `listener` |
 //! | `lb_access_log_lost_total` | counter | |
 //!
@@ -410,7 +410,7 @@ impl Exposition {
             .iter()
             .map(|l| l.address.to_string())
             .collect();
-        let families: [Family; 6] = [
+        let families: [Family; 7] = [
             (
                 "lb_l7_listener_connections_total",
                 "Connections accepted by an L7 listener.",
@@ -425,6 +425,11 @@ impl Exposition {
                 "lb_l7_listener_bad_client_hellos_total",
                 "Connections closed because their first bytes were not a well-formed TLS ClientHello.",
                 |l| l.bad_client_hellos,
+            ),
+            (
+                "lb_l7_listener_bad_proxy_headers_total",
+                "Connections from trusted proxies closed because they did not start with a valid PROXY protocol v2 header.",
+                |l| l.bad_proxy_headers,
             ),
             (
                 "lb_l7_listener_refused_connections_total",
@@ -650,6 +655,7 @@ mod tests {
                 refused_connections: 3,
                 deadline_closes: 4,
                 open_connections: 5,
+                bad_proxy_headers: 0,
             }],
             access_log_lost: 0,
         };

@@ -11,7 +11,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     ops::RangeInclusive,
     path::PathBuf,
     time::Duration,
@@ -67,6 +67,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Accepted range of `node.drain_timeout`: 0 (cut every connection at once)
 /// to a day.
 pub const DRAIN_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_hours(24);
+/// Most entries of a listener's `trusted_proxies` (each connection is
+/// checked against all of them).
+pub const MAX_TRUSTED_PROXIES: usize = 1024;
 /// Longest host name (RFC 1035, without the trailing dot).
 const MAX_HOST_LEN: usize = 253;
 /// Largest `hsts` max-age: two years, in seconds (what the HSTS preload
@@ -211,6 +214,14 @@ pub struct Listener {
     /// Connections open at once from one client (an IPv4 address or an
     /// IPv6 /64), counted from `accept`; `None`: no limit.
     pub max_connections_per_source: Option<u32>,
+    /// Source prefixes (network address, length) of the proxies in front
+    /// of `lbd`: only connections from them have their `X-Forwarded-For`
+    /// extended rather than replaced, or may carry a PROXY header.
+    pub trusted_proxies: Vec<(IpAddr, u8)>,
+    /// A connection from a trusted proxy starts with a PROXY protocol v2
+    /// header, whose source becomes the client address
+    /// (`proxy_protocol = "v2"`).
+    pub proxy_protocol: bool,
 }
 
 /// Bounds of `listener.max_connections_per_source`.
@@ -434,6 +445,9 @@ pub(super) struct RawListener {
     redirect_https: Option<bool>,
     limits: Option<super::RawVipLimits>,
     max_connections_per_source: Option<u32>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    proxy_protocol: Option<String>,
 }
 
 /// The L7 keys of `[[tenant.pool]]`, flattened into `RawPool`.
@@ -1051,6 +1065,58 @@ impl Ctx<'_> {
         ))
     }
 
+    /// A listener's `trusted_proxies` (prefixes) and `proxy_protocol`
+    /// (whether a PROXY v2 header is expected from them).
+    fn trusted_proxies(
+        &self,
+        raw: &[String],
+        proxy_protocol: Option<&str>,
+        lpath: &FieldPath,
+    ) -> Result<(Vec<(IpAddr, u8)>, bool), super::ConfigError> {
+        if raw.len() > MAX_TRUSTED_PROXIES {
+            return Err(self.error(
+                &lpath.key("trusted_proxies"),
+                format!(
+                    "{} trusted_proxies: at most {MAX_TRUSTED_PROXIES} (list the proxies' \
+                     networks as prefixes)",
+                    raw.len()
+                ),
+            ));
+        }
+        let mut trusted_proxies = Vec::with_capacity(raw.len());
+        for (i, text) in raw.iter().enumerate() {
+            let at = lpath.key("trusted_proxies").index(i, None);
+            let prefix = super::parse_prefix(text).map_err(|m| self.error(&at, m))?;
+            if trusted_proxies.contains(&prefix) {
+                return Err(self.error(&at, format!("{text:?} is listed twice")));
+            }
+            trusted_proxies.push(prefix);
+        }
+        let proxy_protocol = match proxy_protocol {
+            None => false,
+            // Any listener: on a TLS one the header comes before the
+            // ClientHello, so passthrough sites get the client too.
+            Some("v2") => {
+                if trusted_proxies.is_empty() {
+                    return Err(self.error(
+                        &lpath.key("proxy_protocol"),
+                        "proxy_protocol needs trusted_proxies: only the proxies listed \
+                         there may send a PROXY header (anyone else could forge their \
+                         address)",
+                    ));
+                }
+                true
+            }
+            Some(other) => {
+                return Err(self.error(
+                    &lpath.key("proxy_protocol"),
+                    format!("unsupported proxy_protocol {other:?}: the only version is \"v2\""),
+                ));
+            }
+        };
+        Ok((trusted_proxies, proxy_protocol))
+    }
+
     /// `[[listener]]` entries, plus defaults for every site address without
     /// one.
     fn listeners(
@@ -1115,6 +1181,8 @@ impl Ctx<'_> {
                     "",
                 )?),
             };
+            let (trusted_proxies, proxy_protocol) =
+                self.trusted_proxies(&r.trusted_proxies, r.proxy_protocol.as_deref(), &lpath)?;
             out.insert(
                 address,
                 Listener {
@@ -1124,6 +1192,8 @@ impl Ctx<'_> {
                     redirect_https,
                     limits,
                     max_connections_per_source,
+                    trusted_proxies,
+                    proxy_protocol,
                 },
             );
         }
@@ -1135,6 +1205,8 @@ impl Ctx<'_> {
                 redirect_https: false,
                 limits: VipLimits::default(),
                 max_connections_per_source: None,
+                trusted_proxies: Vec::new(),
+                proxy_protocol: false,
             });
         }
         Ok(out.into_values().collect())
@@ -1459,6 +1531,95 @@ hosts = ["globex.example"]"#,
         assert_eq!(c.listeners[0].identify, [Identify::Host]);
         assert_eq!(c.listeners[0].default_tenant.as_deref(), Some("acme"));
         assert_eq!(c.listeners[0].limits.syn_per_second, Some(1000));
+    }
+
+    #[test]
+    fn trusted_proxies_and_proxy_protocol() {
+        let listener = |keys: &str| {
+            two_tenants(
+                "",
+                &format!("[[listener]]\naddress = \"203.0.113.20:443\"\n{keys}\n"),
+            )
+        };
+        let c = super::super::parse(
+            &listener(
+                "trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\nproxy_protocol = \"v2\"",
+            ),
+            "lb.toml",
+        )
+        .expect("valid");
+        let l = &c.listeners[0];
+        let ip = |t: &str| t.parse::<IpAddr>().expect("ip");
+        assert_eq!(
+            l.trusted_proxies,
+            [
+                (ip("10.0.0.0"), 8),
+                (ip("2001:db8::"), 32),
+                (ip("192.0.2.7"), 32)
+            ]
+        );
+        assert!(l.proxy_protocol);
+        let c = super::super::parse(&two_tenants("", ""), "lb.toml").expect("valid");
+        assert!(c.listeners[0].trusted_proxies.is_empty() && !c.listeners[0].proxy_protocol);
+
+        let many: Vec<String> = (0..=MAX_TRUSTED_PROXIES)
+            .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+            .collect();
+        let too_many = format!("trusted_proxies = [{}]", many.join(", "));
+        for (keys, field, fragment) in [
+            (
+                too_many.as_str(),
+                "listener[0].trusted_proxies",
+                "at most 1024",
+            ),
+            (
+                "proxy_protocol = \"v2\"",
+                "listener[0].proxy_protocol",
+                "needs trusted_proxies",
+            ),
+            (
+                "trusted_proxies = []\nproxy_protocol = \"v2\"",
+                "listener[0].proxy_protocol",
+                "needs trusted_proxies",
+            ),
+            (
+                "trusted_proxies = [\"10.0.0.1\"]\nproxy_protocol = \"v1\"",
+                "listener[0].proxy_protocol",
+                "the only version is \"v2\"",
+            ),
+            (
+                "trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]",
+                "listener[0].trusted_proxies[1]",
+                "bits are set past the /8 prefix",
+            ),
+            (
+                "trusted_proxies = [\"proxy.example\"]",
+                "listener[0].trusted_proxies[0]",
+                "is not a prefix",
+            ),
+            (
+                "trusted_proxies = [\"10.0.0.0/33\"]",
+                "listener[0].trusted_proxies[0]",
+                "0 to 32",
+            ),
+            (
+                "trusted_proxies = [\"10.0.0.1\", \"10.0.0.1/32\"]",
+                "listener[0].trusted_proxies[1]",
+                "listed twice",
+            ),
+        ] {
+            let text = listener(keys);
+            let e = parse_err(&text);
+            assert!(e.message().contains(fragment), "{fragment:?} not in: {e}");
+            assert_eq!(e.field(), Some(field), "{e}");
+            let key = if field.ends_with("proxy_protocol") {
+                "proxy_protocol ="
+            } else {
+                "trusted_proxies ="
+            };
+            let line = text.lines().position(|l| l.starts_with(key)).expect("key") + 1;
+            assert_eq!(e.line(), Some(line), "{e}");
+        }
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! and writes its own. `X-Forwarded-Host`, `X-Forwarded-Port`,
 //! `X-Forwarded-Prefix` and `X-Real-IP` are removed and not written: the
 //! backend has the true host in `Host` and the client in
-//! `X-Forwarded-For`. Only a listener's `trusted_proxies` may extend
-//! `X-Forwarded-For` rather than have it replaced. `X-Request-ID` is kept when it looks like an id (so a
-//! caller can trace its own ids through), and generated otherwise.
+//! `X-Forwarded-For`. Only a connection from one of the listener's
+//! `trusted_proxies` has its `X-Forwarded-For` extended rather than
+//! replaced: the proxy in front of `lbd` already wrote its own client
+//! there. `X-Request-ID` is kept when it looks like an id (so a caller can
+//! trace its own ids through), and generated otherwise.
 //! `traceparent`/`tracestate` pass through untouched.
 
 use http::{
@@ -132,6 +134,10 @@ pub struct Forwarding<'a> {
     /// The client's address as `X-Forwarded-For` carries it
     /// ([`forwarded_for`]: made once per connection, not per request).
     pub forwarded_for: &'a HeaderValue,
+    /// The connection comes from one of the listener's `trusted_proxies`:
+    /// the `X-Forwarded-For` it sent is kept and `forwarded_for` appended
+    /// (see [`forwarded_chain`]).
+    pub extend_forwarded_for: bool,
     pub https: bool,
     pub request_id: &'a str,
     pub tenant: &'a str,
@@ -144,7 +150,34 @@ pub fn forwarded_for(client_ip: std::net::IpAddr) -> HeaderValue {
     HeaderValue::try_from(client_ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-/// Replaces the client's copies of the headers the proxy owns with its own.
+/// A trusted proxy's `X-Forwarded-For` with `own` (the address `lbd` saw)
+/// appended: every copy in order, each list's entries trimmed and joined
+/// with `", "`, empty entries dropped, as nginx and Envoy do. The entries
+/// are kept as sent; which of them to believe is the backend's choice.
+#[must_use]
+pub fn forwarded_chain(headers: &HeaderMap, own: &HeaderValue) -> HeaderValue {
+    let mut chain = Vec::new();
+    let entries = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|e| !e.is_empty());
+    for entry in entries {
+        chain.extend_from_slice(entry);
+        chain.extend_from_slice(b", ");
+    }
+    if chain.is_empty() {
+        return own.clone();
+    }
+    chain.extend_from_slice(own.as_bytes());
+    // Parts of header values joined by ", " are a header value; should that
+    // ever fail, the proxy's own address is the one it can vouch for.
+    HeaderValue::from_bytes(&chain).unwrap_or_else(|_| own.clone())
+}
+
+/// Replaces the client's copies of the headers the proxy owns with its own
+/// (`X-Forwarded-For` from a trusted proxy is extended instead).
 pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     for name in [
         FORWARDED,
@@ -164,7 +197,12 @@ pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
             headers.remove(name);
         }
     };
-    headers.insert(X_FORWARDED_FOR, f.forwarded_for.clone());
+    let forwarded_for = if f.extend_forwarded_for {
+        forwarded_chain(headers, f.forwarded_for)
+    } else {
+        f.forwarded_for.clone()
+    };
+    headers.insert(X_FORWARDED_FOR, forwarded_for);
     headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if f.https { "https" } else { "http" }),
@@ -193,6 +231,7 @@ mod tests {
             &mut h,
             &Forwarding {
                 forwarded_for: &forwarded_for("192.0.2.7".parse().expect("ip")),
+                extend_forwarded_for: false,
                 https: true,
                 request_id: "req-1",
                 tenant: "acme",
@@ -221,6 +260,49 @@ mod tests {
             all(HeaderName::from_static("traceparent")),
             ["00-abc-def-01"]
         );
+    }
+
+    #[test]
+    fn a_trusted_proxy_s_forwarded_for_is_extended() {
+        let own = forwarded_for("10.0.0.5".parse().expect("ip"));
+        let chain = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(X_FORWARDED_FOR, v.parse().expect("v"));
+            }
+            h.insert("x-real-ip", "6.6.6.6".parse().expect("v"));
+            set_forwarding(
+                &mut h,
+                &Forwarding {
+                    forwarded_for: &own,
+                    extend_forwarded_for: true,
+                    https: false,
+                    request_id: "r",
+                    tenant: "acme",
+                },
+            );
+            assert!(!h.contains_key("x-real-ip"), "still removed");
+            let all: Vec<_> = h
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .map(|v| v.to_str().expect("ascii").to_owned())
+                .collect();
+            all
+        };
+        assert_eq!(chain(&[]), ["10.0.0.5"]);
+        assert_eq!(chain(&["203.0.113.9"]), ["203.0.113.9, 10.0.0.5"]);
+        assert_eq!(
+            chain(&["203.0.113.9, 198.51.100.1", "2001:db8::1"]),
+            ["203.0.113.9, 198.51.100.1, 2001:db8::1, 10.0.0.5"],
+            "every copy, in order, as one header"
+        );
+        assert_eq!(
+            chain(&[" 203.0.113.9 ,, ", ""]),
+            ["203.0.113.9, 10.0.0.5"],
+            "empty entries dropped"
+        );
+        // Kept as sent: deciding which entries to believe is the backend's.
+        assert_eq!(chain(&["unknown"]), ["unknown, 10.0.0.5"]);
     }
 
     #[test]

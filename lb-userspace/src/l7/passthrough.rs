@@ -102,6 +102,22 @@ const PROXY_V2_VERSION_COMMAND: u8 = 0x21;
 const PROXY_V2_TCP4: u8 = 0x11;
 /// Address family and protocol: TCP over IPv6.
 const PROXY_V2_TCP6: u8 = 0x21;
+/// Version 2, command LOCAL (the proxy's own connection, e.g. a health
+/// check).
+const PROXY_V2_VERSION_LOCAL: u8 = 0x20;
+/// Address family and protocol unspecified.
+const PROXY_V2_UNSPEC: u8 = 0x00;
+/// Signature, version and command, family, length: the fixed part of a
+/// PROXY protocol v2 header.
+const PROXY_V2_FIXED_LEN: usize = 16;
+/// Address bytes of TCP over IPv4: two addresses and two ports.
+const PROXY_V2_TCP4_LEN: u16 = 12;
+/// Address bytes of TCP over IPv6.
+const PROXY_V2_TCP6_LEN: u16 = 36;
+/// The largest PROXY protocol v2 header [`read_proxy_v2`] accepts, TLVs
+/// included: 536 bytes, the spec's bound for TCP (the minimum TCP segment
+/// size a sender can rely on getting through in one piece).
+pub const MAX_PROXY_V2_HEADER: usize = 536;
 
 /// Why a first flight could not be read as a `ClientHello`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -548,6 +564,188 @@ fn as_ipv6(ip: IpAddr) -> Ipv6Addr {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
     }
+}
+
+/// A PROXY protocol v2 header received from a trusted proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeader {
+    /// Command LOCAL (the proxy's own connection), or PROXY with an
+    /// unspecified family: the connection's own addresses stand (as the
+    /// spec requires).
+    Local,
+    /// Command PROXY over TCP: the original client and the address it
+    /// connected to.
+    Proxy {
+        source: SocketAddr,
+        destination: SocketAddr,
+    },
+}
+
+/// Why a connection's first bytes are not an acceptable PROXY protocol v2
+/// header.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProxyHeaderError {
+    /// More bytes are needed (only from [`parse_proxy_v2`];
+    /// [`read_proxy_v2`] turns it into reading more).
+    #[error("the PROXY protocol v2 header is incomplete: more bytes are needed")]
+    Incomplete,
+    /// The first 12 bytes are not the v2 signature (a client speaking HTTP
+    /// or TLS straight away, a v1 text header, garbage).
+    #[error(
+        "no PROXY protocol v2 signature: this listener expects every connection from a trusted \
+         proxy to start with a PROXY v2 header"
+    )]
+    Signature,
+    /// The version and command byte is neither v2 PROXY (0x21) nor v2 LOCAL
+    /// (0x20).
+    #[error(
+        "PROXY protocol version and command {0:#04x}: expected 0x21 (v2 PROXY) or 0x20 (v2 LOCAL)"
+    )]
+    Command(u8),
+    /// A PROXY command for another family or transport than TCP over IPv4
+    /// or IPv6 (UDP, Unix sockets, unknown values).
+    #[error(
+        "PROXY protocol v2 family and protocol {0:#04x}: expected TCP over IPv4 (0x11) or IPv6 \
+         (0x21)"
+    )]
+    Family(u8),
+    /// The declared length cannot hold the family's addresses.
+    #[error("PROXY protocol v2 address block of {0} bytes is too short for its family")]
+    Short(u16),
+    /// The declared length makes the header larger than
+    /// [`MAX_PROXY_V2_HEADER`].
+    #[error(
+        "PROXY protocol v2 header of {0} bytes is larger than the limit of {MAX_PROXY_V2_HEADER}"
+    )]
+    TooLarge(usize),
+    /// The proxy sent no complete header in time.
+    #[error("no complete PROXY protocol v2 header within the header timeout")]
+    Timeout,
+    /// The proxy closed before a complete header.
+    #[error("the connection closed before a complete PROXY protocol v2 header")]
+    Closed,
+    /// Reading failed (the I/O error as text).
+    #[error("reading the PROXY protocol v2 header: {0}")]
+    Io(String),
+}
+
+/// Parses a PROXY protocol v2 header at the start of `buf`; returns it and
+/// its length (TLVs after the addresses are skipped). Each field is checked
+/// as soon as its bytes are there, so a client that speaks anything else is
+/// refused at its first bytes. Never panics.
+///
+/// # Errors
+/// [`ProxyHeaderError::Incomplete`] while `buf` is a strict prefix of an
+/// acceptable header; the other variants say what is wrong.
+pub fn parse_proxy_v2(buf: &[u8]) -> Result<(ProxyHeader, usize), ProxyHeaderError> {
+    let signature = buf.get(..PROXY_V2_SIGNATURE.len()).unwrap_or(buf);
+    if !PROXY_V2_SIGNATURE.starts_with(signature) {
+        return Err(ProxyHeaderError::Signature);
+    }
+    let command = buf.get(12).copied();
+    if let Some(c) = command
+        && c != PROXY_V2_VERSION_COMMAND
+        && c != PROXY_V2_VERSION_LOCAL
+    {
+        return Err(ProxyHeaderError::Command(c));
+    }
+    let family = buf.get(13).copied();
+    let proxy = command == Some(PROXY_V2_VERSION_COMMAND);
+    if let Some(f) = family
+        && proxy
+        && ![PROXY_V2_TCP4, PROXY_V2_TCP6, PROXY_V2_UNSPEC].contains(&f)
+    {
+        return Err(ProxyHeaderError::Family(f));
+    }
+    let (Some(command), Some(family), Some(&[hi, lo])) = (command, family, buf.get(14..16)) else {
+        return Err(ProxyHeaderError::Incomplete);
+    };
+    let len = u16::from_be_bytes([hi, lo]);
+    let total = PROXY_V2_FIXED_LEN + usize::from(len);
+    if total > MAX_PROXY_V2_HEADER {
+        return Err(ProxyHeaderError::TooLarge(total));
+    }
+    let needed = match family {
+        _ if command == PROXY_V2_VERSION_LOCAL => 0,
+        PROXY_V2_TCP4 => PROXY_V2_TCP4_LEN,
+        PROXY_V2_TCP6 => PROXY_V2_TCP6_LEN,
+        _ => 0,
+    };
+    if len < needed {
+        return Err(ProxyHeaderError::Short(len));
+    }
+    let Some(block) = buf.get(PROXY_V2_FIXED_LEN..total) else {
+        return Err(ProxyHeaderError::Incomplete);
+    };
+    let port = |at: usize| u16::from_be_bytes([block[at], block[at + 1]]);
+    let header = match family {
+        _ if command == PROXY_V2_VERSION_LOCAL => ProxyHeader::Local,
+        PROXY_V2_TCP4 => {
+            let ip =
+                |at: usize| IpAddr::from([block[at], block[at + 1], block[at + 2], block[at + 3]]);
+            ProxyHeader::Proxy {
+                source: SocketAddr::new(ip(0), port(8)),
+                destination: SocketAddr::new(ip(4), port(10)),
+            }
+        }
+        PROXY_V2_TCP6 => {
+            let ip = |at: usize| {
+                let mut octets = [0; 16];
+                octets.copy_from_slice(&block[at..at + 16]);
+                IpAddr::from(octets)
+            };
+            ProxyHeader::Proxy {
+                source: SocketAddr::new(ip(0), port(32)),
+                destination: SocketAddr::new(ip(16), port(34)),
+            }
+        }
+        _ => ProxyHeader::Local,
+    };
+    Ok((header, total))
+}
+
+/// Reads a PROXY protocol v2 header from `stream` within `timeout`, and
+/// not one byte more: what follows (HTTP, a TLS `ClientHello`) is left in
+/// the stream.
+///
+/// # Errors
+/// [`ProxyHeaderError::Timeout`], [`ProxyHeaderError::Closed`],
+/// [`ProxyHeaderError::Io`], or what [`parse_proxy_v2`] finds wrong.
+pub async fn read_proxy_v2<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Result<ProxyHeader, ProxyHeaderError> {
+    let read = async {
+        let mut buf = [0; MAX_PROXY_V2_HEADER];
+        let mut have = 0;
+        // The fixed part first; then the length it declares.
+        let mut want = PROXY_V2_FIXED_LEN;
+        loop {
+            let Some(into) = buf.get_mut(have..want) else {
+                return Err(ProxyHeaderError::TooLarge(want));
+            };
+            let n = match stream.read(into).await {
+                Ok(0) => return Err(ProxyHeaderError::Closed),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ProxyHeaderError::Io(e.to_string())),
+            };
+            have += n;
+            let got = buf.get(..have).unwrap_or_default();
+            match parse_proxy_v2(got) {
+                Ok((header, _)) => return Ok(header),
+                Err(ProxyHeaderError::Incomplete) => {
+                    if let Some(&[hi, lo]) = got.get(14..16) {
+                        want = PROXY_V2_FIXED_LEN + usize::from(u16::from_be_bytes([hi, lo]));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(ProxyHeaderError::Timeout))
 }
 
 /// How a [`splice_report`] ended.
@@ -1801,5 +1999,184 @@ mod tests {
         );
         assert_eq!(spliced.client_to_backend, 2, "what reached the backend");
         drop(client);
+    }
+
+    #[test]
+    fn proxy_v2_reader_round_trips_the_writer() {
+        for (source, destination) in [
+            ("192.0.2.77:51234", "198.51.100.7:443"),
+            ("[2001:db8::77]:40000", "[2001:db8:ffff::2]:8443"),
+        ] {
+            let source: SocketAddr = source.parse().expect("address");
+            let destination: SocketAddr = destination.parse().expect("address");
+            let header = proxy_v2_header(source, destination);
+            let mut with_request = header.clone();
+            with_request.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            assert_eq!(
+                parse_proxy_v2(&with_request),
+                Ok((
+                    ProxyHeader::Proxy {
+                        source,
+                        destination
+                    },
+                    header.len()
+                )),
+                "{source}"
+            );
+        }
+    }
+
+    /// A v2 header: version and command, family, then `block` (its length
+    /// as declared).
+    fn v2(command: u8, family: u8, block: &[u8]) -> Vec<u8> {
+        let mut h = PROXY_V2_SIGNATURE.to_vec();
+        h.extend_from_slice(&[command, family]);
+        h.extend_from_slice(&u16::try_from(block.len()).expect("short").to_be_bytes());
+        h.extend_from_slice(block);
+        h
+    }
+
+    #[test]
+    fn proxy_v2_local_keeps_the_connection_addresses() {
+        assert_eq!(
+            parse_proxy_v2(&v2(0x20, 0x00, &[])),
+            Ok((ProxyHeader::Local, 16))
+        );
+        // LOCAL ignores whatever addresses it carries.
+        let block = [192, 0, 2, 1, 198, 51, 100, 7, 0, 1, 0, 2];
+        assert_eq!(
+            parse_proxy_v2(&v2(0x20, 0x11, &block)),
+            Ok((ProxyHeader::Local, 28))
+        );
+        // PROXY with an unspecified family: the spec says to use the
+        // connection's own addresses.
+        assert_eq!(
+            parse_proxy_v2(&v2(0x21, 0x00, &[])),
+            Ok((ProxyHeader::Local, 16))
+        );
+    }
+
+    #[test]
+    fn proxy_v2_tlvs_are_skipped() {
+        let mut block = vec![192, 0, 2, 1, 198, 51, 100, 7, 0xc8, 0x22, 0x01, 0xbb];
+        // PP2_TYPE_AUTHORITY "a.example", then a NOOP TLV.
+        block.extend_from_slice(&[0x02, 0x00, 0x09]);
+        block.extend_from_slice(b"a.example");
+        block.extend_from_slice(&[0x04, 0x00, 0x00]);
+        let header = v2(0x21, 0x11, &block);
+        let (parsed, len) = parse_proxy_v2(&header).expect("valid");
+        assert_eq!(len, header.len());
+        assert_eq!(
+            parsed,
+            ProxyHeader::Proxy {
+                source: "192.0.2.1:51234".parse().expect("address"),
+                destination: "198.51.100.7:443".parse().expect("address"),
+            }
+        );
+    }
+
+    #[test]
+    fn proxy_v2_truncated_headers_are_incomplete() {
+        let header = proxy_v2_header(
+            "[2001:db8::77]:40000".parse().expect("address"),
+            "[2001:db8::2]:443".parse().expect("address"),
+        );
+        for cut in 0..header.len() {
+            assert_eq!(
+                parse_proxy_v2(&header[..cut]),
+                Err(ProxyHeaderError::Incomplete),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn proxy_v2_refuses_what_is_not_a_tcp_header() {
+        let tcp4 = [0; 12];
+        for (bytes, expected) in [
+            (b"GET / HTTP/1.1\r\n".to_vec(), ProxyHeaderError::Signature),
+            (
+                b"PROXY TCP4 192.0.2.1 198.51.100.7 1 2\r\n".to_vec(),
+                ProxyHeaderError::Signature,
+            ),
+            // A TLS record header fails at its first byte.
+            (vec![0x16], ProxyHeaderError::Signature),
+            (v2(0x11, 0x11, &tcp4), ProxyHeaderError::Command(0x11)),
+            (v2(0x22, 0x11, &tcp4), ProxyHeaderError::Command(0x22)),
+            // UDP over IPv4, a Unix stream, an unknown family.
+            (v2(0x21, 0x12, &tcp4), ProxyHeaderError::Family(0x12)),
+            (v2(0x21, 0x31, &[0; 216]), ProxyHeaderError::Family(0x31)),
+            (v2(0x21, 0x41, &tcp4), ProxyHeaderError::Family(0x41)),
+            (v2(0x21, 0x11, &[0; 11]), ProxyHeaderError::Short(11)),
+            (v2(0x21, 0x21, &[0; 12]), ProxyHeaderError::Short(12)),
+        ] {
+            assert_eq!(parse_proxy_v2(&bytes), Err(expected), "{bytes:02x?}");
+        }
+        // Refused from the fixed part alone: nothing past it is needed.
+        let oversized = v2(0x21, 0x11, &[0; MAX_PROXY_V2_HEADER - 15]);
+        assert_eq!(
+            parse_proxy_v2(&oversized[..16]),
+            Err(ProxyHeaderError::TooLarge(MAX_PROXY_V2_HEADER + 1))
+        );
+        let largest = v2(0x21, 0x11, &[0; MAX_PROXY_V2_HEADER - 16]);
+        assert!(parse_proxy_v2(&largest).is_ok());
+        let mut max_len = v2(0x21, 0x21, &[]);
+        max_len[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+        assert_eq!(
+            parse_proxy_v2(&max_len),
+            Err(ProxyHeaderError::TooLarge(16 + 65535))
+        );
+    }
+
+    #[tokio::test]
+    async fn proxy_v2_read_takes_the_header_and_no_more() {
+        let header = proxy_v2_header(
+            "192.0.2.77:5000".parse().expect("address"),
+            "198.51.100.7:80".parse().expect("address"),
+        );
+        let (mut client, mut server) = duplex(1024);
+        let mut sent = header.clone();
+        sent.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        // In pieces: the reader waits for the rest.
+        let writer = tokio::spawn(async move {
+            for piece in sent.chunks(7) {
+                client.write_all(piece).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        let parsed = read_proxy_v2(&mut server, LONG).await.expect("a header");
+        assert_eq!(
+            parsed,
+            ProxyHeader::Proxy {
+                source: "192.0.2.77:5000".parse().expect("address"),
+                destination: "198.51.100.7:80".parse().expect("address"),
+            }
+        );
+        let _client = writer.await.expect("writer");
+        let mut rest = [0; 18];
+        server.read_exact(&mut rest).await.expect("the request");
+        assert_eq!(&rest, b"GET / HTTP/1.1\r\n\r\n", "left in the stream");
+    }
+
+    #[tokio::test]
+    async fn proxy_v2_read_fails_closed() {
+        let header = proxy_v2_header(
+            "192.0.2.77:5000".parse().expect("address"),
+            "198.51.100.7:80".parse().expect("address"),
+        );
+        assert_eq!(
+            read_proxy_v2(&mut &header[..20], LONG).await,
+            Err(ProxyHeaderError::Closed)
+        );
+        assert_eq!(
+            read_proxy_v2(&mut &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], LONG).await,
+            Err(ProxyHeaderError::Signature)
+        );
+        let (_client, mut server) = duplex(64);
+        assert_eq!(
+            read_proxy_v2(&mut server, Duration::from_millis(20)).await,
+            Err(ProxyHeaderError::Timeout)
+        );
     }
 }

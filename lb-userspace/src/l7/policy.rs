@@ -415,7 +415,8 @@ impl AclRules {
     }
 }
 
-fn prefix_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+/// Whether `ip` is in the prefix `net`/`len` (same family only).
+pub(super) fn prefix_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
     match (net, ip) {
         (IpAddr::V4(n), IpAddr::V4(a)) => {
             let shift = 32 - u32::from(len.min(32));

@@ -66,6 +66,9 @@ pub struct ConnInfo {
     pub https: bool,
     /// `client`'s `X-Forwarded-For` value.
     pub forwarded_for: HeaderValue,
+    /// The TCP peer is one of the listener's `trusted_proxies`: its
+    /// `X-Forwarded-For` is extended rather than replaced.
+    pub from_trusted_proxy: bool,
     /// The connection's place in its tenant's `max_connections`, taken
     /// when the tenant is first known (at the TLS accept from the SNI,
     /// else at the first request).
@@ -99,6 +102,7 @@ impl ConnInfo {
             sni,
             https,
             forwarded_for: headers::forwarded_for(client.ip()),
+            from_trusted_proxy: false,
             slot: OnceLock::new(),
             open: None,
             sending: std::sync::Mutex::new(Vec::new()),
@@ -981,6 +985,7 @@ fn backend_head(
         &mut parts.headers,
         &Forwarding {
             forwarded_for: &conn.forwarded_for,
+            extend_forwarded_for: conn.from_trusted_proxy,
             https: conn.https,
             request_id,
             tenant: &to.tenant,

@@ -12,6 +12,13 @@
 //! terminates it (the bytes read are replayed into rustls). Reading the SNI
 //! first also lets a failed handshake be counted against its tenant.
 //!
+//! On a listener with `proxy_protocol = "v2"`, a connection from one of its
+//! `trusted_proxies` starts with a PROXY protocol v2 header
+//! ([`passthrough::read_proxy_v2`], before any HTTP or TLS byte); its source
+//! address is the client from then on. A connection from anyone else is
+//! read as if no header were expected: nothing a client sends changes its
+//! address.
+//!
 //! Sockets are bound with `SO_REUSEPORT` and `IP_FREEBIND`: a second `lbd`
 //! can bind beside this one, and an address can be bound before it is
 //! assigned to the node. On a restart the listening sockets themselves are
@@ -21,7 +28,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd as _, OwnedFd, RawFd},
     path::{Path, PathBuf},
     pin::{Pin, pin},
@@ -42,15 +49,15 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::{AccessLog, Config, L7Protocol},
+    config::{AccessLog, Config, L7Protocol, Listener},
     reconcile::BackendKey,
 };
 
 use super::{
     access_log::{self, AccessLogger, Entry},
     caps::{SourceGuard, Sources},
-    passthrough::{self, HelloError},
-    policy::Policy,
+    passthrough::{self, HelloError, ProxyHeader, ProxyHeaderError},
+    policy::{self as request_policy, Policy},
     proxy::{ConnInfo, ConnSlot, Proxy, now_ms},
     routing::{self, ListenerRouting, Routing},
     stats::{ActiveConnection, ListenerStats},
@@ -402,6 +409,7 @@ impl L7 {
                 connections: s.connections.load(Relaxed),
                 tls_handshake_failures: s.tls_handshake_failures.load(Relaxed),
                 bad_client_hellos: s.bad_client_hellos.load(Relaxed),
+                bad_proxy_headers: s.bad_proxy_headers.load(Relaxed),
                 refused_connections: s.refused_connections.load(Relaxed),
                 deadline_closes: s.deadline_closes.load(Relaxed),
                 open_connections: self.connections.open.load(Relaxed) as u64,
@@ -561,10 +569,49 @@ async fn accept_loop(
     debug!(%addr, "accept loop stopped");
 }
 
-/// One client connection, from accept to close.
+/// Whether `ip` is in one of the listener's `trusted_proxies`.
+fn trusted_proxy(listener: &Listener, ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    listener
+        .trusted_proxies
+        .iter()
+        .any(|&(net, len)| request_policy::prefix_contains(net, len, ip))
+}
+
+/// The client address of a connection from `peer`, and whether `peer` is
+/// a trusted proxy: the source of its PROXY header on a `proxy_protocol`
+/// listener, else `peer` itself. `None`: a trusted proxy sent no valid
+/// header (counted and logged; the connection is to be closed).
+async fn client_of(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    listen: SocketAddr,
+    listener: &ListenerRouting,
+    shared: &Shared,
+) -> Option<(SocketAddr, bool)> {
+    let trusted = trusted_proxy(&listener.listener, peer.ip());
+    if !(trusted && listener.listener.proxy_protocol) {
+        return Some((peer, trusted));
+    }
+    match passthrough::read_proxy_v2(stream, listener.header_timeout).await {
+        Ok(ProxyHeader::Proxy { source, .. }) => Some((
+            SocketAddr::new(source.ip().to_canonical(), source.port()),
+            trusted,
+        )),
+        Ok(ProxyHeader::Local) => Some((peer, trusted)),
+        Err(e) => {
+            shared.stats.bad_proxy_headers.fetch_add(1, Relaxed);
+            log_bad_proxy_header(shared, peer, listen, &e);
+            None
+        }
+    }
+}
+
+/// One client connection, from accept to close. `peer` is the TCP peer;
+/// the client is that, or the source of a trusted proxy's PROXY header.
 async fn connection(
-    stream: TcpStream,
-    client: SocketAddr,
+    mut stream: TcpStream,
+    peer: SocketAddr,
     listen: SocketAddr,
     shared: Shared,
     open: Open,
@@ -573,11 +620,18 @@ async fn connection(
     let Some(listener) = routing.listeners.get(&listen).cloned() else {
         return;
     };
+    let started = tokio::time::Instant::now();
     let header_timeout = listener.header_timeout;
+    let Some((client, trusted)) = client_of(&mut stream, peer, listen, &listener, &shared).await
+    else {
+        return;
+    };
     if !listener.tls {
         // The tenant (and its connection count) comes with the first
         // request.
-        let info = ConnInfo::new(client, listen, None, false).holding(open);
+        let mut info = ConnInfo::new(client, listen, None, false);
+        info.from_trusted_proxy = trusted;
+        let info = info.holding(open);
         let deadlines = Deadlines::of_listener(&listener);
         let fd = stream.as_raw_fd();
         serve_http(
@@ -592,9 +646,10 @@ async fn connection(
         return;
     }
 
-    let mut stream = stream;
+    // One header timeout for the PROXY header and the ClientHello together.
+    let hello_timeout = header_timeout.saturating_sub(started.elapsed());
     let hello =
-        passthrough::read_client_hello(&mut stream, passthrough::MAX_CLIENT_HELLO, header_timeout)
+        passthrough::read_client_hello(&mut stream, passthrough::MAX_CLIENT_HELLO, hello_timeout)
             .await;
     let (first_bytes, sni) = match hello {
         Ok((bytes, hello)) => (bytes, hello.sni),
@@ -641,7 +696,9 @@ async fn connection(
         debug!(%client, %listen, sni = ?sni, "TLS handshake failed or timed out");
         return;
     };
-    let info = ConnInfo::new(client, listen, sni, true).holding(open);
+    let mut info = ConnInfo::new(client, listen, sni, true);
+    info.from_trusted_proxy = trusted;
+    let info = info.holding(open);
     if let Some(slot) = slot {
         let _ = info.slot.set(slot);
     }
@@ -1241,6 +1298,25 @@ fn log_refused(
         sni,
         protocol: Some("tls"),
         decision: "bad_client_hello",
+        rule: Some(e.to_string()),
+        ..Entry::default()
+    });
+}
+
+/// A connection from a trusted proxy without a valid PROXY header: closed,
+/// and logged with the proxy's address.
+fn log_bad_proxy_header(
+    shared: &Shared,
+    peer: SocketAddr,
+    listen: SocketAddr,
+    e: &ProxyHeaderError,
+) {
+    debug!(%peer, %listen, error = %e, "connection from a trusted proxy closed: bad PROXY header");
+    shared.proxy.log.load().log(&Entry {
+        time: access_log::now(),
+        client: Some(peer),
+        listener: Some(listen),
+        decision: "bad_proxy_header",
         rule: Some(e.to_string()),
         ..Entry::default()
     });

@@ -128,6 +128,9 @@ pub struct ListenerStats {
     pub tls_handshake_failures: AtomicU64,
     /// Passthrough `ClientHello`s that could not be parsed.
     pub bad_client_hellos: AtomicU64,
+    /// Connections from a trusted proxy closed because they did not start
+    /// with a valid PROXY protocol v2 header (`proxy_protocol = "v2"`).
+    pub bad_proxy_headers: AtomicU64,
     /// Connections closed by a deadline: a request head slower than the
     /// header timeout, a response the client stopped reading.
     pub deadline_closes: AtomicU64,
