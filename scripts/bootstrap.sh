@@ -22,7 +22,7 @@ fi
 
 # 2. Debian packages: LLVM for bpf-linker, and the tools the tests and the
 #    demo drive (iproute2 for namespaces, ethtool for offloads, testssl.sh
-#    for the TLS configuration scan).
+#    for the TLS configuration scan, slowhttptest for slow clients).
 apt_pkgs=()
 [ -f "${LLVM_PREFIX}/lib/libLLVM.so" ] || [ -d "${LLVM_PREFIX}/lib/cmake/llvm" ] || apt_pkgs+=("llvm-${LLVM_MAJOR}-dev")
 command -v ip >/dev/null || apt_pkgs+=(iproute2)
@@ -34,6 +34,8 @@ command -v curl >/dev/null || apt_pkgs+=(curl)
 # The TLS configuration scan (lb-userspace/tests/tls_scan.rs); Debian's
 # package testssl.sh installs the command as `testssl`.
 command -v testssl >/dev/null || apt_pkgs+=(testssl.sh)
+# The slow-client attacks (lb-userspace/tests/slow_clients.rs).
+command -v slowhttptest >/dev/null || apt_pkgs+=(slowhttptest)
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
     log "installing Debian packages: ${apt_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
