@@ -4,10 +4,11 @@
 //! a request with a JSON echo of what it received: its own name, the peer
 //! it believes it talks to, the method, path, HTTP version and headers.
 //! `/healthz` answers `ok` (for `lbd`'s health checks),
-//! `/delay/MS` answers after MS milliseconds, and a WebSocket upgrade is
-//! accepted and echoes every message. A backend may terminate TLS itself,
-//! optionally after reading a PROXY protocol v2 header, whose source
-//! address then becomes the peer it reports.
+//! `/delay/MS` answers after MS milliseconds, `/big/BYTES` answers BYTES
+//! bytes of `x` (at most [`MAX_BIG`]; for clients that stop reading), and
+//! a WebSocket upgrade is accepted and echoes every message. A backend may
+//! terminate TLS itself, optionally after reading a PROXY protocol v2
+//! header, whose source address then becomes the peer it reports.
 //!
 //! [`Backend::stop`] drops the server's runtime: the listening socket and
 //! every connection close, as when a backend process dies.
@@ -41,6 +42,9 @@ use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{handshake::derive_accept_key, protocol::Role},
 };
+
+/// The largest `/big/BYTES` body.
+const MAX_BIG: usize = 64 << 20;
 
 /// The PROXY protocol v2 signature.
 const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -253,6 +257,16 @@ async fn answer(req: Request<Incoming>, peer: &Peer, shared: &Shared) -> Respons
         let read = req.into_body().collect().await.map(|b| b.to_bytes().len());
         let echo = serde_json::json!({ "backend": shared.name, "body_bytes": read.ok() });
         return Response::new(Full::new(Bytes::from(echo.to_string())));
+    }
+    if let Some(n) = path
+        .strip_prefix("/big/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header("x-backend", &shared.name)
+            .body(Full::new(Bytes::from(vec![b'x'; n.min(MAX_BIG)])))
+            .expect("big response");
     }
     if let Some(ms) = path.strip_prefix("/delay/").and_then(|ms| ms.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;

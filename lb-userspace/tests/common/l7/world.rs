@@ -8,6 +8,8 @@
 //!          pool web = a1, a2 (round robin, no health checks)
 //!          pool api = a3: Host api.alpha.example, /v2 (stripped), X-Canary: 1
 //!   beta   beta.example: pool web = b1, b2 (HTTP health checks)
+//!          (its certificate also covers b.alpha.example, for a test that
+//!          gives beta that name under alpha's wildcard)
 //!   gamma  gamma.example: pool web = g1
 //!          raw.gamma.example, *.raw.gamma.example: passthrough to g2:8443
 //!            (g2 terminates TLS with a certificate of its own CA)
@@ -126,8 +128,11 @@ impl World {
         alpha_ca
             .issue(&["alpha.example", "*.alpha.example"])
             .write(&dir.join("alpha.pem"), &dir.join("alpha.key"));
+        // b.alpha.example too: a name under alpha's wildcard that a test
+        // may give beta (tests/hostile.rs), which beta's certificate must
+        // then cover. Unused otherwise: SNI b.alpha.example is alpha's.
         beta_ca
-            .issue(&["beta.example"])
+            .issue(&["beta.example", "b.alpha.example"])
             .write(&dir.join("beta.pem"), &dir.join("beta.key"));
         gamma_ca
             .issue(&["gamma.example"])
