@@ -642,13 +642,9 @@ async fn stalled_h2(pki: &Pki) {
     let mut pings = conn.pings.take().expect("PINGs");
     let pinger = tokio::spawn(async move {
         let until = Instant::now() + SEND + LATE + Duration::from_secs(4);
-        while Instant::now() < until {
-            if pings.ping(h2::Ping::opaque()).await.is_err() {
-                return false;
-            }
+        while Instant::now() < until && pings.ping(h2::Ping::opaque()).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        true
     });
 
     tokio::time::sleep(Duration::from_millis(500)).await;
