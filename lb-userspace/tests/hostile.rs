@@ -21,9 +21,9 @@
 //!   the response cut, the h2 stream is reset while its connection keeps
 //!   serving, and the access log says `client_send_timeout`. Meanwhile, on
 //!   other tenants: an h2 connection whose client sends PINGs but no
-//!   request idles out after `timeouts.idle`, and a keep-alive HTTP/1.1
-//!   connection lives for `timeouts.idle` (3 s), not `timeouts.header`
-//!   (1 s).
+//!   request (after one, or from its start) idles out after
+//!   `timeouts.idle`, and a keep-alive HTTP/1.1 connection lives for
+//!   `timeouts.idle` (3 s), not `timeouts.header` (1 s).
 //! * `oversized_uploads_do_not_eject_the_tenants_backends`: a dozen
 //!   chunked POSTs over `max_body_bytes` get 413 and do not count as
 //!   backend failures: both of alpha's `web` backends serve afterwards.
@@ -427,7 +427,7 @@ fn insert_after(text: &str, after: &str, insert: &str) -> String {
     out
 }
 
-/// A line of alpha's HTTPS site (its last before `hsts`).
+/// A line that only alpha's HTTPS site has.
 const ALPHA_SITE_LINE: &str = "retries = 2";
 
 /// Every site on the shared listener gets `timeouts` instead of its own:
@@ -678,14 +678,17 @@ async fn stalled_h2(pki: &Pki) {
     conn.driver.abort();
 }
 
-/// An h2 connection on beta with one request done, then only PINGs: it
-/// idles out after `IDLE`; how long after the request that took.
-async fn pinging_h2_idles_out(pki: &Pki) -> Duration {
+/// An h2 connection on beta that sends only PINGs (after one request, or
+/// none at all): it idles out after `IDLE`; how long after the request
+/// (or the handshake) that took.
+async fn pinging_h2_idles_out(pki: &Pki, request_first: bool) -> Duration {
     let mut conn = H2Conn::open("beta.example", &pki.beta, 65_535).await;
-    let (status, _) = conn
-        .fetch(h2_get("beta.example", "/").body(()).expect("request"))
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    if request_first {
+        let (status, _) = conn
+            .fetch(h2_get("beta.example", "/").body(()).expect("request"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
     let last = Instant::now();
     let limit = IDLE + LATE + Duration::from_secs(2);
     let mut pings = conn.pings.take().expect("PINGs");
@@ -754,16 +757,26 @@ fn a_client_that_stops_reading_loses_its_response_not_the_tenant() {
         stalled_h2(&pki).await;
     });
     let pki = world.pki.clone();
-    let pings = world.spawn_client(move || async move { pinging_h2_idles_out(&pki).await });
+    let pings = world.spawn_client(move || async move {
+        tokio::join!(
+            pinging_h2_idles_out(&pki, true),
+            pinging_h2_idles_out(&pki, false)
+        )
+    });
     let pki = world.pki.clone();
     let keep_alive =
         world.spawn_client(move || async move { keep_alive_gets_idle_time(&pki).await });
 
-    let pinged = l7::world::join(pings);
-    assert!(
-        near(pinged, IDLE),
-        "an h2 connection sending only PINGs closed after {pinged:?}, not its idle {IDLE:?}"
-    );
+    let (after_request, from_start) = l7::world::join(pings);
+    for (pinged, how) in [
+        (after_request, "after a request"),
+        (from_start, "from its start"),
+    ] {
+        assert!(
+            near(pinged, IDLE),
+            "an h2 connection sending only PINGs {how} closed after {pinged:?}, not its idle {IDLE:?}"
+        );
+    }
     let kept = l7::world::join(keep_alive);
     assert!(
         near(kept, IDLE),
