@@ -1165,6 +1165,8 @@ fn check_refuses_an_absurd_timeout() {
     const LBD: &str = env!("CARGO_BIN_EXE_lbd");
     let dir = std::env::temp_dir().join(format!("lb-hostile-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
+    // Removed on drop, also when an assertion fails.
+    let _dir = l7::daemon::WorkDir(dir.clone());
     let config = |key: &str, value: &str| {
         format!(
             "[node]\ninterface = \"eth0\"\n\n[[tenant]]\nname = \"acme\"\n[[tenant.pool]]\n\
@@ -1210,5 +1212,4 @@ fn check_refuses_an_absurd_timeout() {
             "{key}: no bound: {err}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
