@@ -1247,6 +1247,10 @@ struct Done {
 /// is finished, dropped or abandoned.
 pub struct Tracked {
     sending: Arc<Sending>,
+    /// The body's `is_end_stream` and `size_hint` after the last poll,
+    /// kept here so that hyper's frequent asks take no lock.
+    end: bool,
+    hint: SizeHint,
 }
 
 /// A response on its way to the client, shared with the connection's
@@ -1272,19 +1276,32 @@ struct SendState {
     done: Option<Box<Done>>,
 }
 
-/// Milliseconds on a process-wide monotonic clock (never 0).
+/// Milliseconds on the coarse monotonic clock (never 0). The connection
+/// deadlines need milliseconds, not nanoseconds, and they read the clock
+/// several times per request: `CLOCK_MONOTONIC_COARSE` is one memory read
+/// (its resolution is the kernel's tick, a few ms), where the precise clock
+/// reads the TSC.
 #[must_use]
 pub fn now_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    u64::try_from(base.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; the clock always exists
+    // on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let ms = u64::try_from(ts.tv_nsec / 1_000_000).unwrap_or(0);
+    secs.saturating_mul(1000)
+        .saturating_add(ms)
         .saturating_add(1)
 }
 
 impl Tracked {
     fn new(inner: ProxyBody, done: Done, h2: bool) -> Self {
         Self {
+            end: inner.is_end_stream(),
+            hint: inner.size_hint(),
             sending: Arc::new(Sending {
                 state: std::sync::Mutex::new(Some(SendState {
                     inner,
@@ -1314,7 +1331,12 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut state = self.state();
+        let this = self.get_mut();
+        let mut state = this
+            .sending
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(s) = state.as_mut() else {
             // An error, not the end: the client must not take a cut
             // response for a whole one (h2 resets the stream).
@@ -1336,20 +1358,20 @@ impl Body for Tracked {
             }
             Poll::Ready(Some(Err(_))) | Poll::Pending => 0,
         };
-        self.sending.handed_ms.store(handed, Relaxed);
+        this.end = s.inner.is_end_stream();
+        this.hint = s.inner.size_hint();
+        drop(state);
+        this.sending.handed_ms.store(handed, Relaxed);
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.state()
-            .as_ref()
-            .is_some_and(|s| s.inner.is_end_stream())
+        // An abandoned response is not at its end: its next poll fails.
+        self.end
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.state()
-            .as_ref()
-            .map_or_else(SizeHint::default, |s| s.inner.size_hint())
+        self.hint
     }
 }
 

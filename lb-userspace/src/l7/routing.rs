@@ -177,6 +177,9 @@ impl ListenerRouting {
     /// # Errors
     /// A [`Refusal`] saying which status to answer.
     pub fn identify(&self, req: &RequestFacts<'_>) -> Result<Identified, Refusal> {
+        // Looked up once: identification and the session check use both.
+        let sni_site = req.sni.and_then(|s| self.site_for_host(s));
+        let host_site = req.host.and_then(|h| self.site_for_host(h));
         let mut found: Option<Identified> = None;
         for &method in &self.listener.identify {
             if method == Identify::Jwt && found.is_some() {
@@ -186,8 +189,8 @@ impl ListenerRouting {
                 continue;
             }
             let site = match method {
-                Identify::Sni => req.sni.and_then(|s| self.site_for_host(s)),
-                Identify::Host => req.host.and_then(|h| self.site_for_host(h)),
+                Identify::Sni => sni_site,
+                Identify::Host => host_site,
                 Identify::Path => self.site_for_path(req.path),
                 Identify::Header => req
                     .headers
@@ -227,7 +230,7 @@ impl ListenerRouting {
             (None, None) => return Err(Refusal::UnknownHost),
         };
         let tenant = &self.sites[identified.site].tenant;
-        self.check_connection_tenant(req, tenant)?;
+        self.check_connection_tenant(sni_site, host_site, tenant)?;
         for claimed in req.headers.get_all(super::headers::X_TENANT_ID) {
             if claimed.as_bytes() != tenant.as_bytes() {
                 return Err(Refusal::TenantMismatch {
@@ -249,8 +252,13 @@ impl ListenerRouting {
     /// tenant B's host on tenant A's session is normal traffic, and must
     /// be sent back (421, which makes the client retry on a new
     /// connection) rather than served by A.
-    fn check_connection_tenant(&self, req: &RequestFacts<'_>, tenant: &str) -> Result<(), Refusal> {
-        let Some(sni_site) = req.sni.and_then(|s| self.site_for_host(s)) else {
+    fn check_connection_tenant(
+        &self,
+        sni_site: Option<SiteId>,
+        host_site: Option<SiteId>,
+        tenant: &str,
+    ) -> Result<(), Refusal> {
+        let Some(sni_site) = sni_site else {
             return Ok(());
         };
         let sni_tenant = &self.sites[sni_site].tenant;
@@ -260,7 +268,7 @@ impl ListenerRouting {
                 other: tenant.to_owned(),
             });
         }
-        if let Some(site) = req.host.and_then(|h| self.site_for_host(h))
+        if let Some(site) = host_site
             && self.sites[site].tenant != *sni_tenant
         {
             return Err(Refusal::Misdirected {
