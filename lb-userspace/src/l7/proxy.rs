@@ -741,7 +741,13 @@ fn request_target<B>(req: &Request<B>, https: bool) -> Result<Target, Rejection>
     let raw_path = req.uri().path();
     let normalised = path::normalise(raw_path).map_err(|e| Rejection::Malformed(e.code()))?;
     let path_and_query = match req.uri().query() {
-        Some(q) => format!("{normalised}?{q}"),
+        Some(q) => {
+            let mut pq = String::with_capacity(normalised.len() + 1 + q.len());
+            pq.push_str(&normalised);
+            pq.push('?');
+            pq.push_str(q);
+            pq
+        }
         None => normalised.into_owned(),
     };
     Ok(Target {
@@ -973,8 +979,11 @@ fn backend_head(
     request_id: &str,
     upgrade: bool,
 ) {
-    // The host identification checked, whatever form the client used.
-    if let Some(a) = &to.authority {
+    // The host identification checked, whatever form the client used (an
+    // origin-form request's Host is that host already).
+    if let Some(a) = &to.authority
+        && (parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST))
+    {
         parts.headers.insert(header::HOST, a.clone());
     }
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
