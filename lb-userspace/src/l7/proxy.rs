@@ -497,6 +497,10 @@ impl Proxy {
             &mut entry,
             hsts,
         );
+        // Not needed past admission: dropped here, it takes no room in the
+        // future that awaits the backend.
+        drop(target);
+        drop(routing);
         let mut admitted = match admitted {
             Ok(a) => a,
             Err(refused) => return self.refused(*refused, entry, &request_id, start),

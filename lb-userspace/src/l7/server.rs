@@ -824,7 +824,12 @@ async fn serve_http<S>(
     // When the connection was asked to close: it then has the send timeout
     // to flush and go (a client that stopped reading would hold it open).
     let mut shut_at: Option<u64> = None;
-    let mut clock = pin!(tokio::time::sleep(Duration::ZERO));
+    // Nothing can be due before the first head, idle or stall deadline.
+    let first = STALL_CHECK
+        .min(timeouts.header)
+        .min(timeouts.idle)
+        .min(timeouts.send);
+    let mut clock = pin!(tokio::time::sleep(first));
     let mut drain_tick = tokio::time::interval(DRAIN_CHECK);
     loop {
         tokio::select! {
