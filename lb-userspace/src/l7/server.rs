@@ -771,31 +771,13 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    use hyper_util::{
-        rt::{TokioExecutor, TokioIo, TokioTimer},
-        server::conn::auto,
-    };
-    let max_header = listener.max_header_bytes;
     let requests = Arc::new(Requests::new(fd));
     requests.h2.store(h2, Relaxed);
     let io = Activity {
         inner: io,
         requests: Arc::clone(&requests),
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No hyper header timeout: its timer also runs while a keep-alive
-    // connection waits for its next request, which would make it the idle
-    // timeout. The head deadline below starts at a head's first byte.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .max_buf_size(max_header.max(8192) * 2)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+    let builder = http_builder(listener.max_header_bytes);
     let proxy = Arc::clone(&shared.proxy);
     let client = info.client;
     let info = Arc::new(info);
@@ -811,7 +793,7 @@ async fn serve_http<S>(
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
     let mut conn = pin!(conn);
     let mut drain = shared.connections.drain.subscribe();
     // Set once the drain (or the idle timeout) asked the connection to end:
@@ -947,6 +929,29 @@ fn send_queue(fd: RawFd) -> Option<(u64, u64)> {
 fn later(at: tokio::time::Instant, after: Duration) -> tokio::time::Instant {
     at.checked_add(after)
         .unwrap_or_else(|| at + Duration::from_hours(30 * 365 * 24))
+}
+
+/// The HTTP/1.1 and h2 server settings of a listener's connections.
+fn http_builder(
+    max_header: usize,
+) -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // No hyper header timeout: its timer also runs while a keep-alive
+    // connection waits for its next request, which would make it the idle
+    // timeout. The connection's own head deadline starts at a head's first
+    // byte.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(max_header.max(8192) * 2)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
 }
 
 /// A connection's deadlines (see [`serve_http`]).
