@@ -918,9 +918,11 @@ fn x_tenant_id_and_jwt_identification_need_proof() {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &f.beta_jwt).expect("sign")
     };
     let replies = f.client(move || async move {
-        let mut c = H1::open().await;
-        let mut ask =
-            async |host: &str, headers: &[(&str, &str)]| c.fetch(host, "/", headers).await;
+        // A connection per request: a keep-alive connection stays with the
+        // first tenant it served (another tenant's request on it gets 421).
+        let ask = async |host: &str, headers: &[(&str, &str)]| {
+            H1::open().await.fetch(host, "/", headers).await
+        };
         vec![
             // Nothing identifies: 404.
             ask("unknown.example", &[]).await,
