@@ -64,7 +64,7 @@ use l7::{
     metrics,
     world::join,
 };
-use lb_tests::netns::{Topology, TopologySpec, in_netns, vip_v4};
+use lb_tests::netns::{Topology, TopologySpec, vip_v4};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpStream;
@@ -242,24 +242,12 @@ impl Fixture {
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
-        join(in_netns(&self.topo.client_path(0), move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("client runtime")
-                .block_on(f())
-        }))
+        join(l7::spawn_in(&self.topo.client_path(0), f))
     }
 
     /// The value of a series of `lbd`'s `/metrics`.
     fn metric(&self, series: &str) -> Option<f64> {
-        let text = join(in_netns(&self.topo.lb_path(), || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(metrics::scrape(METRICS))
-        }));
+        let text = l7::scrape_in(&self.topo.lb_path(), METRICS);
         metrics::value(&text, series)
     }
 

@@ -47,7 +47,7 @@ use l7::{
     world::join,
 };
 use lb::l7::passthrough::proxy_v2_header;
-use lb_tests::netns::{Topology, TopologySpec, in_netns, vip_v4};
+use lb_tests::netns::{Topology, TopologySpec, vip_v4};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tokio::{
@@ -179,13 +179,7 @@ impl Fixture {
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
-        join(in_netns(&self.topo.client_path(0), move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("client runtime")
-                .block_on(f())
-        }))
+        join(l7::spawn_in(&self.topo.client_path(0), f))
     }
 
     /// The client namespace's address (the "proxy").
@@ -197,13 +191,7 @@ impl Fixture {
     fn wait_for_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + LIMIT;
         loop {
-            let text = join(in_netns(&self.topo.lb_path(), || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(metrics::scrape(METRICS))
-            }));
+            let text = l7::scrape_in(&self.topo.lb_path(), METRICS);
             let v = metrics::value(&text, series);
             if let Some(v) = v.filter(|v| pred(*v)) {
                 return v;

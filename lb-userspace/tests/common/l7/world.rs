@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::netns::{Topology, TopologySpec, in_netns, join_netns, vip_v4};
+use lb_tests::netns::{Topology, TopologySpec, join_netns, vip_v4};
 use rustls::pki_types::CertificateDer;
 
 use super::{
@@ -255,13 +255,7 @@ impl World {
         Fut: Future<Output = T>,
         T: Send + 'static,
     {
-        in_netns(&self.topo.client_path(0), move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("client runtime")
-                .block_on(f())
-        })
+        super::spawn_in(&self.topo.client_path(0), f)
     }
 
     /// Scrapes `lbd`'s metrics (from inside the LB namespace) until
@@ -269,13 +263,7 @@ impl World {
     pub fn wait_for_metric(&self, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
         let deadline = Instant::now() + LOG_LIMIT;
         loop {
-            let text = join(in_netns(&self.topo.lb_path(), || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(metrics::scrape(METRICS))
-            }));
+            let text = super::scrape_in(&self.topo.lb_path(), METRICS);
             let value = metrics::value(&text, series);
             if let Some(v) = value.filter(|v| pred(*v)) {
                 return v;
