@@ -72,7 +72,7 @@ use http::{Request, StatusCode};
 use l7::{
     certs,
     client::{self, Conn, Http, TlsStream, tls_connect},
-    world::{LISTEN, Pki, World},
+    world::{LISTEN, Pki, World, timeouts_everywhere},
 };
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::{
@@ -429,26 +429,6 @@ fn insert_after(text: &str, after: &str, insert: &str) -> String {
 
 /// A line that only alpha's HTTPS site has.
 const ALPHA_SITE_LINE: &str = "retries = 2";
-
-/// Every site on the shared listener gets `timeouts` instead of its own:
-/// a TLS session runs on its SNI site's timeouts.
-fn timeouts_everywhere(config: &str, timeouts: &str) -> String {
-    let listen_line = format!("listen = \"{LISTEN}\"");
-    let mut out = String::new();
-    for line in config.lines() {
-        if line.starts_with("timeouts = ") {
-            // alpha's own: replaced below.
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-        if line == listen_line {
-            out.push_str(timeouts);
-            out.push('\n');
-        }
-    }
-    out
-}
 
 /// Another HTTPS site of alpha on the shared listener for `host` (a name
 /// its wildcard certificate covers), with `extra` keys.

@@ -81,20 +81,7 @@ fn world() -> World {
         SEND.as_secs()
     );
     World::start_with(move |config| {
-        let listen_line = format!("listen = \"{LISTEN}\"");
-        let mut out = String::new();
-        for line in config.lines() {
-            if line.starts_with("timeouts = ") {
-                // alpha's own: replaced by the one below.
-                continue;
-            }
-            out.push_str(line);
-            out.push('\n');
-            if line == listen_line {
-                out.push_str(&timeouts);
-                out.push('\n');
-            }
-        }
+        let out = l7::world::timeouts_everywhere(&config, &timeouts);
         format!("{out}\n[[listener]]\naddress = \"{LISTEN}\"\ndefault_tenant = \"alpha\"\n")
     })
 }

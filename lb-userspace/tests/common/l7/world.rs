@@ -390,6 +390,27 @@ pub fn join<T>(handle: JoinHandle<anyhow::Result<T>>) -> T {
     join_netns(handle).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// Every site on the shared listener gets `timeouts` instead of its own:
+/// a TLS session runs on its SNI site's timeouts.
+#[allow(dead_code, reason = "for the tests that shorten timeouts")]
+pub fn timeouts_everywhere(config: &str, timeouts: &str) -> String {
+    let listen_line = format!("listen = \"{LISTEN}\"");
+    let mut out = String::new();
+    for line in config.lines() {
+        if line.starts_with("timeouts = ") {
+            // alpha's own: replaced below.
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+        if line == listen_line {
+            out.push_str(timeouts);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// One request per tenant host; whether all answered 200.
 async fn serves_every_tenant(pki: Pki) -> bool {
     for (host, ca) in [
