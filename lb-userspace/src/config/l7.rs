@@ -124,6 +124,8 @@ pub struct L7Site {
 
 /// Default `upgrades`.
 pub const DEFAULT_UPGRADES: &[&str] = &["websocket"];
+/// Most `upgrades` a site may list.
+pub const MAX_UPGRADES: usize = 16;
 
 /// `l7.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -808,6 +810,15 @@ impl Ctx<'_> {
         let upgrades = match raw.upgrades {
             None => DEFAULT_UPGRADES.iter().map(|&t| t.to_owned()).collect(),
             Some(tokens) => {
+                if tokens.len() > MAX_UPGRADES {
+                    return Err(self.error(
+                        &path.key("upgrades"),
+                        format!(
+                            "upgrades lists {} protocols; at most {MAX_UPGRADES}",
+                            tokens.len()
+                        ),
+                    ));
+                }
                 let mut upgrades = Vec::with_capacity(tokens.len());
                 for (i, t) in tokens.iter().enumerate() {
                     let at = path.key("upgrades").index(i, None);
@@ -1431,6 +1442,67 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             Ok(_) => panic!("expected an error for:\n{text}"),
             Err(e) => e,
         }
+    }
+
+    #[test]
+    fn the_hardening_keys_have_their_defaults_and_bounds() {
+        let c = super::super::parse(&two_tenants("", ""), "lb.toml").expect("valid");
+        let site = &c.tenants[0].l7[0];
+        assert_eq!(site.upgrades, ["websocket"]);
+        assert!(!site.merge_slashes && !site.allow_encoded_slashes);
+        assert_eq!(
+            site.timeouts.send, site.timeouts.idle,
+            "send defaults to idle"
+        );
+        assert_eq!(
+            c.node.max_connections,
+            super::super::DEFAULT_NODE_MAX_CONNECTIONS
+        );
+        assert_eq!(c.listeners[0].max_connections_per_source, None);
+
+        let c = super::super::parse(
+            &two_tenants(
+                "upgrades = [\"WebSocket\", \"foo/2\"]\ntimeouts = { idle = \"5s\" }\nmerge_slashes = true",
+                "",
+            ),
+            "lb.toml",
+        )
+        .expect("valid");
+        let site = &c.tenants[0].l7[0];
+        assert_eq!(site.upgrades, ["websocket", "foo/2"]);
+        assert_eq!(
+            site.timeouts.send,
+            Duration::from_secs(5),
+            "send follows idle"
+        );
+        assert!(site.merge_slashes);
+
+        let e = parse_err(&two_tenants("upgrades = [\"h2c\"]", ""));
+        assert!(e.message().contains("h2c cannot be an upgrade"), "{e}");
+        assert_eq!(e.field(), Some("tenant[0] (\"acme\").l7[0].upgrades[0]"));
+        let many: Vec<String> = (0..17).map(|i| format!("\"p{i}\"")).collect();
+        let e = parse_err(&two_tenants(
+            &format!("upgrades = [{}]", many.join(", ")),
+            "",
+        ));
+        assert!(e.message().contains("at most 16"), "{e}");
+        let e = parse_err(&two_tenants("upgrades = [\"web socket\"]", ""));
+        assert!(e.message().contains("not an Upgrade token"), "{e}");
+
+        let e = parse_err(&two_tenants(
+            "",
+            "[[listener]]\naddress = \"203.0.113.20:443\"\nmax_connections_per_source = 0\n",
+        ));
+        assert!(e.message().contains("between 1 and 1000000"), "{e}");
+        let e = parse_err(&two_tenants("", "").replace(
+            "interface = \"eth0\"",
+            "interface = \"eth0\"\nmax_connections = 0",
+        ));
+        assert!(
+            e.message()
+                .contains("max_connections must be between 1 and"),
+            "{e}"
+        );
     }
 
     #[test]
