@@ -998,7 +998,8 @@ impl Deadlines {
         let left = |since: u64, limit: Duration| {
             Duration::from_millis(since.saturating_add(ms(limit)).saturating_sub(now))
         };
-        if r.kernel_queue_stalled(now, ms(self.send)) {
+        let queue = r.kernel_queue(now, ms(self.send));
+        if queue == Queue::Stalled {
             return Due::Close("send_timeout");
         }
         if let (Some(at), false) = (shut_at, busy) {
@@ -1036,18 +1037,14 @@ impl Deadlines {
             // Idle with the last answers still unread in the kernel: the
             // client is not coming back for more, and a graceful close
             // would wait behind those bytes.
-            let unread = r
-                .unacked
-                .fd
-                .and_then(send_queue)
-                .is_some_and(|(queued, _)| queued > 0);
-            if unread {
-                Due::Close("idle_unread")
-            } else {
+            if queue == Queue::Empty {
                 Due::Idle
+            } else {
+                Due::Close("idle_unread")
             }
-        } else if r.unacked.fd.is_some() {
-            // Watch the kernel's queue while idle too.
+        } else if queue == Queue::Moving {
+            // Bytes still on their way to the client: watched every
+            // second. An idle connection with none sleeps to its deadline.
             Due::Nothing(remaining.min(STALL_CHECK).max(CLOCK_MIN))
         } else {
             Due::Nothing(remaining.max(CLOCK_MIN))
@@ -1087,28 +1084,44 @@ struct Unacked {
     stuck_since_ms: AtomicU64,
 }
 
+/// The client socket's send queue, as the clock last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// Nothing waits for the client (or the socket cannot say).
+    Empty,
+    /// Bytes wait, and the client took some lately.
+    Moving,
+    /// Bytes have waited for the send timeout with none acknowledged.
+    Stalled,
+}
+
 impl Requests {
-    /// Whether bytes have waited in the kernel for `send_ms` while the
-    /// client acknowledged none.
-    fn kernel_queue_stalled(&self, now: u64, send_ms: u64) -> bool {
-        let Some(fd) = self.unacked.fd else {
-            return false;
-        };
-        let Some((queued, acked)) = send_queue(fd) else {
-            return false;
+    /// The kernel's queue for the client: [`Queue::Stalled`] once bytes
+    /// have waited for `send_ms` while the client acknowledged none.
+    fn kernel_queue(&self, now: u64, send_ms: u64) -> Queue {
+        let Some((queued, acked)) = self.unacked.fd.and_then(send_queue) else {
+            return Queue::Empty;
         };
         let u = &self.unacked;
         let before = u.acked.swap(acked, Relaxed);
-        if queued == 0 || acked > before {
+        if queued == 0 {
             u.stuck_since_ms.store(0, Relaxed);
-            return false;
+            return Queue::Empty;
+        }
+        if acked > before {
+            u.stuck_since_ms.store(0, Relaxed);
+            return Queue::Moving;
         }
         let since = u.stuck_since_ms.load(Relaxed);
         if since == 0 {
             u.stuck_since_ms.store(now, Relaxed);
-            return false;
+            return Queue::Moving;
         }
-        now.saturating_sub(since) >= send_ms
+        if now.saturating_sub(since) >= send_ms {
+            Queue::Stalled
+        } else {
+            Queue::Moving
+        }
     }
 }
 
