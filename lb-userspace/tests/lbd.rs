@@ -1,8 +1,10 @@
 //! The `lbd` and `lbctl` binaries, end to end, in network namespaces:
 //! `--check` exit codes and messages, `lbd` programming the balancer from a
 //! file, traffic that keeps flowing after `lbd` stops (the program stays
-//! attached, the maps pinned), a restarted `lbd` adopting the pins, and
-//! `--cleanup` detaching everything.
+//! attached, the maps pinned), a restarted `lbd` adopting the pins,
+//! `--cleanup` detaching everything, and the warning at start for a TCP
+//! admin API beyond loopback without TLS (not for loopback, nor with
+//! `admin_tls`).
 
 mod common;
 
@@ -317,5 +319,82 @@ fn lbd_programs_survives_restart_and_cleans_up() {
         "nothing may answer the VIP after cleanup: {after:?}"
     );
     drop(servers);
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// What `lbd` logs at start when its TCP admin API would carry the token
+/// in clear beyond the node (`src/admin.rs`).
+const CLEAR_ADMIN_WARNING: &str = "the admin API listens on TCP beyond loopback without TLS";
+
+#[test]
+fn a_clear_admin_api_beyond_loopback_is_warned_about_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let topo = Topology::create(&TopologySpec::new()).expect("topology");
+    let work = std::env::temp_dir().join(format!("lbd-admin-warning-{}", topo.prefix()));
+    let pin_path = PathBuf::from(format!("/sys/fs/bpf/{}-lb", topo.prefix()));
+    std::fs::create_dir_all(&work).expect("work dir");
+    let pins = Pins {
+        config: work.join("lb.toml"),
+        pin_path: pin_path.clone(),
+        links: work.join("links"),
+    };
+    let token = work.join("admin.token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").expect("token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let cert = rcgen::generate_simple_self_signed(vec!["lb.test".to_owned()]).expect("cert");
+    std::fs::write(work.join("admin.pem"), cert.cert.pem()).expect("admin.pem");
+    std::fs::write(work.join("admin.key"), cert.key_pair.serialize_pem()).expect("admin.key");
+
+    // Addresses of the LB's own namespace only: its fabric address,
+    // every address (of that namespace), loopback.
+    let lb = IpAddr::V4(topo.lb_addr_v4());
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    for (i, (ip, tls, warned)) in [
+        (lb, false, true),
+        (any, false, true),
+        (loopback, false, false),
+        (lb, true, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tls_line = if tls {
+            "admin_tls = { cert = \"admin.pem\", key = \"admin.key\" }\n"
+        } else {
+            ""
+        };
+        let config = write_config(
+            &work,
+            &format!(
+                "[node]\ninterface = \"eth0\"\nxdp_mode = \"generic\"\npin_path = \"{}\"\n\
+                 state_dir = \"{}\"\nadmin_socket = \"{}\"\n\
+                 admin_listen = \"{}\"\nadmin_token_file = \"{}\"\n{tls_line}",
+                pin_path.display(),
+                work.join("state").display(),
+                work.join("admin.sock").display(),
+                SocketAddr::new(ip, 9465),
+                token.display(),
+            ),
+        );
+        let log = work.join(format!("lbd{i}.log"));
+        let daemon = Daemon::start(&topo.lb_path(), &config, &log);
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        wait_for(
+            "lbd to serve its admin API on TCP",
+            Duration::from_secs(20),
+            || read().contains("admin API listening on TCP"),
+        );
+        daemon.stop();
+        let text = read();
+        let what = format!("admin_listen {ip}:9465, admin_tls {tls}");
+        assert_eq!(
+            text.contains(CLEAR_ADMIN_WARNING),
+            warned,
+            "{what}: the warning should be {}logged; lbd's log:\n{text}",
+            if warned { "" } else { "not " }
+        );
+    }
+    drop(pins);
     let _ = std::fs::remove_dir_all(&work);
 }

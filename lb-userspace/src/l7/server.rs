@@ -698,11 +698,13 @@ async fn connection(
     };
     let mut info = ConnInfo::new(client, listen, sni, true);
     info.from_trusted_proxy = trusted;
-    let info = info.holding(open);
+    // In the tenant's active connections for as long as the connection
+    // or a tunnel made of it lives, like its place in max_connections.
+    let active = tenant_stats.map(ActiveConnection::new);
+    let info = info.holding((open, active));
     if let Some(slot) = slot {
         let _ = info.slot.set(slot);
     }
-    let _active = tenant_stats.map(ActiveConnection::new);
     // An h2 session has no request heads to time, from its start.
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     // The SNI's tenant owns the session: its site's timeouts apply.

@@ -88,9 +88,26 @@ impl Lbd {
         }
     }
 
+    /// Sends it `signal` (SIGTERM: a stop that drains), unless it has
+    /// exited.
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if self.exited().is_some() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
+    /// Its whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The end of its log.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let text = self.log();
         let start = text.len().saturating_sub(LOG_TAIL);
         let start = (start..text.len())
             .find(|&i| text.is_char_boundary(i))
@@ -102,10 +119,7 @@ impl Lbd {
         if self.exited().is_some() {
             return;
         }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
+        self.signal(libc::SIGTERM);
         if self.wait_exit(STOP_GRACE).is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
