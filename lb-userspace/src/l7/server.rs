@@ -634,15 +634,7 @@ async fn connection(
         let info = info.holding(open);
         let deadlines = Deadlines::of_listener(&listener);
         let fd = stream.as_raw_fd();
-        serve_http(
-            stream,
-            info,
-            (false, Some(fd)),
-            deadlines,
-            &listener,
-            &shared,
-        )
-        .await;
+        serve_http(stream, info, (false, fd), deadlines, &listener, &shared).await;
         return;
     }
 
@@ -713,7 +705,7 @@ async fn connection(
         |id| Deadlines::of_site(&listener.sites[id].config.timeouts),
     );
     let fd = tls.get_ref().0.inner.as_raw_fd();
-    serve_http(tls, info, (h2, Some(fd)), deadlines, &listener, &shared).await;
+    serve_http(tls, info, (h2, fd), deadlines, &listener, &shared).await;
 }
 
 /// The TLS handshake of a terminated connection, within `timeout`; a
@@ -766,7 +758,7 @@ async fn handshake(
 async fn serve_http<S>(
     io: S,
     info: ConnInfo,
-    (h2, fd): (bool, Option<RawFd>),
+    (h2, fd): (bool, RawFd),
     timeouts: Deadlines,
     listener: &ListenerRouting,
     shared: &Shared,
@@ -849,9 +841,7 @@ async fn serve_http<S>(
                         // A reset, not a FIN queued behind bytes the client
                         // is not taking: the kernel would keep the socket
                         // and its buffers for minutes after we let go.
-                        if let Some(fd) = fd {
-                            reset_on_close(fd);
-                        }
+                        reset_on_close(fd);
                         break;
                     }
                 }
@@ -1076,9 +1066,10 @@ struct Requests {
 
 /// What [`send_queue`] last said, and since when the client has
 /// acknowledged nothing while bytes waited for it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Unacked {
-    fd: Option<RawFd>,
+    /// The client's socket (open while the connection is).
+    fd: RawFd,
     /// Bytes the client had acknowledged at the last look.
     acked: AtomicU64,
     /// Since when bytes have waited with no new acknowledgement (0: none
@@ -1101,7 +1092,7 @@ impl Requests {
     /// The kernel's queue for the client: [`Queue::Stalled`] once bytes
     /// have waited for `send_ms` while the client acknowledged none.
     fn kernel_queue(&self, now: u64, send_ms: u64) -> Queue {
-        let Some((queued, acked)) = self.unacked.fd.and_then(send_queue) else {
+        let Some((queued, acked)) = send_queue(self.unacked.fd) else {
             return Queue::Empty;
         };
         let u = &self.unacked;
@@ -1128,7 +1119,7 @@ impl Requests {
 }
 
 impl Requests {
-    fn new(fd: Option<RawFd>) -> Self {
+    fn new(fd: RawFd) -> Self {
         let now = now_ms();
         Self {
             started: AtomicU64::new(0),
@@ -1140,7 +1131,8 @@ impl Requests {
             h2: AtomicBool::new(false),
             unacked: Unacked {
                 fd,
-                ..Unacked::default()
+                acked: AtomicU64::new(0),
+                stuck_since_ms: AtomicU64::new(0),
             },
         }
     }
