@@ -131,7 +131,7 @@ impl Raw {
 
     /// The values of request header `name` as the backend received it.
     fn seen(&self, name: &str) -> Vec<String> {
-        seen(&self.json(), name)
+        client::echoed(&self.json(), name)
     }
 }
 
@@ -145,18 +145,6 @@ impl fmt::Display for Raw {
             String::from_utf8_lossy(&self.body[..self.body.len().min(2000)])
         )
     }
-}
-
-/// The values of request header `name` in a backend's echo.
-fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
-    echo["headers"][name]
-        .as_array()
-        .map(|vs| {
-            vs.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// HTTP/1.1 written and read by hand over TLS, for requests no client
@@ -953,13 +941,21 @@ fn forwarding_headers_from_the_client_never_reach_the_backend() {
         let check = |echo: &serde_json::Value, how: &str| {
             for name in FORGED {
                 assert!(
-                    seen(echo, name).is_empty(),
+                    client::echoed(echo, name).is_empty(),
                     "{how}: {name} reached the backend: {echo}"
                 );
             }
-            assert_eq!(seen(echo, "x-forwarded-for"), [client_ip.as_str()], "{how}");
-            assert_eq!(seen(echo, "x-forwarded-proto"), ["https"], "{how}");
-            assert_eq!(seen(echo, "x-tenant-id"), ["alpha"], "{how}");
+            assert_eq!(
+                client::echoed(echo, "x-forwarded-for"),
+                [client_ip.as_str()],
+                "{how}"
+            );
+            assert_eq!(
+                client::echoed(echo, "x-forwarded-proto"),
+                ["https"],
+                "{how}"
+            );
+            assert_eq!(client::echoed(echo, "x-tenant-id"), ["alpha"], "{how}");
         };
         // HTTP/1.1, odd cases, repeated, and named in Connection (which
         // must not remove the proxy's own).
@@ -1051,7 +1047,11 @@ fn hosts_that_disagree_are_refused() {
         assert_eq!(status, StatusCode::OK);
         let echo: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
         assert_eq!(echo["backend"], "a3", "{echo}");
-        assert_eq!(seen(&echo, "host"), ["api.alpha.example"], "{echo}");
+        assert_eq!(
+            client::echoed(&echo, "host"),
+            ["api.alpha.example"],
+            "{echo}"
+        );
     });
 }
 

@@ -333,14 +333,7 @@ impl Reply {
     /// The values of request header `name` as the backend received it.
     fn seen(&self, name: &str) -> Vec<String> {
         assert_eq!(self.status, StatusCode::OK, "{}", self.json());
-        self.json()["headers"][name]
-            .as_array()
-            .map(|vs| {
-                vs.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        l7::client::echoed(&self.json(), name)
     }
 }
 

@@ -61,6 +61,19 @@ pub fn peer_leaf(tls: &TlsStream) -> CertificateDer<'static> {
     tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone()
 }
 
+/// The values of request header `name` in a backend's echo (its JSON
+/// `headers`).
+pub fn echoed(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"][name]
+        .as_array()
+        .map(|vs| {
+            vs.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A response, read to the end.
 #[derive(Debug)]
 pub struct Reply {
@@ -93,14 +106,7 @@ impl Reply {
 
     /// The values of request header `name` as the backend received it.
     pub fn seen(&self, name: &str) -> Vec<String> {
-        self.json()["headers"][name]
-            .as_array()
-            .map(|vs| {
-                vs.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
+        echoed(&self.json(), name)
     }
 
     /// A response header.
