@@ -512,10 +512,12 @@ impl Proxy {
             entry.rule = Some(format!("routes[{}]", admitted.route));
         }
 
-        let upgrade = admitted.upgrade.is_some();
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = admitted
+            .upgrade
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut req));
         let upload = Arc::new(Upload::default());
-        let forwarded = forward(req, &conn, &admitted, &request_id, upgrade, &upload).await;
+        let forwarded = forward(req, &conn, &admitted, &request_id, &upload).await;
         entry.attempts = forwarded.attempts;
         entry.upstream = forwarded.upstream;
         entry.upstream_ms = forwarded.upstream_ms;
@@ -981,7 +983,6 @@ fn backend_head(
     conn: &ConnInfo,
     to: &Admitted,
     request_id: &str,
-    upgrade: bool,
 ) {
     // The host identification checked, whatever form the client used (an
     // origin-form request's Host is that host already).
@@ -990,7 +991,7 @@ fn backend_head(
     {
         parts.headers.insert(header::HOST, a.clone());
     }
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    headers::remove_hop_by_hop(&mut parts.headers, to.upgrade.is_some());
     if let Some(token) = &to.upgrade {
         parts.headers.insert(header::UPGRADE, token.clone());
     }
@@ -1017,7 +1018,6 @@ async fn forward(
     conn: &ConnInfo,
     to: &Admitted,
     request_id: &str,
-    upgrade: bool,
     upload: &Arc<Upload>,
 ) -> Forwarded {
     let hash_key = if to.pool.l7.balance == crate::config::Balance::Maglev {
@@ -1026,10 +1026,10 @@ async fn forward(
         None
     };
     let (mut parts, body) = req.into_parts();
-    backend_head(&mut parts, conn, to, request_id, upgrade);
+    backend_head(&mut parts, conn, to, request_id);
     // Only a request without a body can be sent twice: a streamed body is
     // gone once sent.
-    let retryable = idempotent(&parts.method) && body.is_end_stream() && !upgrade;
+    let retryable = idempotent(&parts.method) && body.is_end_stream() && to.upgrade.is_none();
     let limit = usize::try_from(to.max_body).unwrap_or(usize::MAX);
     if body.is_end_stream() {
         upload.finished.store(true, Relaxed);
