@@ -763,6 +763,17 @@ fn request_target<B>(req: &Request<B>, https: bool) -> Result<Target, Rejection>
     })
 }
 
+/// [`request_target`] for the fuzz targets ([`crate::fuzzing`]): the
+/// normalised host and the path with its query, or the 400's code.
+pub(crate) fn checked_target<B>(
+    req: &Request<B>,
+    https: bool,
+) -> Result<(Option<String>, String), &'static str> {
+    request_target(req, https)
+        .map(|t| (t.host, t.path_and_query))
+        .map_err(Rejection::code)
+}
+
 /// Whether two authorities name the same host and port (a missing port
 /// being the scheme's).
 fn same_authority(a: &str, b: &str, https: bool) -> bool {
