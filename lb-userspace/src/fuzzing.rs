@@ -27,10 +27,13 @@ use crate::{
     },
 };
 
+/// A fuzz target's name and function.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// The fuzz targets, by name: `fuzz/fuzz_targets/NAME.rs` calls `run`.
 /// `config_structured` generates `lb.toml` text in `fuzz/` and ends in
 /// [`config`].
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [Target; 5] = [
     ("client_hello", client_hello),
     ("proxy_v2", proxy_v2),
     ("config", config_bytes),

@@ -78,6 +78,15 @@ fn fuzz_dir() -> PathBuf {
     super::root().join("fuzz")
 }
 
+/// Where the fuzz crate builds: `fuzz/` under the workspace's target
+/// directory (`CARGO_TARGET_DIR` when set), so that it is ignored and
+/// cleaned like every other build.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| super::root().join("target"), PathBuf::from)
+        .join("fuzz")
+}
+
 /// `rustup run nightly cargo fuzz ...` in `fuzz/`: the fuzz crate needs
 /// nightly whatever toolchain runs xtask, and without the `RUSTC` that
 /// cargo sets for xtask's own (stable) build.
@@ -85,6 +94,7 @@ fn cargo_fuzz() -> Command {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", "cargo", "fuzz"])
         .current_dir(fuzz_dir())
+        .env("CARGO_TARGET_DIR", target_dir())
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO");
@@ -228,7 +238,27 @@ fn finished(r: &Running, status: ExitStatus) -> anyhow::Result<()> {
         println!("==> fuzz {}: ok, {runs} executions", r.target);
         return Ok(());
     }
-    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    // The panic and its message, then the end of the log without the
+    // backtrace's frames (libFuzzer's summary and the failing input).
+    let lines: Vec<&str> = log.lines().collect();
+    if let Some(at) = lines.iter().position(|l| l.contains("panicked at")) {
+        for line in lines.iter().skip(at).take(4) {
+            println!("    {line}");
+        }
+    }
+    let frame = |l: &&str| {
+        let t = l.trim_start();
+        t.starts_with("at ")
+            || t.split_once(':')
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok())
+    };
+    let tail: Vec<&str> = lines
+        .iter()
+        .rev()
+        .filter(|l| !frame(l))
+        .take(30)
+        .copied()
+        .collect();
     for line in tail.iter().rev() {
         println!("    {line}");
     }

@@ -1150,6 +1150,10 @@ mod tests {
     /// still parses with the SNI and ALPN it was made with. With
     /// `LB_WRITE_FUZZ_SEEDS=1` this test writes them afresh.
     #[test]
+    #[expect(
+        clippy::type_complexity,
+        reason = "one table row per seed reads better than a struct"
+    )]
     fn client_hello_fuzz_seeds_are_real_hellos() {
         let tls12: &[&'static SupportedProtocolVersion] = &[&rustls::version::TLS12];
         let cases: [(
