@@ -11,6 +11,7 @@ die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (XDP, bpffs and network namespaces need it)"
 
 BPF_LINKER_VERSION=0.13.0
+CARGO_FUZZ_VERSION=0.13.1
 LLVM_MAJOR=22
 LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR}
 
@@ -34,6 +35,8 @@ command -v curl >/dev/null || apt_pkgs+=(curl)
 # The TLS configuration scan (lb-userspace/tests/tls_scan.rs); Debian's
 # package testssl.sh installs the command as `testssl`.
 command -v testssl >/dev/null || apt_pkgs+=(testssl.sh)
+# libFuzzer (built by the fuzz crate's libfuzzer-sys) is C++.
+command -v c++ >/dev/null || apt_pkgs+=(g++)
 # The slow-client attacks (lb-userspace/tests/slow_clients.rs).
 command -v slowhttptest >/dev/null || apt_pkgs+=(slowhttptest)
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
@@ -62,6 +65,13 @@ if ! bpf-linker --version 2>/dev/null | grep -q "${BPF_LINKER_VERSION}"; then
     LLVM_PREFIX=${LLVM_PREFIX} LLVM_SYS_221_PREFIX=${LLVM_PREFIX} \
         cargo install bpf-linker --version "${BPF_LINKER_VERSION}" --locked \
         --no-default-features --features "llvm-${LLVM_MAJOR}"
+fi
+
+# 5. cargo-fuzz, for `cargo xtask fuzz` (the fuzz targets in fuzz/, built
+#    with the nightly toolchain and libFuzzer).
+if ! cargo fuzz --version 2>/dev/null | grep -q "${CARGO_FUZZ_VERSION}"; then
+    log "installing cargo-fuzz ${CARGO_FUZZ_VERSION} (about 30 s)"
+    cargo install cargo-fuzz --version "${CARGO_FUZZ_VERSION}" --locked
 fi
 
 log "ready"

@@ -889,6 +889,28 @@ async fn read_body(request: hyper::Request<Incoming>) -> Result<Bytes, ApiError>
     }
 }
 
+/// What the admin API makes of a request without asking the daemon: the
+/// daemon request it would send (`None` for `/healthz` and `/readyz`), or
+/// the error it answers itself (405 included). The fuzz targets' way in
+/// ([`crate::fuzzing`]); [`Admin::respond`] does the same in steps.
+pub(crate) fn parse_request(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Option<Request>, ApiError> {
+    match route(method, path, query) {
+        Ok(Route::Healthz | Route::Readyz) => Ok(None),
+        Ok(Route::Plain(request)) => Ok(Some(request)),
+        Ok(Route::WithBody(kind)) => kind.request(body).map(Some),
+        Err(Refusal::Error(e)) => Err(e),
+        Err(Refusal::MethodNotAllowed { allow }) => Err(ApiError {
+            status: 405,
+            message: format!("method {method} is not allowed on {path} (allowed: {allow})"),
+        }),
+    }
+}
+
 /// What a path and method resolve to.
 #[derive(Debug, PartialEq)]
 enum Route {

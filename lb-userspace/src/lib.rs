@@ -8,6 +8,8 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod inspect;
 pub mod l7;

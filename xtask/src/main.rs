@@ -6,6 +6,7 @@
 
 mod demo;
 mod demo_l7;
+mod fuzz;
 
 use std::{
     path::{Path, PathBuf},
@@ -36,6 +37,20 @@ enum Task {
         /// Connections per tenant VIP.
         #[arg(long, default_value_t = 300)]
         connections: usize,
+    },
+    /// Runs the cargo-fuzz targets in `fuzz/` (nightly, libFuzzer), each for
+    /// a bounded time, and fails on a crash with the reproducer's path.
+    Fuzz {
+        /// One target (`client_hello`, `proxy_v2`, `config`,
+        /// `config_structured`, `admin_request`, `request_head`); all when
+        /// left out.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        time: u64,
+        /// Targets fuzzed at once (default: one per CPU).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Benchmarks; results go to `results/` (JSON) and are printed as tables.
     Bench {
@@ -104,6 +119,10 @@ fn main() -> anyhow::Result<()> {
             bootstrap()?;
             demo::run(connections)
         }
+        Task::Fuzz { target, time, jobs } => {
+            bootstrap()?;
+            fuzz::run(target.as_deref(), time, jobs.unwrap_or_else(cpus))
+        }
         Task::Bench {
             bench: Bench::Xdp { quick },
         } => {
@@ -159,6 +178,11 @@ fn run(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
 
 fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Usable CPUs (1 when unknown).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 fn bootstrap() -> anyhow::Result<()> {
@@ -418,6 +442,9 @@ fn ci() -> anyhow::Result<()> {
         "--",
         "--test-threads=1",
     ]))?;
+    // 25 s per target, two at a time on CI's two cores: about 1.5 min of
+    // fuzzing after a build of about 4 min (README, "Fuzzing").
+    fuzz::run(None, 25, 2)?;
     bench_smoke()?;
     println!("==> ci: all checks passed");
     // One summary line for whoever reads the end of the log: the per-binary

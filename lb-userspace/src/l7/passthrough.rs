@@ -1145,6 +1145,87 @@ mod tests {
             .map(|hello| hello.sni)
     }
 
+    /// The `client_hello` fuzz target's seeds (`fuzz/corpus/client_hello/`)
+    /// are real rustls hellos, one record or split over records: each
+    /// still parses with the SNI and ALPN it was made with. With
+    /// `LB_WRITE_FUZZ_SEEDS=1` this test writes them afresh.
+    #[test]
+    #[expect(
+        clippy::type_complexity,
+        reason = "one table row per seed reads better than a struct"
+    )]
+    fn client_hello_fuzz_seeds_are_real_hellos() {
+        let tls12: &[&'static SupportedProtocolVersion] = &[&rustls::version::TLS12];
+        let cases: [(
+            &str,
+            &str,
+            &[&[u8]],
+            &[&'static SupportedProtocolVersion],
+            bool,
+        ); 5] = [
+            (
+                "rustls-tls13-h2",
+                "Api.Example.COM.",
+                &[H2, HTTP11],
+                rustls::DEFAULT_VERSIONS,
+                false,
+            ),
+            (
+                "rustls-tls12-http11",
+                "www.acme.example",
+                &[HTTP11],
+                tls12,
+                false,
+            ),
+            (
+                "rustls-no-alpn",
+                "globex.example",
+                &[],
+                rustls::DEFAULT_VERSIONS,
+                false,
+            ),
+            (
+                "rustls-split-records",
+                "a-b_c.example",
+                &[H2],
+                rustls::DEFAULT_VERSIONS,
+                true,
+            ),
+            (
+                "rustls-long-name",
+                &format!("{}.example", "x".repeat(63)),
+                &[H2],
+                tls12,
+                false,
+            ),
+        ];
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/client_hello");
+        let write = std::env::var_os("LB_WRITE_FUZZ_SEEDS").is_some();
+        for (file, name, alpn, versions, split) in cases {
+            let path = dir.join(file);
+            if write {
+                let mut hello = rustls_hello(name, alpn, versions);
+                if split {
+                    let message = message_of(&hello).to_vec();
+                    hello = frame_at(&message, &[3, 40, 41]);
+                }
+                std::fs::create_dir_all(&dir).expect("creating the seed directory");
+                std::fs::write(&path, hello).expect("writing a seed");
+            }
+            let seed =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            let hello =
+                parse_client_hello(&seed).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(
+                hello.sni.as_deref(),
+                Some(name.trim_end_matches('.').to_ascii_lowercase().as_str()),
+                "{file}: SNI"
+            );
+            assert_eq!(hello.alpn, alpn.to_vec(), "{file}: ALPN");
+        }
+    }
+
     #[test]
     fn rustls_hello_gives_normalised_sni_and_alpn() {
         assert_eq!(parse_client_hello(&HELLO), Ok(expected()));
