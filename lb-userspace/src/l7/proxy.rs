@@ -737,10 +737,7 @@ fn request_target<B>(req: &Request<B>, https: bool) -> Result<Target, Rejection>
     let host = match &authority {
         Some(a) => {
             let text = a.to_str().map_err(|_| Rejection::Malformed("bad_host"))?;
-            if text.contains('@') || !valid_authority(text) {
-                return Err(Rejection::Malformed("bad_host"));
-            }
-            Some(routing::request_host(text))
+            Some(checked_host(text).ok_or(Rejection::Malformed("bad_host"))?)
         }
         None => None,
     };
@@ -763,18 +760,20 @@ fn request_target<B>(req: &Request<B>, https: bool) -> Result<Target, Rejection>
     })
 }
 
-/// Whether a Host value (or a URI's authority) is `host[:port]` with a
-/// host of non-empty labels, or empty (RFC 9110 7.2 allows an empty Host
-/// for a target without authority). RFC 9112 3.2 makes any other invalid
-/// Host a 400; and a name such as `acme.example..` or `a/b` would reach the
+/// The normalised host of a Host value (or a URI's authority) that is
+/// `host[:port]` with a host of non-empty labels, or empty (RFC 9110 7.2
+/// allows an empty Host for a target without authority); `None` for any
+/// other value, user info included. RFC 9112 3.2 makes an invalid Host a
+/// 400; and a name such as `acme.example..` or `a/b` would reach the
 /// backend as its Host after matching no site (found by the `request_head`
-/// fuzz target: such a host also did not normalise to itself).
-fn valid_authority(text: &str) -> bool {
+/// fuzz target: such a host also did not normalise to itself). The host is
+/// normalised once, here, for both the check and the caller.
+fn checked_host(text: &str) -> Option<String> {
     if text.is_empty() {
-        return true;
+        return Some(routing::request_host(text));
     }
-    if text.parse::<http::uri::Authority>().is_err() {
-        return false;
+    if text.contains('@') || text.parse::<http::uri::Authority>().is_err() {
+        return None;
     }
     // `Authority` does not check the port: what follows the host is
     // nothing, or `:` and an optional port number.
@@ -787,10 +786,10 @@ fn valid_authority(text: &str) -> bool {
             .strip_prefix(':')
             .is_some_and(|p| p.is_empty() || p.parse::<u16>().is_ok())
     {
-        return false;
+        return None;
     }
     let host = routing::request_host(text);
-    !host.is_empty() && !host.split('.').any(str::is_empty)
+    (!host.is_empty() && !host.split('.').any(str::is_empty)).then_some(host)
 }
 
 /// [`request_target`] for the fuzz targets ([`crate::fuzzing`]): the
