@@ -87,17 +87,12 @@ fn target_dir() -> PathBuf {
         .join("fuzz")
 }
 
-/// `rustup run nightly cargo fuzz ...` in `fuzz/`: the fuzz crate needs
-/// nightly whatever toolchain runs xtask, and without the `RUSTC` that
-/// cargo sets for xtask's own (stable) build.
+/// `cargo fuzz ...` on nightly ([`super::nightly_cargo`]) in `fuzz/`.
 fn cargo_fuzz() -> Command {
-    let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "fuzz"])
+    let mut cmd = super::nightly_cargo();
+    cmd.arg("fuzz")
         .current_dir(fuzz_dir())
-        .env("CARGO_TARGET_DIR", target_dir())
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO");
+        .env("CARGO_TARGET_DIR", target_dir());
     cmd
 }
 

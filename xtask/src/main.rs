@@ -394,6 +394,18 @@ fn check_l7_smoke(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `rustup run nightly cargo`: the eBPF crate and the fuzz targets need
+/// nightly whatever toolchain runs xtask, and must not inherit the `RUSTC`
+/// (and wrapper, and `CARGO`) that cargo set for xtask's own stable build.
+pub(crate) fn nightly_cargo() -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo"])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO");
+    cmd
+}
+
 fn ci() -> anyhow::Result<()> {
     bootstrap()?;
     run("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
@@ -412,16 +424,8 @@ fn ci() -> anyhow::Result<()> {
     )?;
     run(
         "clippy (eBPF programs, bpfel target)",
-        Command::new("rustup")
-            .args([
-                "run",
-                "nightly",
-                "cargo",
-                "clippy",
-                "-p",
-                "lb-ebpf",
-                "--release",
-            ])
+        nightly_cargo()
+            .args(["clippy", "-p", "lb-ebpf", "--release"])
             .args([
                 "--target",
                 "bpfel-unknown-none",
@@ -429,9 +433,7 @@ fn ci() -> anyhow::Result<()> {
                 "build-std=core",
                 "--bins",
             ])
-            .args(["--", "-D", "warnings"])
-            .env_remove("RUSTC")
-            .env_remove("RUSTC_WORKSPACE_WRAPPER"),
+            .args(["--", "-D", "warnings"]),
     )?;
     // The namespace and test-run tests need root (BPF, netns): CI runs as root.
     let (passed, failed) = run_tests(cargo().args([
