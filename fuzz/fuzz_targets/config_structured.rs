@@ -1,6 +1,7 @@
-//! `lb.toml` built from structure: the fuzzer picks tables, keys and values
-//! from the schema's own names (and a few wrong ones), so that most inputs
-//! are well-formed TOML with real keys and reach validation, rather than
+//! `lb.toml` built from structure: the fuzzer picks one of the `config`
+//! target's seed configurations ([`BASES`]) and edits it with tables, keys
+//! and values from the schema's own names (and a few wrong ones), so that
+//! inputs start valid, have real keys and reach validation, rather than
 //! stopping at a syntax error as raw text mostly does. The text goes to
 //! `lb::fuzzing::config`, the same function as the `config` target; a crash
 //! here is committed as the TOML it generated, under
