@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 /// Version of the pinned map layout. A binary that finds pinned maps of
 /// another version refuses to adopt them (see `lbd --cleanup`).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 // ---- Address families and protocols (our own tags, not AF_* values) ----
 
@@ -288,7 +288,8 @@ pub mod drop_reason {
     pub const TOO_BIG_NO_DF: usize = 7;
     /// Growing or shrinking the packet failed.
     pub const ENCAP_FAILED: usize = 8;
-    /// An ICMP error about a VIP whose flow maps to no backend.
+    /// An ICMP error about a VIP flow whose flow-table entry is stale (its
+    /// backend is gone, down or moved).
     pub const ICMP_NO_BACKEND: usize = 9;
     /// An IPv6 packet for a VIP address with an extension header the
     /// balancer does not walk (hop-by-hop, routing, destination options).
@@ -304,8 +305,14 @@ pub mod drop_reason {
     /// A new flow over the tenant's new-flow rate: dropped before it takes
     /// a flow-table entry, so one tenant cannot evict another's flows.
     pub const NEW_FLOW_RATE: usize = 15;
+    /// An ICMP error quoting a VIP's packet but addressed elsewhere than
+    /// that VIP: not what a router sends, so a forgery.
+    pub const ICMP_DST_MISMATCH: usize = 16;
+    /// An ICMP error about a VIP flow the flow table does not hold: no
+    /// backend sent the quoted packet.
+    pub const ICMP_NO_FLOW: usize = 17;
     /// Number of reasons; the size of [`super::DropCounters::by_reason`].
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 18;
     /// Names for metrics and `lbctl`, indexed by reason.
     pub const NAMES: [&str; COUNT] = [
         "malformed",
@@ -324,6 +331,8 @@ pub mod drop_reason {
         "vip_rate_limit",
         "syn_rate_limit",
         "new_flow_limit",
+        "icmp_dst_mismatch",
+        "icmp_no_flow",
     ];
 }
 
@@ -370,6 +379,8 @@ pub mod global_counter {
     pub const FLOW_STALE: u32 = 8;
     /// Next-hop cache refreshes (`bpf_fib_lookup` calls).
     pub const FIB_LOOKUPS: u32 = 9;
+    /// Not IPv4 or IPv6 (ARP, LLDP, other EtherTypes): passed untouched.
+    pub const PASS_NOT_IP: u32 = 10;
     pub const COUNT: u32 = 16;
     /// Names for metrics and `lbctl`, indexed by counter.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -383,7 +394,7 @@ pub mod global_counter {
         "icmp_too_big_sent",
         "flow_stale",
         "fib_lookups",
-        "reserved10",
+        "pass_not_ip",
         "reserved11",
         "reserved12",
         "reserved13",

@@ -4,8 +4,9 @@
 //! and the tenant's new-flow budget that keeps a flood out of the flow
 //! table (a 20,000-source SYN flood against a 1,024-entry table leaves every
 //! one of another tenant's 300 established flows in place; without the
-//! budget it evicts them all). Another tenant on the same node is never
-//! affected.
+//! budget it evicts them all). ICMP errors about a tenant's flows pass the
+//! same ACL and budgets, and only when sent to the quoted VIP about a flow
+//! the table holds. Another tenant on the same node is never affected.
 //!
 //! Budgets are per 100 ms window; a loop of test runs may cross one window
 //! boundary, so counts are asserted between one and two windows' worth.
@@ -66,12 +67,42 @@ impl Node {
         let tcp = ip.tcp(sport, 80, 1, 64240);
         let tcp = if ack { tcp.ack(1) } else { tcp.syn() };
         tcp.write(&mut pkt, &[]).expect("packet");
+        self.run(&pkt)
+    }
+
+    /// Runs an ICMP fragmentation-needed from `router` to `to` quoting the
+    /// start of a TCP packet a backend sent from `vip`:80 to `client`.
+    fn send_frag_needed(&mut self, router: &str, to: &str, vip: &str, client: (&str, u16)) -> u32 {
+        let mut quoted = Vec::new();
+        let v4 = |s: &str| match ip(s) {
+            IpAddr::V4(a) => a.octets(),
+            IpAddr::V6(_) => panic!("IPv4 only"),
+        };
+        etherparse::PacketBuilder::ipv4(v4(vip), v4(client.0), 64)
+            .tcp(80, client.1, 1, 64240)
+            .ack(1)
+            .write(&mut quoted, &[0; 32])
+            .expect("quoted packet");
+        let mut pkt = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 1])
+            .ipv4(v4(router), v4(to), 64)
+            .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1400,
+                },
+            ))
+            .write(&mut pkt, &quoted[..48])
+            .expect("icmp packet");
+        self.run(&pkt)
+    }
+
+    fn run(&mut self, pkt: &[u8]) -> u32 {
         let mut out = vec![0u8; 256];
         self.dp
             .program("lb_balancer")
             .expect("program")
             .test_run(TestRunOptions {
-                data_in: Some(&pkt),
+                data_in: Some(pkt),
                 data_out: Some(&mut out),
                 ..Default::default()
             })
@@ -300,6 +331,72 @@ fn a_syn_flood_from_many_sources_never_evicts_another_tenants_flows() {
         assert_eq!(node.send(src, port, ip("203.0.113.20"), true), XDP_TX);
     }
     assert!(node.drops("flood", drop_reason::NEW_FLOW_RATE) > 19_000);
+}
+
+#[test]
+fn icmp_errors_obey_the_tenants_policy() {
+    // 1000 packets/s = 100 per 100 ms window for "limited".
+    let mut node = Node::new(
+        &(tenant(
+            "denies",
+            "203.0.113.10",
+            "10.0.1.1",
+            "[tenant.acl]\ndeny = [\"198.51.100.0/24\"]",
+            "",
+        ) + &tenant("other", "203.0.113.20", "10.0.2.1", "", "")
+            + &tenant(
+                "limited",
+                "203.0.113.30",
+                "10.0.3.1",
+                "[tenant.limits]\npackets_per_second = 1000",
+                "",
+            )),
+    );
+    let vip = "203.0.113.10";
+    assert_eq!(node.send(ip("192.0.2.7"), 1000, ip(vip), false), XDP_TX);
+
+    // A router's frag-needed about the real flow still reaches its backend.
+    let router = "192.0.2.254";
+    let flow = ("192.0.2.7", 1000);
+    assert_eq!(node.send_frag_needed(router, vip, vip, flow), XDP_TX);
+    // From a source the tenant denies: dropped like its TCP would be.
+    assert_eq!(
+        node.send_frag_needed("198.51.100.1", vip, vip, flow),
+        XDP_DROP
+    );
+    assert_eq!(node.drops("denies", drop_reason::ACL_DENY), 1);
+    // Sent to another tenant's VIP (or any address but the quoted VIP).
+    for to in ["203.0.113.20", "192.0.2.1"] {
+        assert_eq!(node.send_frag_needed(router, to, vip, flow), XDP_DROP);
+    }
+    assert_eq!(node.drops("denies", drop_reason::ICMP_DST_MISMATCH), 2);
+    assert_eq!(node.drops("other", drop_reason::ICMP_DST_MISMATCH), 0);
+    // About a flow the table does not hold: no backend sent that packet.
+    for port in 1001..1011 {
+        assert_eq!(
+            node.send_frag_needed(router, vip, vip, ("192.0.2.7", port)),
+            XDP_DROP
+        );
+    }
+    assert_eq!(node.drops("denies", drop_reason::ICMP_NO_FLOW), 10);
+
+    // The tenant's packet budget counts ICMP errors too.
+    let vip = "203.0.113.30";
+    assert_eq!(node.send(ip("192.0.2.8"), 2000, ip(vip), false), XDP_TX);
+    let mut passed = 0;
+    for _ in 0..500 {
+        if node.send_frag_needed(router, vip, vip, ("192.0.2.8", 2000)) == XDP_TX {
+            passed += 1;
+        }
+    }
+    assert!(
+        (99..=200).contains(&passed),
+        "{passed} of 500 ICMP errors passed (budget 100 per window)"
+    );
+    assert_eq!(
+        node.drops("limited", drop_reason::TENANT_RATE),
+        500 - passed
+    );
 }
 
 #[test]

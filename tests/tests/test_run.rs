@@ -1641,7 +1641,11 @@ fn ipip_forwarding() {
             syn(CLIENT6, 40_008, OTHER6, 443),
             &[PASS_NOT_VIP],
         ),
-        Case::pass("arp request: passed", arp_request(), &[]),
+        Case::pass(
+            "arp request: passed",
+            arp_request(),
+            &[global_counter::PASS_NOT_IP],
+        ),
         // -- Too big once encapsulated --
         Case::new(
             "1500-byte ipv4 tcp with df: icmp frag-needed (mtu 1480) to the client",
@@ -1690,21 +1694,36 @@ fn ipip_forwarding() {
             Output::Encap,
             To::Flow,
         )
-        .globals(&[ICMP_FORWARDED]),
+        .globals(&[ICMP_FORWARDED])
+        .http(false),
         Case::forward(
             "icmpv6 packet-too-big about an established flow: to the flow's backend",
             icmp6_too_big(VIP6, &backend_reply(VIP6, 443, CLIENT6, 40_002)),
             Output::Encap,
             To::Flow,
         )
-        .globals(&[ICMP_FORWARDED]),
-        Case::forward(
-            "icmp frag-needed about a flow not in the table: the ring's backend, no entry made",
+        .globals(&[ICMP_FORWARDED])
+        .counted(Counted::Flow {
+            tenant: TENANT_1,
+            vip: VIP_V6,
+            new_flow: false,
+        }),
+        Case::drop(
+            "icmp frag-needed about a flow not in the table: dropped, no backend sent it",
             icmp4_frag_needed(VIP4_A, &backend_reply(VIP4_A, 80, CLIENT4, 40_100)),
-            Output::Encap,
-            To::Ring,
+            TENANT_1,
+            drop_reason::ICMP_NO_FLOW,
+            &[],
         )
-        .globals(&[ICMP_FORWARDED]),
+        .counted(Counted::Vip(VIP_HTTP)),
+        Case::drop(
+            "icmp frag-needed about a vip flow sent to another address: dropped",
+            icmp4_frag_needed(VIP4_T2, &backend_reply(VIP4_A, 80, CLIENT4, 40_001)),
+            TENANT_1,
+            drop_reason::ICMP_DST_MISMATCH,
+            &[],
+        )
+        .counted(Counted::Vip(VIP_HTTP)),
         Case::pass(
             "icmp echo request to a vip address: passed",
             frame(
@@ -1812,7 +1831,7 @@ fn ipip_forwarding() {
                 set_be16(&mut f, 12, 0x8100);
                 f
             },
-            &[],
+            &[global_counter::PASS_NOT_IP],
         ),
         malformed(
             "ethernet header only, ether type ipv4: dropped",
@@ -1903,7 +1922,11 @@ fn ipip_forwarding() {
             "icmp error about a local vip flow: passed to the stack",
             icmp4_frag_needed(VIP4_A, &backend_reply(VIP4_A, 443, CLIENT4, 40_019)),
             &[PASS_LOCAL],
-        ),
+        )
+        .counted(Counted::Local {
+            tenant: TENANT_1,
+            vip: VIP_LOCAL,
+        }),
         // -- More ICMP errors --
         Case::forward(
             "icmp time exceeded about an established flow: to the flow's backend",
@@ -1919,7 +1942,8 @@ fn ipip_forwarding() {
             Output::Encap,
             To::Flow,
         )
-        .globals(&[ICMP_FORWARDED]),
+        .globals(&[ICMP_FORWARDED])
+        .http(false),
         Case::forward(
             "vlan-tagged icmp frag-needed about an established flow: tag kept",
             tagged(
@@ -1929,7 +1953,8 @@ fn ipip_forwarding() {
             Output::Encap,
             To::Flow,
         )
-        .globals(&[ICMP_FORWARDED]),
+        .globals(&[ICMP_FORWARDED])
+        .http(false),
         // -- Next hop behind another interface (last: changes the next hops) --
         Case::new(
             "next hop behind another interface than the ingress: encapsulated, XDP_REDIRECT",
@@ -2057,7 +2082,8 @@ fn l2dsr_forwarding() {
             Output::L2Rewrite,
             To::Flow,
         )
-        .globals(&[ICMP_FORWARDED]),
+        .globals(&[ICMP_FORWARDED])
+        .http(false),
         Case::pass(
             "l2dsr: non-vip address, passed",
             syn(CLIENT4, 41_007, OTHER4, 80),
@@ -2249,15 +2275,17 @@ fn flow_table() {
             Output::Encap,
             To::Id(0),
         )
-        .globals(&[ICMP_FORWARDED]),
-        Case::forward(
-            "icmp frag-needed about the flow after its backend went down: the ring's backend 1",
+        .globals(&[ICMP_FORWARDED])
+        .http(false),
+        Case::drop(
+            "icmp frag-needed about the flow after its backend went down: dropped",
             icmp4_frag_needed(VIP4_A, &backend_reply(VIP4_A, 80, CLIENT4, port)),
-            Output::Encap,
-            To::Id(1),
+            TENANT_1,
+            drop_reason::ICMP_NO_BACKEND,
+            &[],
         )
         .setup(|env| env.set_state(0, BACKEND_DOWN))
-        .globals(&[ICMP_FORWARDED, FLOW_STALE]),
+        .counted(Counted::Vip(VIP_HTTP)),
     ]);
     run_table(&mut env, &cases);
 }

@@ -1,6 +1,6 @@
-//! ICMP: errors about VIP flows go to the backend that owns the flow, and
-//! packets that would be too big once encapsulated are answered with
-//! fragmentation-needed / packet-too-big.
+//! ICMP: errors about VIP flows go to the backend that owns the flow (when
+//! the tenant's policy admits them), and packets that would be too big once
+//! encapsulated are answered with fragmentation-needed / packet-too-big.
 
 use aya_ebpf::{
     EbpfContext,
@@ -9,7 +9,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FAMILY_V4, FlowKey, NO_TENANT, PROTO_TCP, PROTO_UDP, Settings, drop_reason, global_counter,
+    FAMILY_V4, FlowKey, NO_TENANT, PROTO_TCP, PROTO_UDP, Settings, VipInfo, drop_reason,
+    global_counter,
 };
 use lb_ebpf::{
     csum, l2,
@@ -19,7 +20,8 @@ use network_types::eth::EthHdr;
 
 use crate::{
     forward::{self, TooBig},
-    select, stats,
+    maps::{BACKEND_STATS, TENANT_STATS, VIP_STATS},
+    policy, select, stats,
 };
 
 /// Bytes of the offending packet quoted in a too-big answer: enough for its
@@ -46,13 +48,22 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
         return XDP_PASS;
     }
 
-    // The quoted packet is one a backend sent from the VIP to the client.
-    let inner_off = pkt.l4_off + 8;
-    let Some((inner_src, inner_dst, proto, ports_off)) = quoted_header(ctx, pkt.family, inner_off)
-    else {
+    // The quoted packet is one a backend sent from the VIP to the client:
+    // the flow's key is its reverse, read straight into place (a copy of
+    // the addresses would push this frame past the verifier's stack limit).
+    let mut key = FlowKey {
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    let Some(ports_off) = quoted_header(ctx, pkt.l4_off + 8, &mut key) else {
         return crate::malformed_l4(pkt);
     };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if key.proto != PROTO_TCP && key.proto != PROTO_UDP {
         stats::global(global_counter::PASS_NOT_VIP);
         return XDP_PASS;
     }
@@ -60,29 +71,40 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
         return crate::malformed_l4(pkt);
     };
     let ports = unsafe { *ports };
-    let vip_port = u16::from_ne_bytes([ports[0], ports[1]]);
-    let client_port = u16::from_ne_bytes([ports[2], ports[3]]);
-    let Some(vip) = select::vip(&inner_src, pkt.family, vip_port, proto) else {
+    key.dport = u16::from_ne_bytes([ports[0], ports[1]]);
+    key.sport = u16::from_ne_bytes([ports[2], ports[3]]);
+    let Some(vip) = select::vip(&key.dst, pkt.family, key.dport, key.proto) else {
         stats::global(global_counter::PASS_NOT_VIP);
         return XDP_PASS;
     };
+    // From here on the error is about a VIP flow and costs its tenant: a
+    // router sends it to the quoted packet's source, the VIP. Another
+    // destination is a forgery aimed at the backends behind this node.
+    if pkt.dst != key.dst {
+        return dropped(pkt, &vip, drop_reason::ICMP_DST_MISMATCH as u32);
+    }
+    // The same ACL and budgets as the tenant's TCP and UDP (the outer
+    // source is the router that sent the error).
+    let verdict = policy::check(pkt, &vip, 0, now);
+    if verdict != policy::PASS {
+        return dropped(pkt, &vip, verdict);
+    }
     if vip.flags & lb_common::VIP_F_LOCAL != 0 {
+        stats::traffic(&TENANT_STATS, vip.tenant_id, pkt.ip_len, false);
+        stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
         stats::global(global_counter::PASS_LOCAL);
         return XDP_PASS;
     }
-    let key = FlowKey {
-        src: inner_dst,
-        dst: inner_src,
-        sport: client_port,
-        dport: vip_port,
-        proto,
-        family: pkt.family,
-        _pad: [0; 2],
+    // Only a flow the table holds has a backend that sent the quoted
+    // packet; the ring's choice for an unknown flow would be a stranger.
+    let choice = match select::flow(&key, &vip, settings, now) {
+        select::Entry::Valid(choice) => choice,
+        select::Entry::Stale => return dropped(pkt, &vip, drop_reason::ICMP_NO_BACKEND as u32),
+        select::Entry::Missing => return dropped(pkt, &vip, drop_reason::ICMP_NO_FLOW as u32),
     };
-    let Ok(choice) = select::backend(&key, &vip, settings, now, false) else {
-        stats::drop(vip.tenant_id, drop_reason::ICMP_NO_BACKEND);
-        return XDP_DROP;
-    };
+    stats::traffic(&TENANT_STATS, vip.tenant_id, pkt.ip_len, false);
+    stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
+    stats::traffic(&BACKEND_STATS, choice.id, pkt.ip_len, false);
     stats::global(global_counter::ICMP_FORWARDED);
     forward::to_backend(
         ctx,
@@ -97,33 +119,38 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
     )
 }
 
-/// Reads the IP header quoted in an ICMP error: (source, destination,
-/// protocol, offset of its L4 header).
+/// Drops an ICMP error about a flow of `vip`, counted for its tenant.
 #[inline(always)]
-fn quoted_header(
-    ctx: &XdpContext,
-    family: u8,
-    off: usize,
-) -> Option<([u8; 16], [u8; 16], u8, usize)> {
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    if family == FAMILY_V4 {
-        let h = unsafe { *ptr_at::<[u8; 20]>(ctx, off)? };
+fn dropped(pkt: &Packet, vip: &VipInfo, reason: u32) -> u32 {
+    stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
+    stats::drop(vip.tenant_id, reason as usize);
+    XDP_DROP
+}
+
+/// Reads the IP header quoted in an ICMP error at `off` into `key`, reversed
+/// (its destination is the flow's source) with its protocol; returns the
+/// offset of its L4 header. `key.family` says which IP version to expect.
+#[inline(always)]
+fn quoted_header(ctx: &XdpContext, off: usize, key: &mut FlowKey) -> Option<usize> {
+    if key.family == FAMILY_V4 {
+        let h = unsafe { &*ptr_at::<[u8; 20]>(ctx, off)? };
         let ihl = ((h[0] & 0x0f) as usize) * 4;
         if h[0] >> 4 != 4 || ihl < 20 {
             return None;
         }
-        src[..4].copy_from_slice(&h[12..16]);
-        dst[..4].copy_from_slice(&h[16..20]);
-        Some((src, dst, h[9], off + ihl))
+        key.dst[..4].copy_from_slice(&h[12..16]);
+        key.src[..4].copy_from_slice(&h[16..20]);
+        key.proto = h[9];
+        Some(off + ihl)
     } else {
-        let h = unsafe { *ptr_at::<[u8; 40]>(ctx, off)? };
+        let h = unsafe { &*ptr_at::<[u8; 40]>(ctx, off)? };
         if h[0] >> 4 != 6 {
             return None;
         }
-        src.copy_from_slice(&h[8..24]);
-        dst.copy_from_slice(&h[24..40]);
-        Some((src, dst, h[6], off + 40))
+        key.dst.copy_from_slice(&h[8..24]);
+        key.src.copy_from_slice(&h[24..40]);
+        key.proto = h[6];
+        Some(off + 40)
     }
 }
 

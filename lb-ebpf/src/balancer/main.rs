@@ -65,7 +65,10 @@ fn balance(ctx: &XdpContext) -> u32 {
     let pkt = unsafe { &mut *scratch };
     match parse::parse_into(ctx, pkt) {
         Ok(()) => {}
-        Err(ParseError::NotIp) => return XDP_PASS,
+        Err(ParseError::NotIp) => {
+            stats::global(global_counter::PASS_NOT_IP);
+            return XDP_PASS;
+        }
         Err(ParseError::BadL3) => {
             // Without a trustworthy header we cannot tell whose it is.
             stats::global(global_counter::MALFORMED);
@@ -136,7 +139,7 @@ fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
         family: pkt.family,
         _pad: [0; 2],
     };
-    let choice = match select::backend(&key, &vip, settings, now, true) {
+    let choice = match select::backend(&key, &vip, settings, now) {
         Ok(choice) => choice,
         Err(reason) => {
             stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);

@@ -61,8 +61,64 @@ pub struct Choice {
     pub hash: u32,
 }
 
+/// What the flow table says about a flow.
+pub enum Entry {
+    /// A valid entry: its backend.
+    Valid(Choice),
+    /// An entry whose backend is gone, down, moved or idle too long.
+    Stale,
+    /// No entry.
+    Missing,
+}
+
+/// Looks `key` up in the flow table and checks the entry against `vip` and
+/// the backend's current state, refreshing `last_seen_ns` of a valid entry.
+#[inline(always)]
+pub fn flow(key: &FlowKey, vip: &VipInfo, settings: &Settings, now: u64) -> Entry {
+    let Some(entry) = FLOWS.get_ptr_mut(key) else {
+        return Entry::Missing;
+    };
+    let flow = unsafe { *entry };
+    let Some(b) = BACKENDS.get(flow.backend_id) else {
+        return Entry::Stale;
+    };
+    let idle = now.saturating_sub(flow.last_seen_ns);
+    if b.generation != flow.generation
+        || flow.pool_id != vip.pool_id
+        || b.pool_id != vip.pool_id
+        || b.tenant_id != vip.tenant_id
+        || (b.state != BACKEND_UP && b.state != BACKEND_DRAINING)
+        || (settings.flow_idle_ns != 0 && idle > settings.flow_idle_ns)
+    {
+        return Entry::Stale;
+    }
+    // Refresh often enough that an active flow never looks idle: at most
+    // every second, and at least four times per timeout.
+    let granularity =
+        if settings.flow_idle_ns != 0 && settings.flow_idle_ns / 4 < LAST_SEEN_GRANULARITY_NS {
+            settings.flow_idle_ns / 4
+        } else {
+            LAST_SEEN_GRANULARITY_NS
+        };
+    if idle > granularity {
+        unsafe { (*entry).last_seen_ns = now };
+    }
+    Entry::Valid(Choice {
+        id: flow.backend_id,
+        backend: b,
+        new_flow: false,
+        // Only an IPv6 outer header uses the hash (flow label): an
+        // established IPv4 flow skips hashing altogether.
+        hash: if b.family == lb_common::FAMILY_V6 {
+            hash_of(key, settings.hash_seed)
+        } else {
+            0
+        },
+    })
+}
+
 /// Picks the backend for `key` on `vip`: a valid flow-table entry first,
-/// else the pool's ring (inserting the result when `insert`). Errors are
+/// else the pool's ring, whose choice is inserted. Errors are
 /// `drop_reason::*`.
 #[inline(always)]
 pub fn backend(
@@ -70,46 +126,11 @@ pub fn backend(
     vip: &VipInfo,
     settings: &Settings,
     now: u64,
-    insert: bool,
 ) -> Result<Choice, usize> {
-    if let Some(entry) = FLOWS.get_ptr_mut(key) {
-        let flow = unsafe { *entry };
-        if let Some(b) = BACKENDS.get(flow.backend_id) {
-            let idle = now.saturating_sub(flow.last_seen_ns);
-            if b.generation == flow.generation
-                && flow.pool_id == vip.pool_id
-                && b.pool_id == vip.pool_id
-                && b.tenant_id == vip.tenant_id
-                && (b.state == BACKEND_UP || b.state == BACKEND_DRAINING)
-                && (settings.flow_idle_ns == 0 || idle <= settings.flow_idle_ns)
-            {
-                // Refresh often enough that an active flow never looks idle:
-                // at most every second, and at least four times per timeout.
-                let granularity = if settings.flow_idle_ns != 0
-                    && settings.flow_idle_ns / 4 < LAST_SEEN_GRANULARITY_NS
-                {
-                    settings.flow_idle_ns / 4
-                } else {
-                    LAST_SEEN_GRANULARITY_NS
-                };
-                if idle > granularity {
-                    unsafe { (*entry).last_seen_ns = now };
-                }
-                return Ok(Choice {
-                    id: flow.backend_id,
-                    backend: b,
-                    new_flow: false,
-                    // Only an IPv6 outer header uses the hash (flow label):
-                    // an established IPv4 flow skips hashing altogether.
-                    hash: if b.family == lb_common::FAMILY_V6 {
-                        hash_of(key, settings.hash_seed)
-                    } else {
-                        0
-                    },
-                });
-            }
-        }
-        stats::global(global_counter::FLOW_STALE);
+    match flow(key, vip, settings, now) {
+        Entry::Valid(choice) => return Ok(choice),
+        Entry::Stale => stats::global(global_counter::FLOW_STALE),
+        Entry::Missing => {}
     }
 
     let hash = hash_of(key, settings.hash_seed);
@@ -141,21 +162,19 @@ pub fn backend(
     }
     // A new flow over the tenant's budget takes no flow-table entry: one
     // tenant's SYN flood cannot evict another tenant's flows.
-    if insert && !crate::policy::new_flow_allowed(vip.tenant_id, now) {
+    if !crate::policy::new_flow_allowed(vip.tenant_id, now) {
         return Err(drop_reason::NEW_FLOW_RATE);
     }
-    if insert {
-        let value = FlowValue {
-            backend_id: id,
-            pool_id: vip.pool_id,
-            generation: b.generation,
-            tenant_id: vip.tenant_id,
-            last_seen_ns: now,
-        };
-        // A full table evicts its least recently used entry; failure to
-        // insert only costs stickiness, so the packet still goes out.
-        let _ = FLOWS.insert(key, value, 0);
-    }
+    let value = FlowValue {
+        backend_id: id,
+        pool_id: vip.pool_id,
+        generation: b.generation,
+        tenant_id: vip.tenant_id,
+        last_seen_ns: now,
+    };
+    // A full table evicts its least recently used entry; failure to insert
+    // only costs stickiness, so the packet still goes out.
+    let _ = FLOWS.insert(key, value, 0);
     Ok(Choice {
         id,
         backend: b,
