@@ -155,7 +155,9 @@ struct Flow {
 
 struct Generator {
     rng: Rng,
-    vips: Vec<IpAddr>,
+    /// The VIP addresses of each family.
+    vips4: Vec<IpAddr>,
+    vips6: Vec<IpAddr>,
     recent: Vec<Flow>,
 }
 
@@ -175,15 +177,10 @@ impl Generator {
         }
     }
 
-    /// A destination: mostly a VIP, else an address near one or anywhere.
+    /// A destination: mostly a VIP, else another address beside one (its
+    /// last byte random, so sometimes another VIP).
     fn destination(&mut self, v6: bool) -> IpAddr {
-        let vips: Vec<IpAddr> = self
-            .vips
-            .iter()
-            .copied()
-            .filter(|a| a.is_ipv6() == v6)
-            .collect();
-        let vip = *self.rng.pick(&vips);
+        let vip = *self.rng.pick(if v6 { &self.vips6 } else { &self.vips4 });
         if self.rng.percent(85) {
             return vip;
         }
@@ -303,23 +300,22 @@ impl Generator {
             (any_proto, 80),
         ]);
         let sport = 1024 + self.rng.u16() % 60_000;
-        if (proto == 6 || proto == 17) && self.recent.len() < 4096 {
-            self.recent.push(Flow {
-                client: src,
-                client_port: sport,
-                vip: dst,
-                vip_port: dport,
-                proto,
-            });
-        } else if proto == 6 || proto == 17 {
-            let i = self.rng.below(self.recent.len());
-            self.recent[i] = Flow {
+        if proto == 6 || proto == 17 {
+            // Remembered for ICMP errors to quote: up to 4096 flows, then a
+            // random one is replaced.
+            let flow = Flow {
                 client: src,
                 client_port: sport,
                 vip: dst,
                 vip_port: dport,
                 proto,
             };
+            if self.recent.len() < 4096 {
+                self.recent.push(flow);
+            } else {
+                let i = self.rng.below(self.recent.len());
+                self.recent[i] = flow;
+            }
         }
         let l4 = self.l4(proto, sport, dport);
         self.ip(src, dst, proto, &l4)
@@ -583,7 +579,18 @@ fn every_frame_keeps_the_invariants_and_every_frame_is_counted() {
     let mut w = world();
     let mut generator = Generator {
         rng: Rng(seed),
-        vips: w.vip_owner.keys().copied().collect(),
+        vips4: w
+            .vip_owner
+            .keys()
+            .copied()
+            .filter(IpAddr::is_ipv4)
+            .collect(),
+        vips6: w
+            .vip_owner
+            .keys()
+            .copied()
+            .filter(IpAddr::is_ipv6)
+            .collect(),
         recent: Vec::new(),
     };
     let mut tally = Tally::default();
