@@ -9,8 +9,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FAMILY_V4, FlowKey, NO_TENANT, PROTO_TCP, PROTO_UDP, Settings, VipInfo, drop_reason,
-    global_counter,
+    FAMILY_V4, FlowKey, NO_TENANT, PROTO_TCP, PROTO_UDP, Settings, drop_reason, global_counter,
 };
 use lb_ebpf::{
     csum, l2,
@@ -20,7 +19,6 @@ use network_types::eth::EthHdr;
 
 use crate::{
     forward::{self, TooBig},
-    maps::{BACKEND_STATS, TENANT_STATS, VIP_STATS},
     policy, select, stats,
 };
 
@@ -81,30 +79,25 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
     // router sends it to the quoted packet's source, the VIP. Another
     // destination is a forgery aimed at the backends behind this node.
     if pkt.dst != key.dst {
-        return dropped(pkt, &vip, drop_reason::ICMP_DST_MISMATCH as u32);
+        return crate::vip_drop(pkt, &vip, drop_reason::ICMP_DST_MISMATCH);
     }
     // The same ACL and budgets as the tenant's TCP and UDP (the outer
     // source is the router that sent the error).
     let verdict = policy::check(pkt, &vip, 0, now);
     if verdict != policy::PASS {
-        return dropped(pkt, &vip, verdict);
+        return crate::vip_drop(pkt, &vip, verdict as usize);
     }
     if vip.flags & lb_common::VIP_F_LOCAL != 0 {
-        stats::traffic(&TENANT_STATS, vip.tenant_id, pkt.ip_len, false);
-        stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
-        stats::global(global_counter::PASS_LOCAL);
-        return XDP_PASS;
+        return crate::pass_local(pkt, &vip);
     }
     // Only a flow the table holds has a backend that sent the quoted
     // packet; the ring's choice for an unknown flow would be a stranger.
     let choice = match select::flow(&key, &vip, settings, now) {
         select::Entry::Valid(choice) => choice,
-        select::Entry::Stale => return dropped(pkt, &vip, drop_reason::ICMP_NO_BACKEND as u32),
-        select::Entry::Missing => return dropped(pkt, &vip, drop_reason::ICMP_NO_FLOW as u32),
+        select::Entry::Stale => return crate::vip_drop(pkt, &vip, drop_reason::ICMP_NO_BACKEND),
+        select::Entry::Missing => return crate::vip_drop(pkt, &vip, drop_reason::ICMP_NO_FLOW),
     };
-    stats::traffic(&TENANT_STATS, vip.tenant_id, pkt.ip_len, false);
-    stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
-    stats::traffic(&BACKEND_STATS, choice.id, pkt.ip_len, false);
+    stats::forwarded(vip.tenant_id, vip.vip_id, choice.id, pkt.ip_len, false);
     stats::global(global_counter::ICMP_FORWARDED);
     forward::to_backend(
         ctx,
@@ -117,14 +110,6 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
         now,
         TooBig::Drop,
     )
-}
-
-/// Drops an ICMP error about a flow of `vip`, counted for its tenant.
-#[inline(always)]
-fn dropped(pkt: &Packet, vip: &VipInfo, reason: u32) -> u32 {
-    stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
-    stats::drop(vip.tenant_id, reason as usize);
-    XDP_DROP
 }
 
 /// Reads the IP header quoted in an ICMP error at `off` into `key`, reversed

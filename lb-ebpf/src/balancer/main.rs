@@ -41,13 +41,13 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::{FlowKey, NO_TENANT, Settings, VIP_F_LOCAL, drop_reason, global_counter};
+use lb_common::{FlowKey, NO_TENANT, Settings, VIP_F_LOCAL, VipInfo, drop_reason, global_counter};
 use lb_ebpf::parse::{self, Packet, ParseError, ptr_at};
 use network_types::eth::EthHdr;
 
 use crate::{
     forward::TooBig,
-    maps::{BACKEND_STATS, SCRATCH, SETTINGS, TENANT_STATS, VIP_STATS},
+    maps::{SCRATCH, SETTINGS, TENANT_STATS, VIP_STATS},
 };
 
 /// The balancer's entry point.
@@ -118,16 +118,10 @@ fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
     );
     let verdict = policy::check(pkt, &vip, syn, now);
     if verdict != policy::PASS {
-        stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
-        stats::drop(vip.tenant_id, verdict as usize);
-        return XDP_DROP;
+        return vip_drop(pkt, &vip, verdict as usize);
     }
     if vip.flags & VIP_F_LOCAL != 0 {
-        // Served by lbd on this node.
-        stats::traffic(&TENANT_STATS, vip.tenant_id, pkt.ip_len, false);
-        stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
-        stats::global(global_counter::PASS_LOCAL);
-        return XDP_PASS;
+        return pass_local(pkt, &vip);
     }
 
     let key = FlowKey {
@@ -141,15 +135,15 @@ fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
     };
     let choice = match select::backend(&key, &vip, settings, now) {
         Ok(choice) => choice,
-        Err(reason) => {
-            stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
-            stats::drop(vip.tenant_id, reason);
-            return XDP_DROP;
-        }
+        Err(reason) => return vip_drop(pkt, &vip, reason),
     };
-    stats::traffic(&TENANT_STATS, vip.tenant_id, pkt.ip_len, choice.new_flow);
-    stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, choice.new_flow);
-    stats::traffic(&BACKEND_STATS, choice.id, pkt.ip_len, choice.new_flow);
+    stats::forwarded(
+        vip.tenant_id,
+        vip.vip_id,
+        choice.id,
+        pkt.ip_len,
+        choice.new_flow,
+    );
     forward::to_backend(
         ctx,
         pkt,
@@ -161,6 +155,25 @@ fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
         now,
         TooBig::Answer,
     )
+}
+
+/// A packet for `vip` dropped before it reached a backend: counted for the
+/// VIP, and with its `drop_reason` for the VIP's tenant.
+#[inline(always)]
+fn vip_drop(pkt: &Packet, vip: &VipInfo, reason: usize) -> u32 {
+    stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
+    stats::drop(vip.tenant_id, reason);
+    XDP_DROP
+}
+
+/// A packet for a local VIP, served by lbd on this node: counted for the
+/// tenant and the VIP, passed to the stack.
+#[inline(always)]
+fn pass_local(pkt: &Packet, vip: &VipInfo) -> u32 {
+    stats::traffic(&TENANT_STATS, vip.tenant_id, pkt.ip_len, false);
+    stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
+    stats::global(global_counter::PASS_LOCAL);
+    XDP_PASS
 }
 
 /// IP fragments carry no ports after the first, so they cannot be steered

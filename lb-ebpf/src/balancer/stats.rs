@@ -3,7 +3,7 @@
 use aya_ebpf::maps::PerCpuArray;
 use lb_common::TrafficCounters;
 
-use crate::maps::{GLOBAL_STATS, TENANT_DROPS, TENANT_STATS};
+use crate::maps::{BACKEND_STATS, GLOBAL_STATS, TENANT_DROPS, TENANT_STATS, VIP_STATS};
 
 /// Bumps a node-wide counter (`global_counter::*`).
 #[inline(always)]
@@ -26,6 +26,15 @@ pub fn traffic(map: &PerCpuArray<TrafficCounters>, id: u32, bytes: usize, new_fl
             }
         }
     }
+}
+
+/// Counts one packet of `bytes` sent to backend `backend` for the tenant,
+/// the VIP and the backend (a new flow when `new_flow`).
+#[inline(always)]
+pub fn forwarded(tenant: u32, vip: u32, backend: u32, bytes: usize, new_flow: bool) {
+    traffic(&TENANT_STATS, tenant, bytes, new_flow);
+    traffic(&VIP_STATS, vip, bytes, new_flow);
+    traffic(&BACKEND_STATS, backend, bytes, new_flow);
 }
 
 /// Counts a drop for `tenant` with `reason` (`drop_reason::*`).
