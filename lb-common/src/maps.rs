@@ -4,7 +4,7 @@ use core::mem::size_of;
 
 /// Version of the pinned map layout. A binary that finds pinned maps of
 /// another version refuses to adopt them (see `lbd --cleanup`).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 // ---- Address families and protocols (our own tags, not AF_* values) ----
 
@@ -81,8 +81,13 @@ pub const MAX_BACKENDS: u32 = 65_536;
 pub const RING_ARENA_ENTRIES: u32 = 1 << 24;
 /// Elements of the `LB_RINGS` map (two ring slots each).
 pub const RING_ARENA_ELEMENTS: u32 = RING_ARENA_ENTRIES / 2;
-/// Default flow-table capacity; `node.flow_table_size` overrides it.
+/// Default flow-table capacity of the node (the sum over the tenants'
+/// tables); `node.flow_table_size` overrides it.
 pub const DEFAULT_FLOW_TABLE_ENTRIES: u32 = 1 << 20;
+/// The smallest flow table a tenant gets: below this the kernel's LRU
+/// evicts in batches comparable to the table itself. With the default node
+/// size, every one of `MAX_TENANTS - 1` tenants still gets this many.
+pub const MIN_TENANT_FLOWS: u32 = 64;
 /// Default Maglev ring size: prime, good to ~160 backends at 1% imbalance.
 pub const DEFAULT_RING_SIZE: u32 = 16_381;
 /// Ring slot value meaning "no backend" (an empty pool).

@@ -216,6 +216,15 @@ pub struct TenantSummary {
     pub pools: usize,
     pub backends: usize,
     pub counters: Counters,
+    pub flow_table: FlowTableUsage,
+}
+
+/// A tenant's flow table in XDP: entries held and the table's size (its
+/// `max_flows`; 0 for a tenant without L4 VIPs, which has no table).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowTableUsage {
+    pub flows: u64,
+    pub max_flows: u32,
 }
 
 /// A VIP in listings.
@@ -288,6 +297,7 @@ pub struct TenantStats {
     pub id: u32,
     pub counters: Counters,
     pub drops_by_reason: BTreeMap<String, u64>,
+    pub flow_table: FlowTableUsage,
 }
 
 /// `GET /stats`.

@@ -32,7 +32,7 @@ use std::{
 
 use lb_common::{
     DEFAULT_FLOW_TABLE_ENTRIES, DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_POOLS, MAX_TENANTS, MAX_VIPS,
-    PROTO_TCP, PROTO_UDP, RING_ARENA_ENTRIES,
+    MIN_TENANT_FLOWS, PROTO_TCP, PROTO_UDP, RING_ARENA_ENTRIES,
 };
 use serde::{Deserialize, Serialize, Serializer};
 use toml_edit::{ImDocument, Item};
@@ -454,6 +454,10 @@ pub struct Tenant {
     pub l4: Vec<L4Vip>,
     /// `[[tenant.l7]]`: sites served by `lbd`, in file order.
     pub l7: Vec<L7Site>,
+    /// The size of the tenant's flow table in XDP: `limits.max_flows`, or
+    /// its share of `node.flow_table_size`; 0 for a tenant without L4 VIPs
+    /// (it needs no table).
+    pub max_flows: u32,
 }
 
 impl Tenant {
@@ -572,10 +576,11 @@ pub struct Acl {
 
 /// Names `[tenant.limits]` accepts. The packet limits are enforced in XDP;
 /// the request limits ([`REQUEST_LIMIT_KEYS`]) by `lbd`'s L7 tier.
-pub const TENANT_LIMIT_KEYS: [&str; 9] = [
+pub const TENANT_LIMIT_KEYS: [&str; 10] = [
     "packets_per_second",
     "bytes_per_second",
     "new_flows_per_second",
+    "max_flows",
     "requests_per_second",
     "requests_burst",
     "requests_per_second_per_client_ip",
@@ -1118,6 +1123,7 @@ impl Ctx<'_> {
         let listeners = self.l7(&mut tenants, raw_l7, raw.listener, &l4_vips)?;
 
         self.capacity(&tenants, l4_vips.len() + listeners.len())?;
+        self.flow_tables(&mut tenants, node.flow_table_size)?;
         Ok(Config {
             node,
             tenants,
@@ -1216,6 +1222,7 @@ impl Ctx<'_> {
             pools,
             l4: Vec::new(),
             l7: Vec::new(),
+            max_flows: 0,
         };
         Ok((tenant, rt.l4, rt.l7))
     }
@@ -1804,6 +1811,77 @@ impl Ctx<'_> {
         })
     }
 
+    /// Sizes every L4 tenant's flow table (`Tenant::max_flows`): its
+    /// `limits.max_flows`, else an equal share of what `node.flow_table_size`
+    /// leaves after the tenants that set one. The sizes add up to at most
+    /// `node.flow_table_size`, so the node's flow memory stays what the
+    /// operator chose however many tenants it serves.
+    fn flow_tables(&self, tenants: &mut [Tenant], node_size: u32) -> Result<(), ConfigError> {
+        let root = FieldPath::default();
+        let node_path = root.key("node").key("flow_table_size");
+        let explicit = |t: &Tenant| {
+            t.limits
+                .as_ref()
+                .and_then(|l| l.get("max_flows"))
+                .map(|v| u32::try_from(*v).unwrap_or(u32::MAX))
+        };
+        let (mut reserved, mut shared) = (0u64, 0u32);
+        for (ti, t) in tenants.iter().enumerate() {
+            let Some(n) = explicit(t) else {
+                shared += u32::from(!t.l4.is_empty());
+                continue;
+            };
+            let path = root
+                .key("tenant")
+                .index(ti, Some(&t.name))
+                .key("limits")
+                .key("max_flows");
+            if n < MIN_TENANT_FLOWS {
+                return Err(self.error(
+                    &path,
+                    format!("max_flows must be at least {MIN_TENANT_FLOWS}"),
+                ));
+            }
+            if t.l4.is_empty() {
+                continue;
+            }
+            reserved += u64::from(n);
+            if reserved > u64::from(node_size) {
+                return Err(self.error(
+                    &path,
+                    format!(
+                        "the tenants' max_flows add up to {reserved} so far, more than \
+                         node.flow_table_size ({node_size}); raise node.flow_table_size or lower max_flows"
+                    ),
+                ));
+            }
+        }
+        let share = if shared == 0 {
+            0
+        } else {
+            // `reserved <= node_size`, so this fits.
+            u32::try_from((u64::from(node_size) - reserved) / u64::from(shared)).unwrap_or(0)
+        };
+        if shared > 0 && share < MIN_TENANT_FLOWS {
+            return Err(self.error(
+                &node_path,
+                format!(
+                    "node.flow_table_size ({node_size}) leaves {share} flows to each of the {shared} \
+                     tenants with L4 VIPs and no limits.max_flows; each needs at least \
+                     {MIN_TENANT_FLOWS}: raise node.flow_table_size or lower the tenants' max_flows"
+                ),
+            ));
+        }
+        for t in tenants.iter_mut() {
+            t.max_flows = if t.l4.is_empty() {
+                0
+            } else {
+                explicit(t).unwrap_or(share)
+            };
+        }
+        Ok(())
+    }
+
     /// Limits of the data plane's maps, checked now so that a config that
     /// cannot fit is rejected before anything is written.
     fn capacity(&self, tenants: &[Tenant], vips: usize) -> Result<(), ConfigError> {
@@ -1877,6 +1955,7 @@ fn packet_limit_max(name: &str) -> Option<u64> {
         "packets_per_second" => Some(MAX_PACKET_RATE),
         "bytes_per_second" => Some(MAX_BYTE_RATE),
         "new_flows_per_second" | "syn_per_second" => Some(MAX_FLOW_RATE),
+        "max_flows" => Some(u64::from(*FLOW_TABLE_SIZE_RANGE.end())),
         _ => None,
     }
 }
@@ -2334,6 +2413,109 @@ default_tenant = "acme"     # optional
             3,
             "node.admin_listen",
             "expected a string",
+        );
+    }
+
+    /// A tenant with one pool and, when `vip` is set, an L4 VIP on it.
+    fn flow_tenant(name: &str, vip: Option<&str>, limits: &str) -> String {
+        let l4 = vip.map_or(String::new(), |vip| {
+            format!(
+                "[[tenant.l4]]\nvip = \"{vip}\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n"
+            )
+        });
+        format!(
+            "[[tenant]]\nname = \"{name}\"\n{limits}[[tenant.pool]]\nname = \"web\"\n\
+             backends = [{{ address = \"10.0.0.1\" }}]\n{l4}"
+        )
+    }
+
+    #[test]
+    fn flow_tables_share_the_node_size_after_explicit_max_flows() {
+        let node = format!("{NODE}flow_table_size = 4096\n");
+        // Three L4 tenants share equally; a tenant without L4 VIPs gets none.
+        let c = ok(&format!(
+            "{node}{}{}{}{}",
+            flow_tenant("a", Some("192.0.2.1"), ""),
+            flow_tenant("b", Some("192.0.2.2"), ""),
+            flow_tenant("c", Some("192.0.2.3"), ""),
+            flow_tenant("pools-only", None, ""),
+        ));
+        let sizes: Vec<u32> = c.tenants.iter().map(|t| t.max_flows).collect();
+        assert_eq!(sizes, [1365, 1365, 1365, 0]);
+        // An explicit max_flows is taken off the top; the rest is shared.
+        let c = ok(&format!(
+            "{node}{}{}{}",
+            flow_tenant(
+                "a",
+                Some("192.0.2.1"),
+                "[tenant.limits]\nmax_flows = 2048\n"
+            ),
+            flow_tenant("b", Some("192.0.2.2"), ""),
+            flow_tenant("c", Some("192.0.2.3"), ""),
+        ));
+        let sizes: Vec<u32> = c.tenants.iter().map(|t| t.max_flows).collect();
+        assert_eq!(sizes, [2048, 1024, 1024]);
+        // Without L4 VIPs, max_flows reserves nothing.
+        let c = ok(&format!(
+            "{node}{}{}",
+            flow_tenant("a", Some("192.0.2.1"), ""),
+            flow_tenant("l7", None, "[tenant.limits]\nmax_flows = 4096\n"),
+        ));
+        assert_eq!(c.tenants[0].max_flows, 4096);
+        assert_eq!(c.tenants[1].max_flows, 0);
+    }
+
+    #[test]
+    fn flow_tables_that_do_not_fit_the_node_are_refused() {
+        let node = format!("{NODE}flow_table_size = 4096\n");
+        let line_of = |text: &str, needle: &str| {
+            text[..text.find(needle).expect("needle")].lines().count() + 1
+        };
+        let text = format!(
+            "{node}{}{}",
+            flow_tenant(
+                "a",
+                Some("192.0.2.1"),
+                "[tenant.limits]\nmax_flows = 3000\n"
+            ),
+            flow_tenant(
+                "b",
+                Some("192.0.2.2"),
+                "[tenant.limits]\nmax_flows = 1097\n"
+            ),
+        );
+        assert_err(
+            &text,
+            line_of(&text, "max_flows = 1097"),
+            "tenant[1] (\"b\").limits.max_flows",
+            "add up to 4097 so far, more than node.flow_table_size (4096)",
+        );
+        let text = format!(
+            "{node}{}",
+            flow_tenant("a", Some("192.0.2.1"), "[tenant.limits]\nmax_flows = 63\n")
+        );
+        assert_err(
+            &text,
+            line_of(&text, "max_flows = 63"),
+            "tenant[0] (\"a\").limits.max_flows",
+            "at least 64",
+        );
+        // 4096 - 4000 = 96 left for two tenants: 48 each is too few.
+        let text = format!(
+            "{node}{}{}{}",
+            flow_tenant(
+                "a",
+                Some("192.0.2.1"),
+                "[tenant.limits]\nmax_flows = 4000\n"
+            ),
+            flow_tenant("b", Some("192.0.2.2"), ""),
+            flow_tenant("c", Some("192.0.2.3"), ""),
+        );
+        assert_err(
+            &text,
+            3,
+            "node.flow_table_size",
+            "leaves 48 flows to each of the 2 tenants",
         );
     }
 

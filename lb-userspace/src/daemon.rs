@@ -123,7 +123,6 @@ impl Daemon {
         enable_forwarding(&node.interface)?;
         let dp = Dataplane::load(&LoadOptions {
             pin_path: Some(node.pin_path.clone()),
-            flow_table_size: node.flow_table_size,
         })?;
         let ids = Ids::load(&state_dir.join(IDS_FILE)).context("reading the id assignment")?;
         // Health survives restarts: backends the maps mark down start down.
@@ -393,10 +392,6 @@ impl Daemon {
             ("node.interface", old.interface == n.interface),
             ("node.pin_path", old.pin_path == n.pin_path),
             ("node.state_dir", old.state_dir == n.state_dir),
-            (
-                "node.flow_table_size",
-                old.flow_table_size == n.flow_table_size,
-            ),
             ("node.xdp_mode", old.xdp_mode == n.xdp_mode),
         ] {
             if !same {

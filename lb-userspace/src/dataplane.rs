@@ -45,6 +45,11 @@ use lb_common::{
 
 use crate::objects;
 
+mod flow_tables;
+
+use flow_tables::FlowTables;
+pub use flow_tables::TableChange;
+
 /// The balancer's XDP program, by its function name in `lb-ebpf`.
 pub const BALANCER_PROGRAM: &str = "lb_balancer";
 /// How long a released ring region stays untouched before reuse: far longer
@@ -113,21 +118,10 @@ fn map_op(what: impl Into<String>) -> impl FnOnce(MapError) -> DataplaneError {
 }
 
 /// How to load the balancer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Pin maps and the XDP link here; `None` keeps everything private.
     pub pin_path: Option<PathBuf>,
-    /// Capacity of the flow table.
-    pub flow_table_size: u32,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            pin_path: None,
-            flow_table_size: lb_common::DEFAULT_FLOW_TABLE_ENTRIES,
-        }
-    }
 }
 
 /// XDP attach mode.
@@ -179,7 +173,7 @@ pub struct Dataplane {
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     pools: HashMap<MapData, u32, PoolInfo>,
     backends: Array<MapData, Backend>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
+    flows: FlowTables,
     settings: Array<MapData, Settings>,
     nexthops: PerCpuArray<MapData, NextHop>,
     tenant_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -206,7 +200,6 @@ impl Dataplane {
     /// another layout version.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_FLOWS, opts.flow_table_size);
         let pin_paths: Vec<(&'static str, PathBuf)> = match &opts.pin_path {
             Some(dir) => {
                 fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
@@ -290,7 +283,7 @@ impl Dataplane {
             vip_addrs: typed!(MAP_VIP_ADDRS),
             pools: typed!(MAP_POOLS),
             backends: typed!(MAP_BACKENDS),
-            flows: typed!(MAP_FLOWS),
+            flows: FlowTables::open(get(MAP_FLOWS)?)?,
             settings: typed!(MAP_SETTINGS),
             nexthops: typed!(MAP_NEXTHOPS),
             tenant_stats: typed!(MAP_TENANT_STATS),
@@ -700,26 +693,54 @@ impl Dataplane {
             .map_err(map_op("removing an ACL entry"))
     }
 
-    /// Every flow-table entry.
-    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.flows
-            .iter()
-            .filter_map(std::result::Result::ok)
-            .collect()
-    }
-
-    /// One flow-table entry.
+    /// Every flow-table entry of every tenant.
     #[must_use]
-    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        self.flows.get(key, 0).ok()
+    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
+        self.flows.entries()
     }
 
-    /// Removes one flow-table entry; absent is fine.
+    /// One entry of `tenant`'s flow table.
+    #[must_use]
+    pub fn flow(&self, tenant: u32, key: &FlowKey) -> Option<FlowValue> {
+        self.flows.get(tenant, key)
+    }
+
+    /// Removes one entry of `tenant`'s flow table; absent is fine.
     ///
     /// # Errors
     /// On a failed map operation other than "not found".
-    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
-        ignore_missing(self.flows.remove(key)).map_err(map_op("removing a flow"))
+    pub fn remove_flow(&mut self, tenant: u32, key: &FlowKey) -> Result<()> {
+        self.flows.remove_entry(tenant, key)
+    }
+
+    /// Tenant id -> capacity of its flow table, for every tenant with one.
+    #[must_use]
+    pub fn flow_tables(&self) -> BTreeMap<u32, u32> {
+        self.flows.capacities()
+    }
+
+    /// Tenant id -> (entries, capacity) of its flow table, for every tenant
+    /// with one.
+    #[must_use]
+    pub fn flow_table_usage(&self) -> BTreeMap<u32, (u64, u32)> {
+        self.flows.usage()
+    }
+
+    /// Gives `tenant` a flow table of `capacity` entries (see
+    /// [`flow_tables`]): created, kept, or replaced keeping the newest flows.
+    ///
+    /// # Errors
+    /// When the kernel refuses the table (memory) or the swap.
+    pub fn set_flow_table(&mut self, tenant: u32, capacity: u32) -> Result<TableChange> {
+        self.flows.set(tenant, capacity)
+    }
+
+    /// Removes `tenant`'s flow table and its flows; returns how many.
+    ///
+    /// # Errors
+    /// When the kernel refuses the removal.
+    pub fn remove_flow_table(&mut self, tenant: u32) -> Result<usize> {
+        self.flows.remove(tenant)
     }
 
     /// Traffic counters of a tenant, summed over CPUs.
@@ -819,6 +840,7 @@ fn map_data(map: Map) -> std::result::Result<MapData, MapError> {
         | Map::HashMap(d)
         | Map::LruHashMap(d)
         | Map::PerCpuArray(d)
+        | Map::ArrayOfMaps(d)
         | Map::LpmTrie(d) => Ok(d),
         _ => Err(MapError::InvalidName {
             name: "a map of an unexpected type".into(),

@@ -18,7 +18,7 @@ use lb_common::{
 use crate::{
     api::{
         ApiError, BackendInfo, BackendSelector, Counters, Explain, FlowFilter, FlowInfo,
-        PoolDetail, PoolSummary, Stats, TenantStats, TenantSummary, VipSummary,
+        FlowTableUsage, PoolDetail, PoolSummary, Stats, TenantStats, TenantSummary, VipSummary,
     },
     config::Protocol,
     dataplane::Dataplane,
@@ -289,6 +289,7 @@ pub fn pool(
 pub fn tenants(dp: &Dataplane, ids: &Ids) -> Vec<TenantSummary> {
     let vips = vips(dp, ids);
     let pools = pools(dp, ids);
+    let flow_tables = dp.flow_table_usage();
     ids.tenant_names()
         .into_iter()
         .map(|(id, name)| TenantSummary {
@@ -300,10 +301,16 @@ pub fn tenants(dp: &Dataplane, ids: &Ids) -> Vec<TenantSummary> {
                 .map(|p| p.backends)
                 .sum(),
             counters: counters(dp.tenant_stats(id)),
+            flow_table: flow_table(&flow_tables, id),
             id,
             name,
         })
         .collect()
+}
+
+fn flow_table(usage: &BTreeMap<u32, (u64, u32)>, tenant: u32) -> FlowTableUsage {
+    let (flows, max_flows) = usage.get(&tenant).copied().unwrap_or_default();
+    FlowTableUsage { flows, max_flows }
 }
 
 /// Node, tenant, VIP and backend counters.
@@ -315,12 +322,14 @@ pub fn stats(dp: &Dataplane, ids: &Ids, health: &HealthDetail) -> Stats {
         .filter(|(_, n)| !n.starts_with("reserved"))
         .map(|(i, n)| ((*n).to_string(), dp.global(u32::try_from(i).unwrap_or(0))))
         .collect();
+    let flow_tables = dp.flow_table_usage();
     let mut tenants: Vec<TenantStats> = ids
         .tenant_names()
         .into_iter()
         .map(|(id, name)| TenantStats {
             counters: counters(dp.tenant_stats(id)),
             drops_by_reason: drops_by_reason(dp, id),
+            flow_table: flow_table(&flow_tables, id),
             id,
             name,
         })
@@ -333,6 +342,7 @@ pub fn stats(dp: &Dataplane, ids: &Ids, health: &HealthDetail) -> Stats {
             id: lb_common::NO_TENANT,
             counters: counters(dp.tenant_stats(lb_common::NO_TENANT)),
             drops_by_reason: unattributed,
+            flow_table: FlowTableUsage::default(),
         });
     }
     Stats {
@@ -521,7 +531,7 @@ pub fn explain(
         }
     });
     let mut note = None;
-    if let Some(flow) = dp.flow(&flow_key) {
+    if let Some(flow) = dp.flow(info.tenant_id, &flow_key) {
         let idle = now_ns().saturating_sub(flow.last_seen_ns);
         match flow_validity(dp, &flow, Some(info.pool_id), idle) {
             Ok(b) => {

@@ -16,6 +16,7 @@
 //! | `lb_node_events_total` | counter | `event` (the node-wide counters: rx, forwarded, ...) |
 //! | `lb_tenant_packets_total`, `_bytes_total`, `_new_flows_total` | counter | `tenant` |
 //! | `lb_tenant_drops_total` | counter | `tenant`, `reason` |
+//! | `lb_tenant_flows`, `lb_tenant_max_flows` | gauge (entries in and size of the tenant's flow table; tenants with L4 VIPs) | `tenant` |
 //! | `lb_vip_packets_total`, `_bytes_total`, `_new_flows_total`, `_drops_total` | counter | `tenant`, `vip`, `protocol` |
 //! | `lb_backend_packets_total`, `_bytes_total`, `_new_flows_total` | counter | `tenant`, `pool`, `backend` |
 //! | `lb_backend_up` | gauge (1 up or draining, 0 down) | `tenant`, `pool`, `backend` |
@@ -302,6 +303,36 @@ impl Exposition {
                     n,
                 );
             }
+        }
+        // Only tenants with a flow table (L4 VIPs) have these.
+        let tables: Vec<&api::TenantStats> = stats
+            .tenants
+            .iter()
+            .filter(|t| t.flow_table.max_flows > 0)
+            .collect();
+        self.family(
+            "lb_tenant_flows",
+            "gauge",
+            "Entries in the tenant's flow table.",
+        );
+        for t in &tables {
+            self.sample(
+                "lb_tenant_flows",
+                &[("tenant", &t.name)],
+                t.flow_table.flows,
+            );
+        }
+        self.family(
+            "lb_tenant_max_flows",
+            "gauge",
+            "Size of the tenant's flow table (its max_flows): when full, its own oldest flows are evicted.",
+        );
+        for t in &tables {
+            self.sample(
+                "lb_tenant_max_flows",
+                &[("tenant", &t.name)],
+                t.flow_table.max_flows,
+            );
         }
     }
 
@@ -614,6 +645,10 @@ mod tests {
                     id: 1,
                     counters: counters(100),
                     drops_by_reason: BTreeMap::from([("no_neigh".into(), 3)]),
+                    flow_table: api::FlowTableUsage {
+                        flows: 40,
+                        max_flows: 512,
+                    },
                 },
                 TenantStats {
                     // Not a valid tenant name: only here to test escaping.
@@ -621,6 +656,7 @@ mod tests {
                     id: 2,
                     counters: counters(0),
                     drops_by_reason: BTreeMap::new(),
+                    flow_table: api::FlowTableUsage::default(),
                 },
             ],
             vips: vec![VipSummary {
@@ -700,6 +736,8 @@ mod tests {
             "lb_node_events_total{event=\"rx\"} 1000",
             "lb_tenant_packets_total{tenant=\"acme\"} 100",
             "lb_tenant_bytes_total{tenant=\"acme\"} 10000",
+            "lb_tenant_flows{tenant=\"acme\"} 40",
+            "lb_tenant_max_flows{tenant=\"acme\"} 512",
             "lb_tenant_new_flows_total{tenant=\"acme\"} 10",
             "lb_tenant_drops_total{tenant=\"acme\",reason=\"no_neigh\"} 3",
             "lb_tenant_packets_total{tenant=\"we\\\"ird\\\\na\\nme\"} 0",

@@ -24,7 +24,7 @@ use lb_common::{
 
 use crate::{
     config::{Config, Forwarding},
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, TableChange},
     maglev::{self, RingBackend},
 };
 
@@ -413,6 +413,9 @@ pub struct ApplyReport {
     pub vips_removed: usize,
     pub pools_removed: usize,
     pub backends_released: usize,
+    /// Tenants' flow tables created or resized.
+    pub flow_tables_written: usize,
+    /// Flows dropped with the flow table of a removed tenant.
     pub flows_removed: usize,
 }
 
@@ -530,6 +533,7 @@ impl Reconciler {
         let mut tenant_policies: BTreeMap<u32, TenantPolicy> = BTreeMap::new();
         let mut vip_policies: BTreeMap<u32, VipPolicy> = BTreeMap::new();
         let mut acl: BTreeMap<(u32, AclKey), u8> = BTreeMap::new();
+        let mut flow_tables: BTreeMap<u32, u32> = BTreeMap::new();
         for t in &config.tenants {
             let tenant_id = self.ids.tenants.get_or_alloc(&t.name, "tenants")?;
             keep_tenants.insert(t.name.clone());
@@ -619,6 +623,9 @@ impl Reconciler {
                         syns_per_window: per_window(v.limits.syn_per_second),
                     },
                 );
+            }
+            if t.max_flows > 0 {
+                flow_tables.insert(tenant_id, t.max_flows);
             }
             let limit = |name: &str| t.limits.as_ref().and_then(|l| l.get(name)).copied();
             let mut flags = 0;
@@ -796,6 +803,13 @@ impl Reconciler {
             }
             self.ring_inputs.insert(pool.id, inputs);
         }
+        // Flow tables before the VIPs, so a VIP's first packets find their
+        // tenant's table.
+        for (&tenant, &capacity) in &flow_tables {
+            if dp.set_flow_table(tenant, capacity)? != TableChange::Unchanged {
+                report.flow_tables_written += 1;
+            }
+        }
         let current_vips: BTreeMap<VipKey, VipInfo> = dp.vips().into_iter().collect();
         for (key, info) in &vips {
             if current_vips.get(key) != Some(info) {
@@ -811,7 +825,7 @@ impl Reconciler {
         }
 
         // Removals: VIPs first (no new packets reach the pools), then pools,
-        // then backend slots, then the flows of removed tenants.
+        // then backend slots, then the flow tables of removed tenants.
         for key in current_vips.keys() {
             if !vips.contains_key(key) {
                 dp.remove_vip(key)?;
@@ -865,16 +879,15 @@ impl Reconciler {
         }
         self.apply_policy(dp, &tenant_policies, &vip_policies, &acl)?;
         let removed_tenants = self.ids.tenants.retain(&keep_tenants);
-        if !removed_tenants.is_empty() {
-            for (key, value) in dp.flows() {
-                if removed_tenants.contains(&value.tenant_id) {
-                    dp.remove_flow(&key)?;
-                    report.flows_removed += 1;
-                }
+        // Flow tables of tenants gone or without L4 VIPs now (also those an
+        // earlier configuration left in pinned maps).
+        for tenant in dp.flow_tables().into_keys() {
+            if !flow_tables.contains_key(&tenant) {
+                report.flows_removed += dp.remove_flow_table(tenant)?;
             }
-            for t in removed_tenants {
-                dp.reset_counters(Some(t), None, None)?;
-            }
+        }
+        for t in removed_tenants {
+            dp.reset_counters(Some(t), None, None)?;
         }
         Ok(report)
     }

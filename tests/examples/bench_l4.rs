@@ -490,11 +490,7 @@ impl Bench {
         let lb_if = line.ifname(Side::Lb).to_owned();
         let cfg = config::parse(&lb_config(&lb_if, false, plan.flow_table), "bench-l4.toml")
             .map_err(|e| anyhow!("bench config: {e}"))?;
-        let mut dp = Dataplane::load(&LoadOptions {
-            flow_table_size: plan.flow_table,
-            ..LoadOptions::default()
-        })
-        .context("loading the balancer")?;
+        let mut dp = Dataplane::load(&LoadOptions::default()).context("loading the balancer")?;
         let mut reconciler = Reconciler::new();
         reconciler
             .apply(&cfg, &mut dp)

@@ -33,26 +33,29 @@ const XDP_TX: u32 = 3;
 struct Node {
     dp: Dataplane,
     reconciler: Reconciler,
+    /// The frame the last run wrote out.
+    out: Vec<u8>,
 }
 
 impl Node {
     fn new(tenants: &str) -> Node {
-        Self::with_flow_table(tenants, LoadOptions::default().flow_table_size)
+        Self::with_flow_table(tenants, lb_common::DEFAULT_FLOW_TABLE_ENTRIES)
     }
 
     fn with_flow_table(tenants: &str, flow_table_size: u32) -> Node {
-        let text = format!("[node]\ninterface = \"eth0\"\n{tenants}");
+        let text =
+            format!("[node]\ninterface = \"eth0\"\nflow_table_size = {flow_table_size}\n{tenants}");
         let cfg = config::parse(&text, "policy.toml").unwrap_or_else(|e| panic!("config: {e}"));
-        let mut dp = Dataplane::load(&LoadOptions {
-            pin_path: None,
-            flow_table_size,
-        })
-        .expect("load");
+        let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
         let mut reconciler = Reconciler::new();
         reconciler.apply(&cfg, &mut dp).expect("apply");
         common::seed_nexthops(&mut dp, 0..8);
         dp.program("lb_balancer").expect("verifier");
-        Node { dp, reconciler }
+        Node {
+            dp,
+            reconciler,
+            out: Vec::new(),
+        }
     }
 
     /// Runs one TCP packet (SYN unless `ack`) and returns the action.
@@ -98,7 +101,8 @@ impl Node {
 
     fn run(&mut self, pkt: &[u8]) -> u32 {
         let mut out = vec![0u8; 256];
-        self.dp
+        let result = self
+            .dp
             .program("lb_balancer")
             .expect("program")
             .test_run(TestRunOptions {
@@ -106,8 +110,16 @@ impl Node {
                 data_out: Some(&mut out),
                 ..Default::default()
             })
-            .expect("test run")
-            .return_value
+            .expect("test run");
+        out.truncate(usize::try_from(result.data_size_out).expect("output size"));
+        self.out = out;
+        result.return_value
+    }
+
+    /// The outer IPv4 destination of the last frame out (an IPIP packet).
+    fn last_outer_dst(&self) -> IpAddr {
+        let d = &self.out[30..34];
+        IpAddr::from([d[0], d[1], d[2], d[3]])
     }
 
     fn drops(&self, tenant: &str, reason: usize) -> u64 {
@@ -331,6 +343,95 @@ fn a_syn_flood_from_many_sources_never_evicts_another_tenants_flows() {
         assert_eq!(node.send(src, port, ip("203.0.113.20"), true), XDP_TX);
     }
     assert!(node.drops("flood", drop_reason::NEW_FLOW_RATE) > 19_000);
+}
+
+/// Tenant "a" (VIP 203.0.113.10, one backend) and tenant "b" (VIP
+/// 203.0.113.20, backends 10.0.2.1 and 10.0.2.2, `drained` at weight 0).
+fn spray_tenants(drained: Option<IpAddr>) -> String {
+    let weight = |b: &str| u8::from(drained != Some(ip(b)));
+    tenant("a", "203.0.113.10", "10.0.1.1", "", "")
+        + &format!(
+            "[[tenant]]\nname = \"b\"\n[[tenant.pool]]\nname = \"web\"\nring_size = 257\n\
+             backends = [{{ address = \"10.0.2.1\", weight = {} }}, {{ address = \"10.0.2.2\", weight = {} }}]\n\
+             [[tenant.l4]]\nvip = \"203.0.113.20\"\nport = 80\nprotocol = \"tcp\"\npool = \"web\"\n",
+            weight("10.0.2.1"),
+            weight("10.0.2.2"),
+        )
+}
+
+#[test]
+fn a_flow_table_spray_evicts_only_the_spraying_tenants_flows() {
+    // 1024 flows for the node: 512 per tenant by default, no new-flow
+    // budget set. A flow of b's on a backend then drained lives only in
+    // the flow table (the ring no longer has the backend): were it evicted,
+    // b's client would be re-steered to the other backend mid-connection.
+    let mut node = Node::with_flow_table(&spray_tenants(None), 1024);
+    let ids = node.reconciler.ids().clone();
+    let (id_a, id_b) = (ids.tenant("a").expect("a"), ids.tenant("b").expect("b"));
+    assert_eq!(node.dp.flow_tables().get(&id_a), Some(&512));
+    assert_eq!(node.dp.flow_tables().get(&id_b), Some(&512));
+
+    let client = ip("198.51.100.20");
+    assert_eq!(node.send(client, 40_000, ip("203.0.113.20"), false), XDP_TX);
+    let pinned = node.last_outer_dst();
+    let cfg = config::parse(
+        &format!(
+            "[node]\ninterface = \"eth0\"\nflow_table_size = 1024\n{}",
+            spray_tenants(Some(pinned))
+        ),
+        "policy.toml",
+    )
+    .expect("config");
+    node.reconciler.apply(&cfg, &mut node.dp).expect("drain");
+    assert_eq!(node.send(client, 40_000, ip("203.0.113.20"), true), XDP_TX);
+    assert_eq!(
+        node.last_outer_dst(),
+        pinned,
+        "the drained backend keeps its flow"
+    );
+    // A new flow of b's goes to the other backend: the flow table is all
+    // that keeps the client on the drained one.
+    assert_eq!(node.send(client, 40_001, ip("203.0.113.20"), false), XDP_TX);
+    assert_ne!(node.last_outer_dst(), pinned);
+
+    // The spray: ACKs from 4096 random sources to a's VIP, each a miss that
+    // takes a flow-table entry (bounded by count, seeded for repeatability).
+    // Each is sent twice: the kernel's LRU gives entries hit since their
+    // insertion a second chance, so a spray of one-packet flows would be
+    // evicted before b's flow even in one shared table; repeated, it
+    // evicts b's flow there.
+    let mut state = 0x9e37_79b9_u32;
+    for _ in 0..4096 {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [w, x, y, z] = state.to_be_bytes();
+        let src = IpAddr::from([10, w, x, y]);
+        let port = 1024 + u16::from(z) * 200;
+        for _ in 0..2 {
+            assert_eq!(node.send(src, port, ip("203.0.113.10"), true), XDP_TX);
+        }
+    }
+    let per_tenant = |t: u32| {
+        node.dp
+            .flows()
+            .iter()
+            .filter(|(_, v)| v.tenant_id == t)
+            .count()
+    };
+    assert!(
+        per_tenant(id_a) <= 512,
+        "a holds {} flows",
+        per_tenant(id_a)
+    );
+    assert_eq!(per_tenant(id_b), 2, "b's flows are untouched");
+
+    assert_eq!(node.send(client, 40_000, ip("203.0.113.20"), true), XDP_TX);
+    assert_eq!(
+        node.last_outer_dst(),
+        pinned,
+        "b's client was re-steered off its drained backend"
+    );
 }
 
 #[test]

@@ -483,11 +483,7 @@ struct World {
 fn world() -> World {
     let cfg = config::parse(&configuration(), "random_frames.toml")
         .unwrap_or_else(|e| panic!("config: {e}"));
-    let mut dp = Dataplane::load(&LoadOptions {
-        pin_path: None,
-        flow_table_size: 4096,
-    })
-    .expect("load");
+    let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
     let mut reconciler = Reconciler::new();
     reconciler.apply(&cfg, &mut dp).expect("apply");
     common::seed_nexthops(&mut dp, 0..16);

@@ -9,6 +9,9 @@
 //!   tenant, a single tenant's one by that tenant) whose packet limits XDP
 //!   enforces, every L7 host name is in the SNI map under its tenant, and
 //!   pools only the proxy uses take no ring;
+//! - every tenant with an L4 VIP gets a flow table of its share of
+//!   `node.flow_table_size`, and a new size (or a new tenant's arrival)
+//!   resizes the tables without losing their flows;
 //! - a re-apply of the same configuration writes nothing;
 //! - pinned maps of another layout version are refused with what to do.
 
@@ -31,7 +34,12 @@ use lb_common::{BACKEND_UNUSED, Settings};
 const XDP_TX: u32 = 3;
 
 fn config(tenants: &[(&str, &str, [&str; 2])]) -> config::Config {
-    let mut s = String::from("[node]\ninterface = \"eth0\"\n");
+    sized_config(lb_common::DEFAULT_FLOW_TABLE_ENTRIES, tenants)
+}
+
+/// [`config`] with `node.flow_table_size`.
+fn sized_config(flow_table_size: u32, tenants: &[(&str, &str, [&str; 2])]) -> config::Config {
+    let mut s = format!("[node]\ninterface = \"eth0\"\nflow_table_size = {flow_table_size}\n");
     for (name, vip, backends) in tenants {
         let _ = write!(
             s,
@@ -66,6 +74,56 @@ fn send(dp: &mut Dataplane, vip: Ipv4Addr, client_port: u16) -> (u32, Option<Ipv
     let outer =
         (r.return_value == XDP_TX).then(|| Ipv4Addr::new(out[30], out[31], out[32], out[33]));
     (r.return_value, outer)
+}
+
+#[test]
+fn a_new_flow_table_size_resizes_the_tables_and_keeps_their_flows() {
+    let vip: Ipv4Addr = "203.0.113.20".parse().expect("ip");
+    let mut dp = Dataplane::load(&LoadOptions::default()).expect("load");
+    let mut r = Reconciler::new();
+    let two = [
+        ("other", "203.0.113.10", ["10.0.1.1", "10.0.1.2"]),
+        ("keep", "203.0.113.20", ["10.0.2.1", "10.0.2.2"]),
+    ];
+    r.apply(&sized_config(4096, &two), &mut dp).expect("apply");
+    common::seed_nexthops(&mut dp, 0..16);
+    let keep = r.ids().tenant("keep").expect("id");
+    let other = r.ids().tenant("other").expect("id");
+    assert_eq!(
+        dp.flow_tables().into_iter().collect::<Vec<_>>(),
+        [(other, 2048), (keep, 2048)]
+    );
+    let before: Vec<Option<Ipv4Addr>> = (40_000..40_020).map(|p| send(&mut dp, vip, p).1).collect();
+    assert!(before.iter().all(Option::is_some));
+
+    // Half the node's size and a third tenant: three tables of 682.
+    let three = [
+        two[0],
+        two[1],
+        ("third", "203.0.113.30", ["10.0.3.1", "10.0.3.2"]),
+    ];
+    let report = r
+        .apply(&sized_config(2048, &three), &mut dp)
+        .expect("apply");
+    assert_eq!(report.flow_tables_written, 3, "{report:?}");
+    let third = r.ids().tenant("third").expect("id");
+    assert_eq!(
+        dp.flow_tables().into_iter().collect::<Vec<_>>(),
+        [(other, 682), (keep, 682), (third, 682)]
+    );
+    let kept = dp
+        .flows()
+        .iter()
+        .filter(|(_, v)| v.tenant_id == keep)
+        .count();
+    assert_eq!(kept, 20, "flows lost in the resize");
+    let after: Vec<Option<Ipv4Addr>> = (40_000..40_020).map(|p| send(&mut dp, vip, p).1).collect();
+    assert_eq!(after, before, "a flow changed backend");
+    // The same configuration again changes no table.
+    let report = r
+        .apply(&sized_config(2048, &three), &mut dp)
+        .expect("apply");
+    assert_eq!(report.flow_tables_written, 0, "{report:?}");
 }
 
 #[test]
@@ -111,6 +169,10 @@ fn removing_a_tenant_leaves_nothing_and_its_vip_reused_never_reaches_it() {
     assert!(
         dp.flows().iter().all(|(_, v)| v.tenant_id != old_id),
         "old flows remain"
+    );
+    assert!(
+        !dp.flow_tables().contains_key(&old_id),
+        "the old tenant's flow table remains"
     );
     assert_eq!(dp.tenant_stats(old_id).packets, 0, "old counters remain");
     assert!(dp.pool(old_pool).is_none() || r.ids().pool("new", "web") == Some(old_pool));
@@ -165,7 +227,6 @@ fn pinned_maps_of_another_layout_are_refused() {
     {
         let mut dp = Dataplane::load(&LoadOptions {
             pin_path: Some(pins.clone()),
-            ..LoadOptions::default()
         })
         .expect("load with pins");
         dp.set_settings(Settings::default()).expect("settings");
@@ -173,7 +234,6 @@ fn pinned_maps_of_another_layout_are_refused() {
     // Adopting our own layout works.
     Dataplane::load(&LoadOptions {
         pin_path: Some(pins.clone()),
-        ..LoadOptions::default()
     })
     .expect("adopting pins of the same layout");
     // Pretend an older binary wrote them.
@@ -193,7 +253,6 @@ fn pinned_maps_of_another_layout_are_refused() {
     }
     let err = Dataplane::load(&LoadOptions {
         pin_path: Some(pins.clone()),
-        ..LoadOptions::default()
     })
     .err()
     .expect("another layout must be refused");

@@ -307,6 +307,13 @@ struct Env {
 }
 
 impl Env {
+    /// The flow-table entry of `key`, in whichever tenant's table.
+    fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        [TENANT_1, TENANT_2]
+            .into_iter()
+            .find_map(|t| self.dp.flow(t, key))
+    }
+
     fn new(forwarding: u8) -> Self {
         Self::with_idle(forwarding, 0)
     }
@@ -323,6 +330,10 @@ impl Env {
             ..Settings::default()
         })
         .expect("writing settings");
+        for tenant in [TENANT_1, TENANT_2] {
+            dp.set_flow_table(tenant, 1024)
+                .expect("creating a flow table");
+        }
         let mut env = Self { dp };
         for &id in T1_BACKENDS.iter().chain(T2_BACKENDS).chain(V6_BACKENDS) {
             env.set_backend(id, backend(id, backend_addr(id), BACKEND_UP, 1));
@@ -706,7 +717,7 @@ fn run_case(env: &mut Env, case: &Case) {
     let name = case.name.as_str();
     (case.setup)(env);
     let key = flow_key(&case.packet);
-    let entry_before = key.and_then(|k| env.dp.flow(&k));
+    let entry_before = key.and_then(|k| env.flow(&k));
     let chosen = case
         .to
         .map(|to| resolve(env, name, to, key, entry_before.as_ref()));
@@ -756,7 +767,6 @@ fn run_case(env: &mut Env, case: &Case) {
         && is_tcp_or_udp(&case.packet)
     {
         let entry = env
-            .dp
             .flow(&key)
             .unwrap_or_else(|| panic!("{name}: no flow-table entry after the run"));
         let b = env.backend(id);
@@ -2266,7 +2276,7 @@ fn flow_table() {
         .setup(move |env| {
             env.set_backend(0, backend(0, backend_addr(0), BACKEND_UP, 1));
             env.write_ring(POOL_1, TENANT_1, &[0]);
-            env.dp.remove_flow(&key).expect("removing a flow");
+            env.dp.remove_flow(TENANT_1, &key).expect("removing a flow");
         }),
         kept("and it sticks again", 0).setup(|env| env.write_ring(POOL_1, TENANT_1, &[1])),
         Case::forward(

@@ -4,12 +4,13 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{self, ArrayOfMaps},
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray},
 };
 use lb_common::{
-    AclKey, Backend, BenchTemplate, DEFAULT_FLOW_TABLE_ENTRIES, DropCounters, FlowKey, FlowValue,
-    MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_POOLS, MAX_SNI_NAMES, MAX_TENANTS, MAX_VIPS, NextHop,
+    AclKey, Backend, BenchTemplate, DropCounters, FlowKey, FlowValue, MAX_ACL_ENTRIES,
+    MAX_BACKENDS, MAX_POOLS, MAX_SNI_NAMES, MAX_TENANTS, MAX_VIPS, MIN_TENANT_FLOWS, NextHop,
     PoolInfo, RATE_ENTRIES, RING_ARENA_ELEMENTS, RateState, Settings, TenantPolicy,
     TrafficCounters, VipAddrKey, VipInfo, VipKey, VipPolicy, global_counter,
 };
@@ -48,11 +49,17 @@ pub static RINGS: Array<u64> = Array::with_max_entries(RING_ARENA_ELEMENTS, BPF_
 #[map(name = "LB_BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// The flow table: 5-tuple -> backend, so established flows keep their
-/// backend when a ring changes. `lbd` sizes it from `node.flow_table_size`.
-#[map(name = "LB_FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_ENTRIES, 0);
+/// One tenant's flow table: 5-tuple -> backend, so established flows keep
+/// their backend when a ring changes. An LRU of its own per tenant, so a
+/// tenant's new flows only ever evict that tenant's old ones. (The size here
+/// is the template's: `lbd` creates each tenant's table with the tenant's
+/// `max_flows`.)
+pub type FlowTable = btf_maps::LruHashMap<FlowKey, FlowValue, { MIN_TENANT_FLOWS as usize }>;
+
+/// Tenant id -> the tenant's flow table. `lbd` creates a table for every
+/// tenant with an L4 VIP; a tenant without one gets no stickiness.
+#[btf_map(name = "LB_FLOWS")]
+pub static FLOWS: ArrayOfMaps<FlowTable, { MAX_TENANTS as usize }> = ArrayOfMaps::new();
 
 /// Node-wide settings, index 0.
 #[map(name = "LB_SETTINGS")]

@@ -75,7 +75,9 @@ pub enum Entry {
 /// the backend's current state, refreshing `last_seen_ns` of a valid entry.
 #[inline(always)]
 pub fn flow(key: &FlowKey, vip: &VipInfo, settings: &Settings, now: u64) -> Entry {
-    let Some(entry) = FLOWS.get_ptr_mut(key) else {
+    // A tenant without a table (no L4 VIP when lbd last applied) has no
+    // entries either.
+    let Some(entry) = FLOWS.get_value_ptr_mut(vip.tenant_id, key) else {
         return Entry::Missing;
     };
     let flow = unsafe { *entry };
@@ -172,9 +174,12 @@ pub fn backend(
         tenant_id: vip.tenant_id,
         last_seen_ns: now,
     };
-    // A full table evicts its least recently used entry; failure to insert
-    // only costs stickiness, so the packet still goes out.
-    let _ = FLOWS.insert(key, value, 0);
+    // The tenant's own table: when full, it evicts the tenant's least
+    // recently used entry, never another tenant's. Failure to insert (no
+    // table yet) only costs stickiness, so the packet still goes out.
+    if let Some(table) = FLOWS.get(vip.tenant_id) {
+        let _ = table.insert(key, value, 0);
+    }
     Ok(Choice {
         id,
         backend: b,

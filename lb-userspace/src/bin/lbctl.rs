@@ -751,6 +751,8 @@ async fn tenant(source: &Source, out: &Output, action: TenantAction) -> anyhow::
                 "BYTES",
                 "NEW_FLOWS",
                 "DROPS",
+                "FLOWS",
+                "MAX_FLOWS",
             ]);
             for s in &tenants {
                 t.row(vec![
@@ -763,6 +765,8 @@ async fn tenant(source: &Source, out: &Output, action: TenantAction) -> anyhow::
                     s.counters.bytes.to_string(),
                     s.counters.new_flows.to_string(),
                     s.counters.drops.to_string(),
+                    s.flow_table.flows.to_string(),
+                    s.flow_table.max_flows.to_string(),
                 ]);
             }
             t.print_or("no tenants");
