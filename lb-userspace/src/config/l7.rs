@@ -45,7 +45,7 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// Accepted range of `max_body_bytes`: 0 (no request body) to 64 GiB.
 pub const MAX_BODY_BYTES_RANGE: RangeInclusive<u64> = 0..=64 * 1024 * 1024 * 1024;
 /// Default `retries`: extra attempts, on another backend, of an idempotent
-/// request whose backend refused the connection.
+/// request whose backend gave no response (refused, closed or reset).
 pub const DEFAULT_RETRIES: u32 = 2;
 /// Most `retries`.
 pub const MAX_RETRIES: u32 = 10;

@@ -7,8 +7,9 @@
 //! backend of the tenant's pool, rewrite the headers the proxy owns
 //! ([`headers`](super::headers)), send it with the pool's pooled client,
 //! and stream the answer back. An idempotent request without a body whose
-//! backend cannot be connected to is retried on another backend (never the
-//! same one twice), up to the site's `retries`. Every outcome feeds the
+//! backend gives no response (cannot be connected to, or closes or resets
+//! the connection first) is retried on another backend (never the same one
+//! twice), up to the site's `retries`. Every outcome feeds the
 //! pool's outlier detection, the tenant's counters and one access-log line,
 //! written when the response body is finished so that it carries the bytes
 //! actually sent.
@@ -1051,8 +1052,9 @@ fn backend_head(
     };
 }
 
-/// Sends the request to a backend of the pool: another one on a connect
-/// failure while retries are left and the request can be sent again.
+/// Sends the request to a backend of the pool: another one when the
+/// backend gave no response (connect failure, connection closed or reset)
+/// while retries are left and the request can be sent again.
 async fn forward(
     req: Request<Incoming>,
     conn: &ConnInfo,
@@ -1130,19 +1132,22 @@ async fn forward(
                 out.response = Err(client_fault.unwrap_or(Rejection::BadRequestBody));
                 break;
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(e)) => {
+                // No response head came back: the connection could not be
+                // made, or it closed or was reset first (a backend killed,
+                // a pooled connection closed under the request). A
+                // retryable request may go to another backend either way.
                 picked.failure();
-                tracing::debug!(backend = %picked.addr, error = %e, "backend connect failed");
+                tracing::debug!(
+                    backend = %picked.addr,
+                    error = %e,
+                    connect = e.is_connect(),
+                    "backend request failed"
+                );
                 out.response = Err(Rejection::UpstreamError);
                 if out.attempts > retries {
                     break;
                 }
-            }
-            Ok(Err(e)) => {
-                picked.failure();
-                tracing::debug!(backend = %picked.addr, error = %e, "backend request failed");
-                out.response = Err(Rejection::UpstreamError);
-                break;
             }
             Err(_) if !upload.finished.load(Relaxed) => {
                 // Still uploading when the time was up: the backend could
