@@ -62,6 +62,12 @@ impl Lbd {
         Lbd { child, log }
     }
 
+    /// Its process id (of `nsenter`, which execs `lbd`).
+    #[allow(dead_code, reason = "only the soak reads it")]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its exit status, if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().expect("waiting for lbd")
