@@ -719,13 +719,6 @@ impl Dataplane {
         self.flows.capacities()
     }
 
-    /// Tenant id -> (entries, capacity) of its flow table, for every tenant
-    /// with one.
-    #[must_use]
-    pub fn flow_table_usage(&self) -> BTreeMap<u32, (u64, u32)> {
-        self.flows.usage()
-    }
-
     /// Gives `tenant` a flow table of `capacity` entries (see
     /// [`flow_tables`]): created, kept, or replaced keeping the newest flows.
     ///

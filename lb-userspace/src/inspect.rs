@@ -104,15 +104,34 @@ fn flow_validity(
     Ok(b)
 }
 
-/// Per-backend flow counts and the most recent activity among its flows.
-fn flows_by_backend(dp: &Dataplane) -> BTreeMap<u32, (u64, u64)> {
-    let mut by: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-    for (_, v) in dp.flows() {
-        let e = by.entry(v.backend_id).or_insert((0, 0));
-        e.0 += 1;
-        e.1 = e.1.max(v.last_seen_ns);
+/// What one walk of every flow table finds: per backend, its flows and
+/// the most recent activity among them; per tenant, its flows. (The walk
+/// reads every entry: do it once per request.)
+#[derive(Default)]
+struct FlowCensus {
+    by_backend: BTreeMap<u32, (u64, u64)>,
+    by_tenant: BTreeMap<u32, u64>,
+}
+
+impl FlowCensus {
+    fn take(dp: &Dataplane) -> FlowCensus {
+        let mut census = FlowCensus::default();
+        for (_, v) in dp.flows() {
+            let e = census.by_backend.entry(v.backend_id).or_insert((0, 0));
+            e.0 += 1;
+            e.1 = e.1.max(v.last_seen_ns);
+            *census.by_tenant.entry(v.tenant_id).or_insert(0) += 1;
+        }
+        census
     }
-    by
+
+    /// A tenant's flows and the size of its table (0 without one).
+    fn flow_table(&self, tables: &BTreeMap<u32, u32>, tenant: u32) -> FlowTableUsage {
+        FlowTableUsage {
+            flows: self.by_tenant.get(&tenant).copied().unwrap_or(0),
+            max_flows: tables.get(&tenant).copied().unwrap_or(0),
+        }
+    }
 }
 
 fn backend_info(
@@ -147,11 +166,19 @@ fn backend_info(
 /// Every backend with its state, flows and counters.
 #[must_use]
 pub fn backends(dp: &Dataplane, ids: &Ids, health: &HealthDetail) -> Vec<BackendInfo> {
-    let flows = flows_by_backend(dp);
+    backends_counted(dp, ids, health, &FlowCensus::take(dp).by_backend)
+}
+
+fn backends_counted(
+    dp: &Dataplane,
+    ids: &Ids,
+    health: &HealthDetail,
+    flows: &BTreeMap<u32, (u64, u64)>,
+) -> Vec<BackendInfo> {
     let now = now_ns();
     ids.backend_keys()
         .iter()
-        .filter_map(|(id, key)| backend_info(dp, *id, key, &flows, health, now))
+        .filter_map(|(id, key)| backend_info(dp, *id, key, flows, health, now))
         .collect()
 }
 
@@ -167,8 +194,15 @@ pub fn backend(
 ) -> Result<BackendInfo, ApiError> {
     let (id, port) = backend_id(ids, sel)?;
     let key = (sel.tenant.clone(), sel.pool.clone(), sel.address, port);
-    backend_info(dp, id, &key, &flows_by_backend(dp), health, now_ns())
-        .ok_or_else(|| ApiError::not_found(format!("backend {} is not in the maps", sel.address)))
+    backend_info(
+        dp,
+        id,
+        &key,
+        &FlowCensus::take(dp).by_backend,
+        health,
+        now_ns(),
+    )
+    .ok_or_else(|| ApiError::not_found(format!("backend {} is not in the maps", sel.address)))
 }
 
 /// The id (and configured port, 0 for none) of a selected backend.
@@ -289,7 +323,7 @@ pub fn pool(
 pub fn tenants(dp: &Dataplane, ids: &Ids) -> Vec<TenantSummary> {
     let vips = vips(dp, ids);
     let pools = pools(dp, ids);
-    let flow_tables = dp.flow_table_usage();
+    let (census, tables) = (FlowCensus::take(dp), dp.flow_tables());
     ids.tenant_names()
         .into_iter()
         .map(|(id, name)| TenantSummary {
@@ -301,16 +335,11 @@ pub fn tenants(dp: &Dataplane, ids: &Ids) -> Vec<TenantSummary> {
                 .map(|p| p.backends)
                 .sum(),
             counters: counters(dp.tenant_stats(id)),
-            flow_table: flow_table(&flow_tables, id),
+            flow_table: census.flow_table(&tables, id),
             id,
             name,
         })
         .collect()
-}
-
-fn flow_table(usage: &BTreeMap<u32, (u64, u32)>, tenant: u32) -> FlowTableUsage {
-    let (flows, max_flows) = usage.get(&tenant).copied().unwrap_or_default();
-    FlowTableUsage { flows, max_flows }
 }
 
 /// Node, tenant, VIP and backend counters.
@@ -322,14 +351,14 @@ pub fn stats(dp: &Dataplane, ids: &Ids, health: &HealthDetail) -> Stats {
         .filter(|(_, n)| !n.starts_with("reserved"))
         .map(|(i, n)| ((*n).to_string(), dp.global(u32::try_from(i).unwrap_or(0))))
         .collect();
-    let flow_tables = dp.flow_table_usage();
+    let (census, tables) = (FlowCensus::take(dp), dp.flow_tables());
     let mut tenants: Vec<TenantStats> = ids
         .tenant_names()
         .into_iter()
         .map(|(id, name)| TenantStats {
             counters: counters(dp.tenant_stats(id)),
             drops_by_reason: drops_by_reason(dp, id),
-            flow_table: flow_table(&flow_tables, id),
+            flow_table: census.flow_table(&tables, id),
             id,
             name,
         })
@@ -349,7 +378,7 @@ pub fn stats(dp: &Dataplane, ids: &Ids, health: &HealthDetail) -> Stats {
         global,
         tenants,
         vips: vips(dp, ids),
-        backends: backends(dp, ids, health),
+        backends: backends_counted(dp, ids, health, &census.by_backend),
         l7_tenants: Vec::new(),
         l7_listeners: Vec::new(),
         access_log_lost: 0,

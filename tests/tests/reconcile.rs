@@ -117,6 +117,16 @@ fn a_new_flow_table_size_resizes_the_tables_and_keeps_their_flows() {
         .filter(|(_, v)| v.tenant_id == keep)
         .count();
     assert_eq!(kept, 20, "flows lost in the resize");
+    let summary = lb::inspect::tenants(&dp, r.ids());
+    let keep_summary = summary.iter().find(|t| t.id == keep).expect("keep");
+    assert_eq!(
+        (
+            keep_summary.flow_table.flows,
+            keep_summary.flow_table.max_flows
+        ),
+        (20, 682),
+        "what lbctl tenant list shows"
+    );
     let after: Vec<Option<Ipv4Addr>> = (40_000..40_020).map(|p| send(&mut dp, vip, p).1).collect();
     assert_eq!(after, before, "a flow changed backend");
     // The same configuration again changes no table.

@@ -74,15 +74,6 @@ impl FlowTables {
         self.tables.iter().map(|(t, (_, c))| (*t, *c)).collect()
     }
 
-    /// Tenant id -> (entries, capacity), for every tenant that has a table.
-    #[must_use]
-    pub fn usage(&self) -> BTreeMap<u32, (u64, u32)> {
-        self.tables
-            .iter()
-            .map(|(t, (table, c))| (*t, (table.keys().count() as u64, *c)))
-            .collect()
-    }
-
     /// Gives `tenant` a table of `capacity` entries, replacing a table of
     /// another size (its most recently used entries are carried over).
     ///
