@@ -52,6 +52,15 @@ enum Task {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// The soak: L4 TCP/UDP and L7 HTTPS load for two tenants in network
+    /// namespaces while backends are killed, drained, a tenant is added and
+    /// removed, certificates rotate and `lbd` is handed over and SIGKILLed;
+    /// checks failures, RSS, fds and counters. Writes results/soak.json.
+    Soak {
+        /// Length of the run (20 s cycles; at least 2 minutes are run).
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+    },
     /// Benchmarks; results go to `results/` (JSON) and are printed as tables.
     Bench {
         #[command(subcommand)]
@@ -123,6 +132,10 @@ fn main() -> anyhow::Result<()> {
             bootstrap()?;
             fuzz::run(target.as_deref(), time, jobs.unwrap_or_else(cpus))
         }
+        Task::Soak { minutes } => {
+            bootstrap()?;
+            soak(minutes, "results/soak.json")
+        }
         Task::Bench {
             bench: Bench::Xdp { quick },
         } => {
@@ -189,6 +202,20 @@ fn bootstrap() -> anyhow::Result<()> {
     run(
         "bootstrap (scripts/bootstrap.sh)",
         Command::new("bash").arg(root().join("scripts/bootstrap.sh")),
+    )
+}
+
+/// Runs the soak (`lb-userspace/tests/soak.rs`, ignored by a plain
+/// `cargo test`) for `minutes`, writing its JSON report to `out`.
+fn soak(minutes: u64, out: &str) -> anyhow::Result<()> {
+    let out = root().join(out);
+    run(
+        &format!("soak ({minutes} min)"),
+        cargo()
+            .args(["test", "-p", "lb-userspace", "--test", "soak", "--"])
+            .args(["--ignored", "--exact", "soak", "--nocapture"])
+            .env("LB_SOAK_MINUTES", minutes.to_string())
+            .env("LB_SOAK_RESULTS", &out),
     )
 }
 
@@ -447,6 +474,7 @@ fn ci() -> anyhow::Result<()> {
     // 25 s per target, two at a time on CI's two cores: about 1.5 min of
     // fuzzing after a build of about 4 min (README, "Fuzzing").
     fuzz::run(None, 25, 2)?;
+    soak(3, "target/ci/soak.json")?;
     bench_smoke()?;
     println!("==> ci: all checks passed");
     // One summary line for whoever reads the end of the log: the per-binary
