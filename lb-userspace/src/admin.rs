@@ -144,7 +144,7 @@ pub enum AdminError {
     TokenFileMode { path: PathBuf, mode: u32 },
     /// The certificate or key of `node.admin_tls` cannot be used.
     #[error("node.admin_tls: {0}")]
-    Tls(#[from] crate::l7::tls::CertError),
+    Tls(#[from] crate::l7::CertError),
     /// `node.admin_listen` without `node.admin_token_file`.
     #[error("node.admin_listen is set but node.admin_token_file is not: TCP needs a token")]
     NoTokenFile,
@@ -431,7 +431,7 @@ pub fn check_files(node: &config::Node, config_dir: &Path) -> Result<(), AdminEr
 
 /// The TLS server of the TCP admin API: the certificate chain and key of
 /// `files` (relative to `config_dir`, checked like a site's certificate:
-/// see [`crate::l7::tls::load_pair`]), TLS 1.2 and 1.3, ALPN `http/1.1`.
+/// see [`crate::l7::load_pair`]), TLS 1.2 and 1.3, ALPN `http/1.1`.
 ///
 /// # Errors
 ///
@@ -446,7 +446,7 @@ pub fn tls_acceptor(
     config_dir: &Path,
 ) -> Result<tokio_rustls::TlsAcceptor, AdminError> {
     let certified =
-        crate::l7::tls::load_pair(&config_dir.join(&files.cert), &config_dir.join(&files.key))?;
+        crate::l7::load_pair(&config_dir.join(&files.cert), &config_dir.join(&files.key))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])

@@ -323,7 +323,7 @@ pub struct Stats {
 pub struct L7TenantStats {
     pub tenant: String,
     #[serde(flatten)]
-    pub counters: crate::l7::stats::TenantStatsView,
+    pub counters: crate::l7::TenantStatsView,
 }
 
 /// One L7 listener's counters in `GET /stats`.

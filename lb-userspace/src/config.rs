@@ -141,6 +141,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, &file)
 }
 
+/// A path of the configuration: relative ones are relative to the
+/// directory of `lb.toml`.
+#[must_use]
+pub fn resolve_path(config_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        config_dir.join(path)
+    }
+}
+
 /// Parses and validates the text of a configuration; `file` is the name used
 /// in error messages.
 ///

@@ -23,7 +23,7 @@ use crate::{
     dataplane::{AttachMode, Dataplane, LoadOptions},
     health::{self, BackendRef, Checker, Health},
     inspect::{self, HealthDetail},
-    l7::server::L7,
+    l7::L7,
     neighbours,
     overrides::{self, Override, Store},
     reconcile::{ApplyReport, BackendKey, Ids, Reconciler},
@@ -37,9 +37,6 @@ enum Change {
     /// Only the backends' health changed.
     Health,
 }
-
-/// The id assignment's file under `node.state_dir` (read by `lbctl --maps`).
-pub const IDS_FILE: &str = "ids.json";
 
 /// The daemon's state.
 pub struct Daemon {
@@ -124,7 +121,7 @@ impl Daemon {
         let dp = Dataplane::load(&LoadOptions {
             pin_path: Some(node.pin_path.clone()),
         })?;
-        let ids = Ids::load(&state_dir.join(IDS_FILE)).context("reading the id assignment")?;
+        let ids = Ids::load(&Ids::path(&state_dir)).context("reading the id assignment")?;
         // Health survives restarts: backends the maps mark down start down.
         let down = inspect::down_backends(&dp, &ids);
         let reconciler = Reconciler::with_ids(ids);
@@ -202,7 +199,7 @@ impl Daemon {
                 Change::Health => l7.update_health(&self.config, &self.down),
             }
         }
-        let path = self.config.node.state_dir.join(IDS_FILE);
+        let path = Ids::path(&self.config.node.state_dir);
         self.reconciler
             .ids()
             .save(&path)
@@ -381,7 +378,7 @@ impl Daemon {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(std::path::Path::new("."));
-        crate::l7::policy::check_key_files(new, dir)
+        crate::l7::check_key_files(new, dir)
     }
 
     /// Settings a reload cannot change without a restart, and ring sizes,
@@ -517,28 +514,26 @@ impl Daemon {
         let json = |v: Result<serde_json::Value, serde_json::Error>| {
             v.map_err(|e| ApiError::internal(e.to_string()))
         };
+        if let Request::Stats = request {
+            let mut stats = inspect::stats(&self.dp, self.ids(), &self.health_detail());
+            if let Some(l7) = &self.l7 {
+                l7.add_stats(&self.config, &mut stats);
+            }
+            return json(serde_json::to_value(stats));
+        }
+        let view = inspect::View {
+            dp: &self.dp,
+            ids: self.ids(),
+            health: &|| self.health_detail(),
+            config: Some(&self.config),
+        };
+        if let Some(answer) = inspect::answer(&view, &request) {
+            return answer;
+        }
         match request {
             Request::Status => json(serde_json::to_value(self.status())),
-            Request::ListTenants => {
-                json(serde_json::to_value(inspect::tenants(&self.dp, self.ids())))
-            }
-            Request::ShowTenant { name } => json(serde_json::to_value(self.tenant_detail(&name)?)),
             Request::AddTenant { toml } => self.add_tenant(toml),
             Request::RemoveTenant { name } => self.remove_tenant(&name),
-            Request::ListVips => json(serde_json::to_value(inspect::vips(&self.dp, self.ids()))),
-            Request::ListPools => json(serde_json::to_value(inspect::pools(&self.dp, self.ids()))),
-            Request::ShowPool { tenant, pool } => json(serde_json::to_value(inspect::pool(
-                &self.dp,
-                self.ids(),
-                &self.health_detail(),
-                &tenant,
-                &pool,
-            )?)),
-            Request::ListBackends => json(serde_json::to_value(inspect::backends(
-                &self.dp,
-                self.ids(),
-                &self.health_detail(),
-            ))),
             Request::AddBackend {
                 tenant,
                 pool,
@@ -547,29 +542,6 @@ impl Daemon {
             Request::RemoveBackend { backend: sel } => self.remove_backend(&sel),
             Request::DrainBackend { backend: sel } => self.set_weight(&sel, Some(0)),
             Request::EnableBackend { backend: sel } => self.set_weight(&sel, None),
-            Request::Stats => {
-                let mut stats = inspect::stats(&self.dp, self.ids(), &self.health_detail());
-                if let Some(l7) = &self.l7 {
-                    l7.add_stats(&self.config, &mut stats);
-                }
-                json(serde_json::to_value(stats))
-            }
-            Request::Flows { filter } => json(serde_json::to_value(inspect::flows(
-                &self.dp,
-                self.ids(),
-                &filter,
-            ))),
-            Request::Explain {
-                client,
-                vip,
-                protocol,
-            } => json(serde_json::to_value(inspect::explain(
-                &self.dp,
-                self.ids(),
-                client,
-                vip,
-                protocol,
-            )?)),
             Request::Reload => {
                 let r = self.reload();
                 if r.ok {
@@ -590,34 +562,27 @@ impl Daemon {
                     .collect();
                 json(serde_json::to_value(list))
             }
-            Request::ListSni | Request::AddSni { .. } | Request::RemoveSni { .. } => {
-                self.handle_sni(request)
-            }
+            Request::AddSni { tenant, site, name } => self.add_sni(tenant, site, name),
+            Request::RemoveSni { name } => self.remove_sni(&name),
             Request::ClearOverrides => {
                 let n = self.overrides.len();
                 self.set_overrides(&[])?;
                 Ok(serde_json::json!({ "cleared": n }))
             }
+            // Answered above by `inspect::answer`, which lists them too.
+            Request::ListTenants
+            | Request::ShowTenant { .. }
+            | Request::ListVips
+            | Request::ListPools
+            | Request::ShowPool { .. }
+            | Request::ListBackends
+            | Request::Stats
+            | Request::Flows { .. }
+            | Request::Explain { .. }
+            | Request::ListSni => Err(ApiError::internal(
+                "a read-only request reached the daemon's writers",
+            )),
         }
-    }
-
-    fn tenant_detail(&self, name: &str) -> Result<api::TenantDetail, ApiError> {
-        let summary = inspect::tenants(&self.dp, self.ids())
-            .into_iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| ApiError::not_found(format!("no tenant {name:?}")))?;
-        Ok(api::TenantDetail {
-            vips: inspect::vips(&self.dp, self.ids())
-                .into_iter()
-                .filter(|v| v.tenant == name)
-                .collect(),
-            pools: inspect::pools(&self.dp, self.ids())
-                .into_iter()
-                .filter(|p| p.tenant == name)
-                .collect(),
-            drops_by_reason: inspect::tenant_drops(&self.dp, summary.id),
-            summary,
-        })
     }
 
     fn add_tenant(&mut self, toml: String) -> Response {
@@ -684,16 +649,6 @@ impl Daemon {
         });
         self.set_overrides(&list)?;
         Ok(serde_json::json!({ "added": sel }))
-    }
-
-    /// `lbctl sni`: list, add and remove host names.
-    fn handle_sni(&mut self, request: Request) -> Response {
-        match request {
-            Request::AddSni { tenant, site, name } => self.add_sni(tenant, site, name),
-            Request::RemoveSni { name } => self.remove_sni(&name),
-            _ => serde_json::to_value(inspect::sni(&self.dp, self.ids(), Some(&self.config)))
-                .map_err(|e| ApiError::internal(e.to_string())),
-        }
     }
 
     #[expect(

@@ -271,7 +271,7 @@ pub fn config(text: &str) {
     // on text naming device or kernel files: reading /dev/zero as a key
     // file never ends, which is the operator's to avoid, not a parser bug.
     if !["/dev", "/proc", "/sys"].iter().any(|p| text.contains(p)) {
-        let _ = crate::l7::policy::check_key_files(&config, dir);
+        let _ = crate::l7::check_key_files(&config, dir);
         let _ = admin::check_files(&config.node, dir);
     }
     // What lbd builds from it next for the L7 tier.

@@ -18,9 +18,10 @@ use lb_common::{
 use crate::{
     api::{
         ApiError, BackendInfo, BackendSelector, Counters, Explain, FlowFilter, FlowInfo,
-        FlowTableUsage, PoolDetail, PoolSummary, Stats, TenantStats, TenantSummary, VipSummary,
+        FlowTableUsage, PoolDetail, PoolSummary, Request, Response, Stats, TenantDetail,
+        TenantStats, TenantSummary, VipSummary,
     },
-    config::Protocol,
+    config::{Config, Protocol},
     dataplane::Dataplane,
     maglev::{self, RingBackend},
     reconcile::{BackendKey, Ids, addr_bytes, ip_from_bytes},
@@ -28,6 +29,86 @@ use crate::{
 
 /// Health-check detail per backend, as JSON (from the daemon's checker).
 pub type HealthDetail = BTreeMap<BackendKey, serde_json::Value>;
+
+/// What the read-only answers are built from: `lbd` passes its own state,
+/// `lbctl --maps` the pinned maps, the ids file, no health and no config.
+pub struct View<'a> {
+    pub dp: &'a Dataplane,
+    pub ids: &'a Ids,
+    /// The health checker's detail, asked only by the answers that show it.
+    pub health: &'a dyn Fn() -> HealthDetail,
+    /// The configuration, which names the SNI map's hashes.
+    pub config: Option<&'a Config>,
+}
+
+/// Answers a request that only reads the maps, the same way for `lbd`'s
+/// admin API and for `lbctl --maps` (one answer, two transports); `None`
+/// for a request that changes something or needs the daemon. `Stats`
+/// here has no L7 part: `lbd` adds its own.
+#[must_use]
+pub fn answer(view: &View<'_>, request: &Request) -> Option<Response> {
+    let json = |v: Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| ApiError::internal(e.to_string()))
+    };
+    let View {
+        dp, ids, health, ..
+    } = *view;
+    Some(match request {
+        Request::ListTenants => json(serde_json::to_value(tenants(dp, ids))),
+        Request::ShowTenant { name } => {
+            tenant_detail(dp, ids, name).and_then(|d| json(serde_json::to_value(d)))
+        }
+        Request::ListVips => json(serde_json::to_value(vips(dp, ids))),
+        Request::ListPools => json(serde_json::to_value(pools(dp, ids))),
+        Request::ShowPool { tenant, pool: name } => {
+            pool(dp, ids, &health(), tenant, name).and_then(|d| json(serde_json::to_value(d)))
+        }
+        Request::ListBackends => json(serde_json::to_value(backends(dp, ids, &health()))),
+        Request::Stats => json(serde_json::to_value(stats(dp, ids, &health()))),
+        Request::Flows { filter } => json(serde_json::to_value(flows(dp, ids, filter))),
+        Request::Explain {
+            client,
+            vip,
+            protocol,
+        } => explain(dp, ids, *client, *vip, *protocol).and_then(|e| json(serde_json::to_value(e))),
+        Request::ListSni => json(serde_json::to_value(sni(dp, ids, view.config))),
+        Request::Status
+        | Request::AddTenant { .. }
+        | Request::RemoveTenant { .. }
+        | Request::AddBackend { .. }
+        | Request::RemoveBackend { .. }
+        | Request::DrainBackend { .. }
+        | Request::EnableBackend { .. }
+        | Request::Reload
+        | Request::ListOverrides
+        | Request::ClearOverrides
+        | Request::AddSni { .. }
+        | Request::RemoveSni { .. } => return None,
+    })
+}
+
+/// `GET /tenants/{name}`: the tenant's summary, VIPs, pools and drops.
+///
+/// # Errors
+/// 404 when the maps have no tenant `name`.
+pub fn tenant_detail(dp: &Dataplane, ids: &Ids, name: &str) -> Result<TenantDetail, ApiError> {
+    let summary = tenants(dp, ids)
+        .into_iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("no tenant {name:?}")))?;
+    Ok(TenantDetail {
+        vips: vips(dp, ids)
+            .into_iter()
+            .filter(|v| v.tenant == name)
+            .collect(),
+        pools: pools(dp, ids)
+            .into_iter()
+            .filter(|p| p.tenant == name)
+            .collect(),
+        drops_by_reason: drops_by_reason(dp, summary.id),
+        summary,
+    })
+}
 
 fn counters(c: TrafficCounters) -> Counters {
     Counters {
@@ -426,12 +507,6 @@ pub fn sni(
     }
     out.sort_by(|a, b| (&a.tenant, &a.name, &a.hash).cmp(&(&b.tenant, &b.name, &b.hash)));
     out
-}
-
-/// Drops by reason of one tenant.
-#[must_use]
-pub fn tenant_drops(dp: &Dataplane, id: u32) -> BTreeMap<String, u64> {
-    drops_by_reason(dp, id)
 }
 
 /// The flow table, filtered.

@@ -1,6 +1,11 @@
 //! lb's userspace: configuration, the data plane (the one writer of the BPF
 //! maps), Maglev, and what `lbd` and `lbctl` share.
 
+// Whatever is `pub` is reachable from the crate's root: a module's
+// private helpers say `pub(crate)`, so the public surface is what `lib.rs`
+// and the `pub use` lines of its modules show.
+#![warn(unreachable_pub)]
+
 pub mod admin;
 pub mod api;
 pub mod client;

@@ -676,10 +676,10 @@ mod tests {
             l7_tenants: vec![api::L7TenantStats {
                 tenant: "acme".into(),
                 counters: {
-                    let s = crate::l7::stats::TenantStats::default();
+                    let s = crate::l7::TenantStats::default();
                     s.record(200, Duration::from_millis(3));
                     s.record(503, Duration::from_millis(30));
-                    s.refused(crate::l7::policy::Reason::RateLimit);
+                    s.refused(crate::l7::Reason::RateLimit);
                     s.view()
                 },
             }],

@@ -11,7 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use lb_common::{
@@ -293,6 +293,16 @@ impl Ids {
             serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?,
         )?;
         std::fs::rename(&tmp, path)
+    }
+
+    /// The file under `node.state_dir` where `lbd` keeps the assignment
+    /// (`lbctl --maps` reads it to name tenants, pools and backends).
+    pub const FILE: &str = "ids.json";
+
+    /// [`Ids::FILE`] under `state_dir`.
+    #[must_use]
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(Self::FILE)
     }
 
     /// Reads an assignment written by [`Ids::save`]; a missing file gives an

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use lb::{config, l7::server::L7};
+use lb::{config, l7::L7};
 use proptest::{
     prelude::*,
     strategy::Union,

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
-use lb::{config, l7::server::L7};
+use lb::{config, l7::L7};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpSocket, TcpStream},

@@ -558,6 +558,7 @@ fn lbctl_maps_works_without_a_daemon_and_the_next_lbd_keeps_its_edits() {
     let client = node.topo.client_path(0);
     let addr = SocketAddr::new(vip(1).into(), 80);
     spread(&client, addr, 20, Proto::Tcp).expect("traffic");
+    let live = node.lbctl_json(&["tenant", "show", "acme"]);
     node.signal_lbd(libc::SIGTERM);
 
     let maps = node.pin_path.to_str().expect("utf-8").to_string();
@@ -576,6 +577,23 @@ fn lbctl_maps_works_without_a_daemon_and_the_next_lbd_keeps_its_edits() {
         assert!(out.status.success(), "lbctl {all:?}: {out:?}");
         serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
     };
+    // One answer, two transports: the maps read without lbd say what lbd
+    // said (no traffic has passed since).
+    assert_eq!(offline(&["tenant", "show", "acme"]), live);
+    let refused = Command::new(LBCTL)
+        .args([
+            "--maps",
+            maps.as_str(),
+            "--state-dir",
+            state.as_str(),
+            "reload",
+        ])
+        .output()
+        .expect("lbctl");
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("needs lbd"),
+        "{refused:?}"
+    );
     let counters = offline(&["stats"]);
     assert!(
         counters["tenants"].to_string().contains("acme"),

@@ -46,7 +46,7 @@ use l7::{
     metrics,
     world::join,
 };
-use lb::l7::passthrough::proxy_v2_header;
+use lb::l7::proxy_v2_header;
 use lb_tests::netns::{Topology, TopologySpec, vip_v4};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;

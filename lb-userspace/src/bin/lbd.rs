@@ -17,7 +17,7 @@ use lb::{
     config::{self},
     daemon::Daemon,
     dataplane,
-    l7::{handoff, server::L7},
+    l7::{L7, handoff},
 };
 use notify::Watcher as _;
 use tokio::sync::mpsc;
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
             eprintln!("error: {}: {e}", args.config.display());
             ExitCode::from(2)
         };
-        lb::l7::policy::check_key_files(&config, dir).map_err(|e| fail(&e))?;
+        lb::l7::check_key_files(&config, dir).map_err(|e| fail(&e))?;
         lb::admin::check_files(&config.node, dir).map_err(|e| fail(&e))
     };
     if args.check {

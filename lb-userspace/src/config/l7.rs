@@ -69,13 +69,13 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DRAIN_TIMEOUT_RANGE: RangeInclusive<Duration> = Duration::ZERO..=Duration::from_hours(24);
 /// Most entries of a listener's `trusted_proxies` (each connection is
 /// checked against all of them).
-pub const MAX_TRUSTED_PROXIES: usize = 1024;
+pub(super) const MAX_TRUSTED_PROXIES: usize = 1024;
 /// Longest host name (RFC 1035, without the trailing dot).
 const MAX_HOST_LEN: usize = 253;
 /// Largest `hsts` max-age: two years, in seconds (what the HSTS preload
 /// list asks for at most; a longer pin is a mistake that cannot be undone
 /// before it expires in every browser that saw it).
-pub const MAX_HSTS_MAX_AGE: u64 = 2 * 365 * 24 * 60 * 60;
+pub(super) const MAX_HSTS_MAX_AGE: u64 = 2 * 365 * 24 * 60 * 60;
 
 // ---- Public types ----
 
@@ -123,9 +123,9 @@ pub struct L7Site {
 }
 
 /// Default `upgrades`.
-pub const DEFAULT_UPGRADES: &[&str] = &["websocket"];
+pub(super) const DEFAULT_UPGRADES: &[&str] = &["websocket"];
 /// Most `upgrades` a site may list.
-pub const MAX_UPGRADES: usize = 16;
+pub(super) const MAX_UPGRADES: usize = 16;
 
 /// `l7.protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -227,7 +227,7 @@ pub struct Listener {
 }
 
 /// Bounds of `listener.max_connections_per_source`.
-pub const MAX_CONNECTIONS_PER_SOURCE_RANGE: RangeInclusive<u32> = 1..=1_000_000;
+pub(super) const MAX_CONNECTIONS_PER_SOURCE_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 
 /// One entry of `listener.identify`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ use lb_common::{FlowKey, FlowValue, MAX_TENANTS};
 use super::{DataplaneError, Result, ignore_missing, map_op};
 
 /// A tenant's table.
-pub type FlowTable = HashMap<MapData, FlowKey, FlowValue>;
+pub(super) type FlowTable = HashMap<MapData, FlowKey, FlowValue>;
 
 /// What [`FlowTables::set`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub enum TableChange {
 }
 
 /// Handles on `LB_FLOWS` and the tables it holds.
-pub struct FlowTables {
+pub(super) struct FlowTables {
     /// `LB_FLOWS` (an `ArrayOfMaps`, viewed as one by [`Self::outer`]).
     outer: Map,
     /// Tenant id -> (table, capacity).
@@ -52,7 +52,7 @@ impl FlowTables {
     ///
     /// # Errors
     /// When a table's info cannot be read.
-    pub fn open(outer: Map) -> Result<Self> {
+    pub(super) fn open(outer: Map) -> Result<Self> {
         let mut tables = BTreeMap::new();
         let view = ArrayOfMaps::<&MapData, FlowTable>::try_from(&outer)
             .map_err(map_op("opening LB_FLOWS as an array of maps"))?;
@@ -70,7 +70,7 @@ impl FlowTables {
 
     /// Tenant id -> table capacity, for every tenant that has a table.
     #[must_use]
-    pub fn capacities(&self) -> BTreeMap<u32, u32> {
+    pub(super) fn capacities(&self) -> BTreeMap<u32, u32> {
         self.tables.iter().map(|(t, (_, c))| (*t, *c)).collect()
     }
 
@@ -79,7 +79,7 @@ impl FlowTables {
     ///
     /// # Errors
     /// When the kernel refuses the new table (memory) or the swap.
-    pub fn set(&mut self, tenant: u32, capacity: u32) -> Result<TableChange> {
+    pub(super) fn set(&mut self, tenant: u32, capacity: u32) -> Result<TableChange> {
         let old = match self.tables.get(&tenant) {
             Some((_, c)) if *c == capacity => return Ok(TableChange::Unchanged),
             Some((t, _)) => Some(t),
@@ -130,7 +130,7 @@ impl FlowTables {
     ///
     /// # Errors
     /// When the kernel refuses the removal.
-    pub fn remove(&mut self, tenant: u32) -> Result<usize> {
+    pub(super) fn remove(&mut self, tenant: u32) -> Result<usize> {
         let Some((table, _)) = self.tables.remove(&tenant) else {
             return Ok(0);
         };
@@ -144,7 +144,7 @@ impl FlowTables {
 
     /// Every entry of every table.
     #[must_use]
-    pub fn entries(&self) -> Vec<(FlowKey, FlowValue)> {
+    pub(super) fn entries(&self) -> Vec<(FlowKey, FlowValue)> {
         self.tables
             .values()
             .flat_map(|(t, _)| t.iter().filter_map(std::result::Result::ok))
@@ -153,7 +153,7 @@ impl FlowTables {
 
     /// One entry of `tenant`'s table.
     #[must_use]
-    pub fn get(&self, tenant: u32, key: &FlowKey) -> Option<FlowValue> {
+    pub(super) fn get(&self, tenant: u32, key: &FlowKey) -> Option<FlowValue> {
         self.tables.get(&tenant)?.0.get(key, 0).ok()
     }
 
@@ -161,7 +161,7 @@ impl FlowTables {
     ///
     /// # Errors
     /// On a failed map operation other than "not found".
-    pub fn remove_entry(&mut self, tenant: u32, key: &FlowKey) -> Result<()> {
+    pub(super) fn remove_entry(&mut self, tenant: u32, key: &FlowKey) -> Result<()> {
         let Some((table, _)) = self.tables.get_mut(&tenant) else {
             return Ok(());
         };

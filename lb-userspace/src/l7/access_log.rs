@@ -24,7 +24,7 @@ const QUEUE: usize = 65_536;
 
 /// One request, as logged.
 #[derive(Debug, Default, Serialize)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// RFC 3339, milliseconds, UTC.
     pub time: String,
     pub tenant: Option<String>,
@@ -61,7 +61,7 @@ pub struct Entry {
 
 /// Where entries go. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct AccessLogger {
+pub(crate) struct AccessLogger {
     tx: Option<mpsc::SyncSender<String>>,
     lost: Arc<AtomicU64>,
 }
@@ -71,7 +71,7 @@ impl AccessLogger {
     ///
     /// # Errors
     /// When the log file cannot be opened.
-    pub fn start(target: &AccessLog) -> std::io::Result<Self> {
+    pub(crate) fn start(target: &AccessLog) -> std::io::Result<Self> {
         let lost = Arc::new(AtomicU64::new(0));
         let sink: Box<dyn Write + Send> = match target {
             AccessLog::Off => return Ok(Self { tx: None, lost }),
@@ -86,23 +86,14 @@ impl AccessLogger {
         Ok(Self { tx: Some(tx), lost })
     }
 
-    /// A logger that drops everything.
-    #[must_use]
-    pub fn off() -> Self {
-        Self {
-            tx: None,
-            lost: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
     /// Whether entries are written at all (callers skip building them).
     #[must_use]
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.tx.is_some()
     }
 
     /// Queues one entry.
-    pub fn log(&self, entry: &Entry) {
+    pub(crate) fn log(&self, entry: &Entry) {
         let Some(tx) = &self.tx else { return };
         let Ok(line) = serde_json::to_string(entry) else {
             return;
@@ -114,14 +105,14 @@ impl AccessLogger {
 
     /// Lines dropped because the writer fell behind.
     #[must_use]
-    pub fn lost(&self) -> u64 {
+    pub(crate) fn lost(&self) -> u64 {
         self.lost.load(Relaxed)
     }
 }
 
 /// The current time as the log writes it.
 #[must_use]
-pub fn now() -> String {
+pub(crate) fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 

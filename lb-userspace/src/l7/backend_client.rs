@@ -17,10 +17,10 @@ use rustls::{
 
 use crate::config::{BackendProtocol, PoolL7};
 
-use super::proxy::ProxyBody;
+use super::body::ProxyBody;
 
 /// The pooled client of one pool.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+pub(crate) type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// How long pooled backend connections may idle.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -29,7 +29,10 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 /// client trusts no CA (every TLS connection to the pool fails, visibly, as
 /// 502s) and the error says which file to fix.
 #[must_use]
-pub fn client_for(pool: &PoolL7, connect_timeout: Duration) -> (UpstreamClient, Option<String>) {
+pub(crate) fn client_for(
+    pool: &PoolL7,
+    connect_timeout: Duration,
+) -> (UpstreamClient, Option<String>) {
     let (roots, error) = match &pool.backend_tls {
         None => (RootCertStore::empty(), None),
         Some(tls) => match load_roots(&tls.ca) {

@@ -19,11 +19,11 @@ use std::{
 /// address, or the /64 of an IPv6 address (one host usually has a whole
 /// /64 to pick addresses from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Source([u8; 16]);
+pub(crate) struct Source([u8; 16]);
 
 impl Source {
     #[must_use]
-    pub fn of(ip: IpAddr) -> Self {
+    pub(crate) fn of(ip: IpAddr) -> Self {
         match ip {
             IpAddr::V4(v4) => Source(v4.to_ipv6_mapped().octets()),
             IpAddr::V6(v6) => {
@@ -42,13 +42,13 @@ impl Source {
 /// connections have an entry, so the table is never larger than the
 /// listener's open connections.
 #[derive(Debug, Default)]
-pub struct Sources {
+pub(crate) struct Sources {
     open: Mutex<HashMap<Source, u32>>,
 }
 
 /// One connection's place in [`Sources`], given back when dropped.
 #[derive(Debug)]
-pub struct SourceGuard {
+pub(crate) struct SourceGuard {
     sources: Arc<Sources>,
     source: Source,
 }
@@ -56,7 +56,7 @@ pub struct SourceGuard {
 impl Sources {
     /// Counts a connection from `ip`, unless `limit` are already open.
     #[must_use]
-    pub fn take(self: &Arc<Self>, ip: IpAddr, limit: u32) -> Option<SourceGuard> {
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr, limit: u32) -> Option<SourceGuard> {
         let source = Source::of(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(source).or_insert(0);
@@ -73,9 +73,10 @@ impl Sources {
         })
     }
 
+    #[cfg(test)]
     /// Connections open from `ip`'s source.
     #[must_use]
-    pub fn open(&self, ip: IpAddr) -> u32 {
+    pub(crate) fn open(&self, ip: IpAddr) -> u32 {
         self.open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -84,18 +85,20 @@ impl Sources {
             .unwrap_or(0)
     }
 
+    #[cfg(test)]
     /// Sources with open connections.
     #[must_use]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.open
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
 
+    #[cfg(test)]
     /// Whether no source has a connection open.
     #[must_use]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

@@ -19,11 +19,11 @@ use http::{
     header::{CONNECTION, STRICT_TRANSPORT_SECURITY, TE, TRAILER, TRANSFER_ENCODING, UPGRADE},
 };
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_TENANT_ID: HeaderName = HeaderName::from_static("x-tenant-id");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
@@ -39,7 +39,7 @@ const MAX_REQUEST_ID: usize = 128;
 /// Removes the hop-by-hop headers (RFC 9110 §7.6.1), including those the
 /// `Connection` header names. An upgrade keeps `Connection: upgrade` and
 /// `Upgrade`, which the next hop needs to upgrade too.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names first: most messages carry none of these,
     // and a `remove` hashes its name whether it is there or not.
     let hop = [
@@ -81,7 +81,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// Puts a site's `hsts` on a response as `Strict-Transport-Security`,
 /// replacing a backend's own: the site's setting is the operator's word.
 /// Without one the response is left as it is.
-pub fn set_hsts(headers: &mut HeaderMap, hsts: Option<HeaderValue>) {
+pub(crate) fn set_hsts(headers: &mut HeaderMap, hsts: Option<HeaderValue>) {
     if let Some(v) = hsts {
         headers.insert(STRICT_TRANSPORT_SECURITY, v);
     }
@@ -89,7 +89,7 @@ pub fn set_hsts(headers: &mut HeaderMap, hsts: Option<HeaderValue>) {
 
 /// Whether the request asks for a protocol upgrade (WebSocket).
 #[must_use]
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE)
         && headers
             .get_all(CONNECTION)
@@ -104,7 +104,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// for an upgrade at all. Any other upgrade, `h2c` above all, is not
 /// proxied: its tunnel would carry a protocol the proxy cannot see into.
 #[must_use]
-pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+pub(crate) fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
     if !is_upgrade(headers) {
         return None;
     }
@@ -124,7 +124,7 @@ pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<Header
 /// The client's `X-Request-ID` when it is 1 to 128 characters of
 /// `[A-Za-z0-9._:-]`, else a new UUID.
 #[must_use]
-pub fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -139,7 +139,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
 
 /// What the proxy tells the backend about the request.
 #[derive(Debug, Clone, Copy)]
-pub struct Forwarding<'a> {
+pub(crate) struct Forwarding<'a> {
     /// The client's address as `X-Forwarded-For` carries it
     /// ([`forwarded_for`]: made once per connection, not per request).
     pub forwarded_for: &'a HeaderValue,
@@ -154,7 +154,7 @@ pub struct Forwarding<'a> {
 
 /// The `X-Forwarded-For` value of a client address.
 #[must_use]
-pub fn forwarded_for(client_ip: std::net::IpAddr) -> HeaderValue {
+pub(crate) fn forwarded_for(client_ip: std::net::IpAddr) -> HeaderValue {
     // An address prints as digits, dots, colons and hex letters only.
     HeaderValue::try_from(client_ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
@@ -164,7 +164,7 @@ pub fn forwarded_for(client_ip: std::net::IpAddr) -> HeaderValue {
 /// with `", "`, empty entries dropped, as nginx and Envoy do. The entries
 /// are kept as sent; which of them to believe is the backend's choice.
 #[must_use]
-pub fn forwarded_chain(headers: &HeaderMap, own: &HeaderValue) -> HeaderValue {
+pub(crate) fn forwarded_chain(headers: &HeaderMap, own: &HeaderValue) -> HeaderValue {
     let mut chain = Vec::new();
     let entries = headers
         .get_all(X_FORWARDED_FOR)
@@ -187,7 +187,7 @@ pub fn forwarded_chain(headers: &HeaderMap, own: &HeaderValue) -> HeaderValue {
 
 /// Replaces the client's copies of the headers the proxy owns with its own
 /// (`X-Forwarded-For` from a trusted proxy is extended instead).
-pub fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+pub(crate) fn set_forwarding(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     let forged = [
         FORWARDED,
         X_FORWARDED_HOST,

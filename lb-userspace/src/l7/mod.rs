@@ -4,6 +4,7 @@
 //! * [`caps`]: connection caps counted from `accept`, before a tenant is known.
 //! * [`routing`]: the snapshot of which tenant and pool serve a request.
 //! * [`proxy`]: one request, from identification to the backend's answer.
+//! * [`body`]: the body type of both directions.
 //! * [`headers`]: the headers the proxy owns.
 //! * [`path`]: the request path normalised before routing.
 //! * [`tls`]: the certificates of every tenant, chosen by SNI, reloaded
@@ -17,18 +18,27 @@
 //!   limits, API keys and JWTs, shedding by tier), kept across reloads.
 //! * [`stats`], [`access_log`]: per-tenant counters and the JSON log.
 
-pub mod access_log;
-pub mod backend_client;
-pub mod caps;
+pub(crate) mod access_log;
+pub(crate) mod backend_client;
+pub(crate) mod body;
+pub(crate) mod caps;
 pub mod handoff;
-pub mod headers;
-pub mod passthrough;
-pub mod path;
-pub mod policy;
-pub mod proxy;
-pub mod routing;
-pub mod server;
-pub mod stats;
-pub mod tls;
-pub mod tunnel;
-pub mod upstream;
+pub(crate) mod headers;
+pub(crate) mod passthrough;
+pub(crate) mod path;
+pub(crate) mod policy;
+pub(crate) mod proxy;
+pub(crate) mod routing;
+pub(crate) mod server;
+pub(crate) mod stats;
+pub(crate) mod tls;
+pub(crate) mod tunnel;
+pub(crate) mod upstream;
+
+// What the rest of `lb`, `lbd` and the tests use; everything else of the
+// L7 tier is private to it.
+pub use passthrough::proxy_v2_header;
+pub use policy::{Reason, check_key_files};
+pub use server::L7;
+pub use stats::{TenantStats, TenantStatsView};
+pub use tls::{CertError, load_pair};

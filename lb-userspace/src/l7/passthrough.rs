@@ -85,7 +85,7 @@ const MAX_LABEL: usize = 63;
 /// (16 KiB of handshake data and its 5-byte header). Browsers' hellos take
 /// under 2 KiB even with post-quantum key shares; a client that needs more
 /// is broken or is trying to make lbd buffer for it.
-pub const MAX_CLIENT_HELLO: usize = MAX_RECORD_PAYLOAD + RECORD_HEADER_LEN;
+pub(crate) const MAX_CLIENT_HELLO: usize = MAX_RECORD_PAYLOAD + RECORD_HEADER_LEN;
 
 /// How much [`read_client_hello`] asks the socket for at a time.
 const READ_CHUNK: usize = 4096;
@@ -117,11 +117,11 @@ const PROXY_V2_TCP6_LEN: u16 = 36;
 /// The largest PROXY protocol v2 header [`read_proxy_v2`] accepts, TLVs
 /// included: 536 bytes, the spec's bound for TCP (the minimum TCP segment
 /// size a sender can rely on getting through in one piece).
-pub const MAX_PROXY_V2_HEADER: usize = 536;
+pub(crate) const MAX_PROXY_V2_HEADER: usize = 536;
 
 /// Why a first flight could not be read as a `ClientHello`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum HelloError {
+pub(crate) enum HelloError {
     /// More bytes are needed (only from [`parse_client_hello`];
     /// [`read_client_hello`] turns it into reading more).
     #[error("the TLS ClientHello is incomplete: more bytes are needed")]
@@ -157,7 +157,7 @@ pub enum HelloError {
 
 /// What routing needs from a `ClientHello`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientHello {
+pub(crate) struct ClientHello {
     /// The `server_name` extension's host name, normalised: ASCII lower
     /// case, no trailing dot. `None` when the client sent none (for example
     /// because it connected to an IP address).
@@ -178,7 +178,7 @@ pub struct ClientHello {
 /// handshake, [`HelloError::Malformed`] when it is a TLS handshake but not a
 /// well-formed `ClientHello` (it is refused as soon as the offending byte has
 /// arrived, where that is possible).
-pub fn parse_client_hello(buf: &[u8]) -> Result<ClientHello, HelloError> {
+pub(crate) fn parse_client_hello(buf: &[u8]) -> Result<ClientHello, HelloError> {
     parse_limited(buf, usize::MAX)
 }
 
@@ -195,7 +195,7 @@ pub fn parse_client_hello(buf: &[u8]) -> Result<ClientHello, HelloError> {
 /// length shows it), [`HelloError::Io`] when reading fails, and
 /// [`HelloError::NotTls`] or [`HelloError::Malformed`] as
 /// [`parse_client_hello`] finds them.
-pub async fn read_client_hello<S: AsyncRead + Unpin>(
+pub(crate) async fn read_client_hello<S: AsyncRead + Unpin>(
     stream: &mut S,
     max_bytes: usize,
     timeout: Duration,
@@ -568,7 +568,7 @@ fn as_ipv6(ip: IpAddr) -> Ipv6Addr {
 
 /// A PROXY protocol v2 header received from a trusted proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyHeader {
+pub(crate) enum ProxyHeader {
     /// Command LOCAL (the proxy's own connection), or PROXY with an
     /// unspecified family: the connection's own addresses stand (as the
     /// spec requires).
@@ -584,7 +584,7 @@ pub enum ProxyHeader {
 /// Why a connection's first bytes are not an acceptable PROXY protocol v2
 /// header.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ProxyHeaderError {
+pub(crate) enum ProxyHeaderError {
     /// More bytes are needed (only from [`parse_proxy_v2`];
     /// [`read_proxy_v2`] turns it into reading more).
     #[error("the PROXY protocol v2 header is incomplete: more bytes are needed")]
@@ -637,7 +637,7 @@ pub enum ProxyHeaderError {
 /// # Errors
 /// [`ProxyHeaderError::Incomplete`] while `buf` is a strict prefix of an
 /// acceptable header; the other variants say what is wrong.
-pub fn parse_proxy_v2(buf: &[u8]) -> Result<(ProxyHeader, usize), ProxyHeaderError> {
+pub(crate) fn parse_proxy_v2(buf: &[u8]) -> Result<(ProxyHeader, usize), ProxyHeaderError> {
     let signature = buf.get(..PROXY_V2_SIGNATURE.len()).unwrap_or(buf);
     if !PROXY_V2_SIGNATURE.starts_with(signature) {
         return Err(ProxyHeaderError::Signature);
@@ -711,7 +711,7 @@ pub fn parse_proxy_v2(buf: &[u8]) -> Result<(ProxyHeader, usize), ProxyHeaderErr
 /// # Errors
 /// [`ProxyHeaderError::Timeout`], [`ProxyHeaderError::Closed`],
 /// [`ProxyHeaderError::Io`], or what [`parse_proxy_v2`] finds wrong.
-pub async fn read_proxy_v2<S: AsyncRead + Unpin>(
+pub(crate) async fn read_proxy_v2<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
 ) -> Result<ProxyHeader, ProxyHeaderError> {
@@ -750,7 +750,7 @@ pub async fn read_proxy_v2<S: AsyncRead + Unpin>(
 
 /// How a [`splice_report`] ended.
 #[derive(Debug)]
-pub enum SpliceEnd {
+pub(crate) enum SpliceEnd {
     /// Both sides closed their sending direction, and each close was passed
     /// on to the other side.
     Closed,
@@ -762,7 +762,7 @@ pub enum SpliceEnd {
 
 /// What a [`splice_report`] moved and how it ended.
 #[derive(Debug)]
-pub struct Spliced {
+pub(crate) struct Spliced {
     /// Bytes written to the backend, the first bytes included, the PROXY
     /// header not.
     pub client_to_backend: u64,
@@ -772,6 +772,7 @@ pub struct Spliced {
     pub end: SpliceEnd,
 }
 
+#[cfg(test)]
 /// Sends `proxy_header` (if any) and then `first_bytes` to `backend`, then
 /// copies both ways until both sides have closed (a side's end of stream is
 /// passed on with a write shutdown, so half-closed connections work), or
@@ -783,7 +784,7 @@ pub struct Spliced {
 ///
 /// The first I/O error of either side; both sides are closed and the counts
 /// are lost ([`splice_report`] keeps them, for accounting).
-pub async fn splice<C, B>(
+pub(crate) async fn splice<C, B>(
     client: C,
     backend: B,
     proxy_header: Option<&[u8]>,
@@ -807,7 +808,7 @@ where
 /// included) and why it ended. The header and the first bytes go out in one
 /// write: some PROXY protocol receivers expect the header in the first
 /// segment.
-pub async fn splice_report<C, B>(
+pub(crate) async fn splice_report<C, B>(
     mut client: C,
     mut backend: B,
     proxy_header: Option<&[u8]>,

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 
 /// Why a path cannot be normalised: the request gets 400.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathError {
+pub(crate) enum PathError {
     /// A `%` not followed by two hex digits.
     BadPercentEncoding,
     /// Neither `/...` nor `*`.
@@ -29,7 +29,7 @@ pub enum PathError {
 impl PathError {
     /// The access log's `decision` and the JSON error.
     #[must_use]
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Self::BadPercentEncoding => "bad_path_encoding",
             Self::NotAbsolute => "bad_path",
@@ -43,7 +43,7 @@ impl PathError {
 /// # Errors
 /// [`PathError`] when the path is not absolute or a `%` is not followed
 /// by two hex digits.
-pub fn normalise(path: &str) -> Result<Cow<'_, str>, PathError> {
+pub(crate) fn normalise(path: &str) -> Result<Cow<'_, str>, PathError> {
     if path == "*" {
         return Ok(Cow::Borrowed(path));
     }
@@ -68,13 +68,13 @@ pub fn normalise(path: &str) -> Result<Cow<'_, str>, PathError> {
 
 /// Whether a normalised path carries an encoded `/` or `\`.
 #[must_use]
-pub fn has_encoded_slash(path: &str) -> bool {
+pub(crate) fn has_encoded_slash(path: &str) -> bool {
     path.contains("%2F") || path.contains("%5C")
 }
 
 /// Runs of `/` collapsed into one.
 #[must_use]
-pub fn merge_slashes(path: &str) -> Cow<'_, str> {
+pub(crate) fn merge_slashes(path: &str) -> Cow<'_, str> {
     if !path.contains("//") {
         return Cow::Borrowed(path);
     }

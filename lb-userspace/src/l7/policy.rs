@@ -45,8 +45,8 @@
 //! The request path takes no lock: atomics, and one `ArcSwap` load of the
 //! tenant's settings.
 
-pub mod auth;
-pub mod bucket;
+pub(crate) mod auth;
+pub(crate) mod bucket;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -192,7 +192,7 @@ impl Reason {
 
 /// A refusal and what the answer carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub reason: Reason,
     /// The configuration key that decided, e.g. `limits.requests_per_second`.
     pub rule: String,
@@ -221,7 +221,7 @@ impl Refusal {
 
     /// The refusal of a connection over `max_connections`.
     #[must_use]
-    pub fn connection_limit() -> Self {
+    pub(crate) fn connection_limit() -> Self {
         Self::new(Reason::ConnectionLimit, "limits.max_connections")
     }
 
@@ -252,7 +252,7 @@ impl Refusal {
 
 /// How the request's tenant was found, as far as the policy cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proof {
+pub(crate) enum Proof {
     /// SNI, Host, path or the listener's default: nothing to prove.
     None,
     /// `X-Tenant-ID`: the request must authenticate as the tenant.
@@ -264,7 +264,7 @@ pub enum Proof {
 impl Proof {
     /// What identification by `by` requires.
     #[must_use]
-    pub fn of(by: Option<Identify>) -> Self {
+    pub(crate) fn of(by: Option<Identify>) -> Self {
         match by {
             Some(Identify::Header) => Self::Header,
             Some(Identify::Jwt) => Self::Jwt,
@@ -275,7 +275,7 @@ impl Proof {
 
 /// What [`Policy::admit`] looks at.
 #[derive(Debug, Clone, Copy)]
-pub struct Ask<'a> {
+pub(crate) struct Ask<'a> {
     pub client: IpAddr,
     /// The request's credentials (made once per request: identification
     /// looks at the same JWT).
@@ -286,7 +286,7 @@ pub struct Ask<'a> {
 /// An admitted request: its guards (held until the response is finished)
 /// and what it may be told about its quota.
 #[derive(Debug, Default)]
-pub struct Admission {
+pub(crate) struct Admission {
     /// The tightest quota that applied (for `RateLimit-*` headers).
     pub quota: Option<Quota>,
     /// Who the request authenticated as: `api_key:NAME` or `jwt[:SUB]`.
@@ -297,7 +297,7 @@ pub struct Admission {
 /// Holds a request's place in the tenant's and the node's in-flight
 /// counts.
 #[derive(Debug)]
-pub struct InflightGuard {
+pub(crate) struct InflightGuard {
     tenant: Arc<TenantPolicy>,
     node: Arc<AtomicU64>,
 }
@@ -311,7 +311,7 @@ impl Drop for InflightGuard {
 
 /// Holds a connection's place in its tenant's `max_connections`.
 #[derive(Debug)]
-pub struct ConnectionGuard(Option<Arc<TenantPolicy>>);
+pub(crate) struct ConnectionGuard(Option<Arc<TenantPolicy>>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
@@ -323,7 +323,7 @@ impl Drop for ConnectionGuard {
 
 /// One tenant's live state.
 #[derive(Debug)]
-pub struct TenantPolicy {
+pub(crate) struct TenantPolicy {
     name: String,
     settings: ArcSwap<Settings>,
     bucket: TokenBucket,
@@ -332,15 +332,17 @@ pub struct TenantPolicy {
 }
 
 impl TenantPolicy {
+    #[cfg(test)]
     /// Connections counted now.
     #[must_use]
-    pub fn connections(&self) -> u64 {
+    pub(crate) fn connections(&self) -> u64 {
         self.connections.load(Relaxed)
     }
 
+    #[cfg(test)]
     /// Requests in flight now.
     #[must_use]
-    pub fn inflight(&self) -> u64 {
+    pub(crate) fn inflight(&self) -> u64 {
         self.inflight.load(Relaxed)
     }
 }
@@ -450,7 +452,7 @@ fn client_key(ip: IpAddr) -> ([u8; 9], usize) {
 
 /// The node's in-flight requests a tier may reach with `limit` configured.
 #[must_use]
-pub fn shed_threshold(tier: Tier, limit: u64) -> u64 {
+pub(crate) fn shed_threshold(tier: Tier, limit: u64) -> u64 {
     match tier {
         Tier::Premium => limit,
         Tier::Standard => (limit.saturating_mul(4) / 5).max(1),
@@ -461,7 +463,7 @@ pub fn shed_threshold(tier: Tier, limit: u64) -> u64 {
 /// The policy of every tenant, shared by all connections; lives as long
 /// as the L7 tier.
 #[derive(Debug)]
-pub struct Policy {
+pub(crate) struct Policy {
     clock: Instant,
     tenants: ArcSwap<HashMap<String, Arc<TenantPolicy>>>,
     /// Digest of every API key -> its tenant (to tell "another tenant's
@@ -499,7 +501,7 @@ pub fn check_key_files(config: &Config, dir: &Path) -> Result<(), String> {
 
 impl Policy {
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             clock: Instant::now(),
             tenants: ArcSwap::from_pointee(HashMap::new()),
@@ -520,7 +522,7 @@ impl Policy {
     /// Key files are read from `dir`; a tenant whose files cannot be read
     /// keeps its previous keys (or, new, refuses every JWT). Returns what
     /// could not be loaded.
-    pub fn update(&self, config: &Config, dir: &Path) -> Vec<String> {
+    pub(crate) fn update(&self, config: &Config, dir: &Path) -> Vec<String> {
         let now = self.now();
         let old = self.tenants.load_full();
         let mut errors = Vec::new();
@@ -561,13 +563,14 @@ impl Policy {
 
     /// The state of `tenant`.
     #[must_use]
-    pub fn tenant(&self, tenant: &str) -> Option<Arc<TenantPolicy>> {
+    pub(crate) fn tenant(&self, tenant: &str) -> Option<Arc<TenantPolicy>> {
         self.tenants.load().get(tenant).cloned()
     }
 
+    #[cfg(test)]
     /// Requests `lbd` is proxying now.
     #[must_use]
-    pub fn inflight(&self) -> u64 {
+    pub(crate) fn inflight(&self) -> u64 {
         self.node_inflight.load(Relaxed)
     }
 
@@ -575,7 +578,7 @@ impl Policy {
     ///
     /// # Errors
     /// `connection_limit` when the tenant is at its limit.
-    pub fn connect(&self, tenant: &str) -> Result<ConnectionGuard, Refusal> {
+    pub(crate) fn connect(&self, tenant: &str) -> Result<ConnectionGuard, Refusal> {
         let Some(t) = self.tenant(tenant) else {
             return Ok(ConnectionGuard(None));
         };
@@ -593,7 +596,7 @@ impl Policy {
     ///
     /// # Errors
     /// `acl_denied` with the deciding rule.
-    pub fn check_acl(&self, tenant: &str, client: IpAddr) -> Result<(), Refusal> {
+    pub(crate) fn check_acl(&self, tenant: &str, client: IpAddr) -> Result<(), Refusal> {
         let Some(t) = self.tenant(tenant) else {
             return Ok(());
         };
@@ -608,7 +611,7 @@ impl Policy {
     ///
     /// # Errors
     /// The first check that refuses.
-    pub fn admit(&self, tenant: &str, ask: &Ask<'_>) -> Result<Admission, Refusal> {
+    pub(crate) fn admit(&self, tenant: &str, ask: &Ask<'_>) -> Result<Admission, Refusal> {
         let Some(t) = self.tenant(tenant) else {
             return Ok(Admission::default());
         };

@@ -37,13 +37,14 @@ use http::{
     uri::{PathAndQuery, Scheme},
 };
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt as _, Empty, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 
 use crate::config::{BackendProtocol, L7Protocol};
 
 use super::{
     access_log::{self, AccessLogger, Entry},
+    body::{BoxError, ProxyBody, empty, full},
     headers::{self, Forwarding},
     path,
     policy::{
@@ -54,12 +55,8 @@ use super::{
     tunnel,
 };
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Bodies in both directions.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-
 /// What a connection knows about itself.
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     pub client: SocketAddr,
     pub listen: SocketAddr,
     /// Normalised SNI of the TLS session.
@@ -96,7 +93,12 @@ impl std::fmt::Debug for ConnInfo {
 
 impl ConnInfo {
     #[must_use]
-    pub fn new(client: SocketAddr, listen: SocketAddr, sni: Option<String>, https: bool) -> Self {
+    pub(crate) fn new(
+        client: SocketAddr,
+        listen: SocketAddr,
+        sni: Option<String>,
+        https: bool,
+    ) -> Self {
         Self {
             client,
             listen,
@@ -112,7 +114,7 @@ impl ConnInfo {
 
     /// Responses whose body the connection still holds.
     #[must_use]
-    pub fn responses_open(&self) -> usize {
+    pub(crate) fn responses_open(&self) -> usize {
         self.sending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -137,7 +139,7 @@ impl ConnInfo {
     /// or longer (the client stopped reading: a zero TCP or h2 window).
     /// Its backend body, in-flight places and counters are released at
     /// once. Returns what was abandoned, for the connection to act on.
-    pub fn abandon_stalled(&self, send: std::time::Duration) -> Abandoned {
+    pub(crate) fn abandon_stalled(&self, send: std::time::Duration) -> Abandoned {
         let now = now_ms();
         let list: Vec<Arc<Sending>> = self
             .sending
@@ -162,7 +164,7 @@ impl ConnInfo {
 
 /// What [`ConnInfo::abandon_stalled`] abandoned.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Abandoned {
+pub(crate) struct Abandoned {
     /// HTTP/1 responses: their connection must close.
     pub http1: usize,
     /// h2 streams: reset when the connection next polls them.
@@ -173,7 +175,7 @@ impl ConnInfo {
     /// Keeps `guard` for as long as the connection (or a tunnel made of
     /// it) lives.
     #[must_use]
-    pub fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
+    pub(crate) fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
         self.open = Some(Box::new(guard));
         self
     }
@@ -181,7 +183,7 @@ impl ConnInfo {
 
 /// Whose connection it is, for `max_connections`.
 #[derive(Debug)]
-pub enum ConnSlot {
+pub(crate) enum ConnSlot {
     /// Counted against `tenant` until the connection closes.
     Held {
         tenant: String,
@@ -195,7 +197,7 @@ pub enum ConnSlot {
 impl ConnSlot {
     /// The tenant the connection counts against.
     #[must_use]
-    pub fn tenant(&self) -> &str {
+    pub(crate) fn tenant(&self) -> &str {
         match self {
             Self::Held { tenant, .. } | Self::Refused { tenant } => tenant,
         }
@@ -203,7 +205,7 @@ impl ConnSlot {
 
     /// Counts a connection of `tenant`.
     #[must_use]
-    pub fn take(policy: &Policy, tenant: &str) -> Self {
+    pub(crate) fn take(policy: &Policy, tenant: &str) -> Self {
         match policy.connect(tenant) {
             Ok(guard) => Self::Held {
                 tenant: tenant.to_owned(),
@@ -217,7 +219,7 @@ impl ConnSlot {
 }
 
 /// Shared by every connection of every listener.
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub routing: Arc<ArcSwap<Routing>>,
     /// Swapped when `node.access_log` changes on a reload.
     pub log: ArcSwap<AccessLogger>,
@@ -227,7 +229,7 @@ pub struct Proxy {
 
 /// Why the proxy answers a request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     Misdirected,
     TenantMismatch,
     UnknownHost,
@@ -252,7 +254,7 @@ pub enum Rejection {
 
 impl Rejection {
     #[must_use]
-    pub fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::TenantMismatch => StatusCode::FORBIDDEN,
@@ -269,7 +271,7 @@ impl Rejection {
 
     /// The `error` of the JSON body and the access log's `decision`.
     #[must_use]
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Self::Misdirected => "misdirected",
             Self::TenantMismatch => "tenant_mismatch",
@@ -305,16 +307,6 @@ fn reject(rejection: Rejection, request_id: &str) -> Response<ProxyBody> {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
-}
-
-fn full(text: String) -> ProxyBody {
-    Full::new(Bytes::from(text))
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-fn empty() -> ProxyBody {
-    Empty::new().map_err(|never| match never {}).boxed()
 }
 
 /// Whether a request may be sent twice: RFC 9110's idempotent methods.
@@ -443,7 +435,7 @@ struct Forwarded {
 impl Proxy {
     /// Serves one request of a connection. Every answer of an identified
     /// site, the backend's or the proxy's own, carries the site's `hsts`.
-    pub async fn handle(
+    pub(crate) async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
@@ -1303,7 +1295,7 @@ struct Done {
 
 /// A response body that records the request (counters, access log) when it
 /// is finished, dropped or abandoned.
-pub struct Tracked {
+pub(crate) struct Tracked {
     sending: Arc<Sending>,
     /// The body's `is_end_stream` and `size_hint` after the last poll,
     /// kept here so that hyper's frequent asks take no lock.
@@ -1314,7 +1306,7 @@ pub struct Tracked {
 /// A response on its way to the client, shared with the connection's
 /// watchdog ([`ConnInfo::abandon_stalled`]), which abandons it when the
 /// client stops taking it.
-pub struct Sending {
+pub(crate) struct Sending {
     /// `None` once the watchdog abandoned the response: its backend body,
     /// in-flight places and counters are released then, not when the
     /// client finally reads or goes away.
@@ -1340,7 +1332,7 @@ struct SendState {
 /// (its resolution is the kernel's tick, a few ms), where the precise clock
 /// reads the TSC.
 #[must_use]
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -43,7 +43,7 @@ use super::{
 };
 
 /// Index of a site in [`ListenerRouting::sites`].
-pub type SiteId = usize;
+pub(crate) type SiteId = usize;
 
 /// One tenant's site on a listener, with what the request path needs.
 #[derive(Debug)]
@@ -314,7 +314,7 @@ impl ListenerRouting {
 
 /// The path after the site's `path_prefix` when the site strips it.
 #[must_use]
-pub fn strip_site_prefix<'a>(site: &L7Site, path: &'a str) -> &'a str {
+pub(crate) fn strip_site_prefix<'a>(site: &L7Site, path: &'a str) -> &'a str {
     match &site.path_prefix {
         Some(p) if site.strip_path_prefix && path_has_prefix(path, p) => {
             let rest = &path[p.len()..];
@@ -340,7 +340,7 @@ fn authorities(backends: &[config::BackendConf]) -> HashMap<SocketAddr, http::ur
 /// The path the backend sees: the site's prefix and the route's prefix
 /// removed when they are stripped. `path` may carry a query.
 #[must_use]
-pub fn backend_path(site: &L7Site, route: &config::Route, path_and_query: &str) -> String {
+pub(crate) fn backend_path(site: &L7Site, route: &config::Route, path_and_query: &str) -> String {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
@@ -364,7 +364,7 @@ pub fn backend_path(site: &L7Site, route: &config::Route, path_and_query: &str) 
 
 /// Whether `path` is `prefix` or continues it with a new segment.
 #[must_use]
-pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
+pub(crate) fn path_has_prefix(path: &str, prefix: &str) -> bool {
     prefix == "/"
         || path
             .strip_prefix(prefix)
@@ -373,7 +373,7 @@ pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
 
 /// `pattern` (exact or `*.parent`) against a normalised host.
 #[must_use]
-pub fn host_matches(pattern: &str, host: &str) -> bool {
+pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix("*.") {
         Some(parent) => host
             .split_once('.')
@@ -384,7 +384,7 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
 
 /// The host of a Host header or `:authority`: the port removed, normalised.
 #[must_use]
-pub fn request_host(authority: &str) -> String {
+pub(crate) fn request_host(authority: &str) -> String {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         // [v6]:port
         rest.split_once(']').map_or(rest, |(h, _)| h)
@@ -530,7 +530,7 @@ impl Routing {
                 } else {
                     let mut settings = p.l7.clone();
                     if let Some(tls) = &mut settings.backend_tls {
-                        tls.ca = resolve(config_dir, &tls.ca);
+                        tls.ca = config::resolve_path(config_dir, &tls.ca);
                     }
                     let (client, error) = client_for(&settings, connect_timeout);
                     if let Some(e) = error {
@@ -602,7 +602,11 @@ fn balance_of(b: config::Balance) -> upstream::Balance {
 /// The bytes a Maglev pool hashes for a request (None: no key, which the
 /// balancer treats as round robin).
 #[must_use]
-pub fn hash_key(hash_on: &HashOn, client: SocketAddr, headers: &HeaderMap) -> Option<Vec<u8>> {
+pub(crate) fn hash_key(
+    hash_on: &HashOn,
+    client: SocketAddr,
+    headers: &HeaderMap,
+) -> Option<Vec<u8>> {
     match hash_on {
         HashOn::ClientIp => Some(match client.ip() {
             std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
@@ -618,16 +622,6 @@ pub fn hash_key(hash_on: &HashOn, client: SocketAddr, headers: &HeaderMap) -> Op
                 let (k, v) = pair.trim().split_once('=')?;
                 (k == name).then(|| v.as_bytes().to_vec())
             }),
-    }
-}
-
-/// Resolves a path of the configuration (relative to its directory).
-#[must_use]
-pub fn resolve(config_dir: &Path, path: &Path) -> std::path::PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        config_dir.join(path)
     }
 }
 

@@ -49,7 +49,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::{AccessLog, Config, L7Protocol, Listener},
+    config::{self, AccessLog, Config, L7Protocol, Listener},
     reconcile::BackendKey,
 };
 
@@ -61,7 +61,7 @@ use super::{
     proxy::{ConnInfo, ConnSlot, Proxy, now_ms},
     routing::{self, ListenerRouting, Routing},
     stats::{ActiveConnection, ListenerStats},
-    tls::{CertSpec, CertStore},
+    tls::{self, CertSpec, CertStore},
 };
 
 /// Backlog of each listening socket.
@@ -103,7 +103,7 @@ struct Running {
 
 /// Counts open connections and tells the drain when the last one closes.
 #[derive(Debug)]
-pub struct Connections {
+pub(crate) struct Connections {
     open: AtomicUsize,
     /// `node.max_connections`.
     max: AtomicUsize,
@@ -315,8 +315,8 @@ impl L7 {
                     listen: s.listen,
                     tenant: t.name.clone(),
                     names: s.hosts.clone(),
-                    cert: routing::resolve(&self.config_dir, &tls.cert),
-                    key: routing::resolve(&self.config_dir, &tls.key),
+                    cert: config::resolve_path(&self.config_dir, &tls.cert),
+                    key: config::resolve_path(&self.config_dir, &tls.key),
                 });
             }
         }
@@ -727,7 +727,7 @@ async fn handshake(
         s.tls_handshake_failures.fetch_add(1, Relaxed);
     }
     if let Ok(Err(e)) = result {
-        debug!(error = %e, "TLS handshake failed");
+        debug!(error = %e, reason = tls::handshake_failure_reason(&e), "TLS handshake failed");
     } else {
         shared.stats.deadline_closes.fetch_add(1, Relaxed);
         // Too slow to take the server's handshake (a tiny window, say): a
@@ -1270,6 +1270,11 @@ async fn passthrough_to_pool(
     entry.bytes_in = spliced.client_to_backend;
     entry.bytes_out = spliced.backend_to_client;
     entry.total_ms = start.elapsed().as_secs_f64() * 1e3;
+    match &spliced.end {
+        passthrough::SpliceEnd::Closed => {}
+        passthrough::SpliceEnd::Idle => debug!("passthrough connection idled out"),
+        passthrough::SpliceEnd::Error(e) => debug!(error = %e, "passthrough connection failed"),
+    }
     shared.proxy.log.load().log(&entry);
 }
 

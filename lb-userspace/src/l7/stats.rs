@@ -15,7 +15,7 @@ use super::policy::Reason;
 
 /// Upper bounds of the latency histogram's buckets, in seconds (the last,
 /// `+Inf`, is implicit).
-pub const LATENCY_BUCKETS: [f64; 12] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 12] = [
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
@@ -141,11 +141,11 @@ pub struct ListenerStats {
 
 /// Keeps a tenant's active-connection gauge up while alive.
 #[derive(Debug)]
-pub struct ActiveConnection(std::sync::Arc<TenantStats>);
+pub(crate) struct ActiveConnection(std::sync::Arc<TenantStats>);
 
 impl ActiveConnection {
     #[must_use]
-    pub fn new(stats: std::sync::Arc<TenantStats>) -> Self {
+    pub(crate) fn new(stats: std::sync::Arc<TenantStats>) -> Self {
         stats.active_connections.fetch_add(1, Relaxed);
         Self(stats)
     }

@@ -96,7 +96,7 @@ const NO_CERTIFICATE: &str = "no server certificate chain resolved";
 
 /// One certificate the store serves.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CertSpec {
+pub(crate) struct CertSpec {
     /// The listener that presents it; the store only uses it as a key.
     pub listen: SocketAddr,
     /// The tenant whose site this is.
@@ -232,7 +232,7 @@ pub enum CertError {
 /// Something clients will reject although the certificate loaded and is
 /// served.
 #[derive(Debug, thiserror::Error)]
-pub enum CertWarning {
+pub(crate) enum CertWarning {
     /// Past its `notAfter`.
     #[error(
         "the certificate in {} expired {} ago and clients reject it; renew it (lbd serves it until it is replaced)",
@@ -282,7 +282,7 @@ fn days(secs: u64) -> String {
 
 /// What [`CertStore::load`] or [`CertStore::refresh`] did.
 #[derive(Debug, Default)]
-pub struct LoadReport {
+pub(crate) struct LoadReport {
     /// Specs whose certificate was (re)loaded and is served.
     pub loaded: usize,
     /// Specs served exactly as before: same spec, files unchanged.
@@ -313,7 +313,7 @@ impl fmt::Display for LoadReport {
 /// Every certificate of every listener; cheap to clone (an `Arc` inside).
 /// Lookups are lock-free (an `ArcSwap` of an immutable table).
 #[derive(Clone)]
-pub struct CertStore {
+pub(crate) struct CertStore {
     inner: Arc<Inner>,
 }
 
@@ -549,7 +549,7 @@ impl Default for CertStore {
 impl CertStore {
     /// An empty store: every handshake fails until [`load`](Self::load).
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
                 table: Arc::new(ArcSwap::from_pointee(Table::default())),
@@ -569,7 +569,7 @@ impl CertStore {
     /// serving its previous certificate, if it had one, for the names that
     /// certificate covers. Reads files: call it from blocking code.
     #[must_use = "the report holds the errors and warnings to log"]
-    pub fn load(&self, specs: &[CertSpec]) -> LoadReport {
+    pub(crate) fn load(&self, specs: &[CertSpec]) -> LoadReport {
         let mut state = lock(&self.inner.state);
         self.load_locked(&mut state, specs)
     }
@@ -578,7 +578,7 @@ impl CertStore {
     /// on disk (call it from a file watcher or a timer); same rules as
     /// [`load`](Self::load).
     #[must_use = "the report holds the errors and warnings to log"]
-    pub fn refresh(&self) -> LoadReport {
+    pub(crate) fn refresh(&self) -> LoadReport {
         let mut state = lock(&self.inner.state);
         let specs = state.specs.clone();
         self.load_locked(&mut state, &specs)
@@ -587,7 +587,7 @@ impl CertStore {
     /// Every file the store reads, sorted, so a caller can watch their
     /// directories.
     #[must_use]
-    pub fn files(&self) -> Vec<PathBuf> {
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
         let state = lock(&self.inner.state);
         let files: BTreeSet<&PathBuf> = state
             .specs
@@ -611,7 +611,7 @@ impl CertStore {
     /// Only if rustls' ring provider lacked TLS 1.2 or 1.3 cipher suites,
     /// which it has; every test builds a config.
     #[must_use]
-    pub fn server_config(
+    pub(crate) fn server_config(
         &self,
         listen: SocketAddr,
         default_tenant: Option<&str>,
@@ -649,10 +649,11 @@ impl CertStore {
         Arc::new(config)
     }
 
+    #[cfg(test)]
     /// Which tenant's certificate `sni` resolves to on a listener, without
     /// a default tenant (for tests and tenant identification).
     #[must_use]
-    pub fn tenant_for(&self, listen: SocketAddr, sni: &str) -> Option<String> {
+    pub(crate) fn tenant_for(&self, listen: SocketAddr, sni: &str) -> Option<String> {
         let table = self.inner.table.load();
         let site = table.listeners.get(&listen)?.lookup(sni)?;
         Some(site.tenant.to_string())
@@ -976,7 +977,7 @@ fn validity_warning(path: &Path, certified: &CertifiedKey, now: UnixTime) -> Opt
     }
 }
 
-/// A short label for a failed TLS accept (from tokio-rustls), for metrics:
+/// A short label for a failed TLS accept (from tokio-rustls), for the log:
 /// `no_certificate_for_sni` (nothing served for the SNI, and no default
 /// tenant), `protocol_version` (the client offered neither TLS 1.2 nor
 /// 1.3), `alert` (the client aborted, e.g. it rejected the certificate),
@@ -984,7 +985,7 @@ fn validity_warning(path: &Path, certified: &CertifiedKey, now: UnixTime) -> Opt
 /// (any other TLS error: not TLS at all, no common cipher suite or ALPN
 /// protocol, a malformed message).
 #[must_use]
-pub fn handshake_failure_reason(e: &io::Error) -> &'static str {
+pub(crate) fn handshake_failure_reason(e: &io::Error) -> &'static str {
     let tls = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());

@@ -25,7 +25,7 @@ use tokio::{
 
 /// What a tunnel carried, and how it ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Carried {
+pub(crate) struct Carried {
     pub client_to_backend: u64,
     pub backend_to_client: u64,
     /// Closed by the idle timeout rather than by either side.
@@ -34,7 +34,7 @@ pub struct Carried {
 
 /// Copies bytes between `client` and `backend` until one side closes, an
 /// error, or `idle` passes with no byte in either direction.
-pub async fn run<C, B>(client: C, mut backend: B, idle: Duration) -> Carried
+pub(crate) async fn run<C, B>(client: C, mut backend: B, idle: Duration) -> Carried
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

@@ -103,7 +103,7 @@ use crate::maglev::{self, RingBackend};
 /// Maglev ring sizes for L7 pools (all prime, each about four times the
 /// previous); a pool uses the smallest with 100 slots per backend, or the
 /// largest.
-pub const RING_SIZES: [u32; 6] = [1021, 4099, 16_381, 65_537, 262_139, 1_048_573];
+pub(crate) const RING_SIZES: [u32; 6] = [1021, 4099, 16_381, 65_537, 262_139, 1_048_573];
 
 /// Ring slots per backend the ring size aims for.
 const SLOTS_PER_BACKEND: u64 = 100;
@@ -183,7 +183,7 @@ pub trait Clock: Send + Sync + fmt::Debug {
 /// [`Instant`]-based [`Clock`]: milliseconds since its first use in the
 /// process.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MonotonicClock;
+pub(crate) struct MonotonicClock;
 
 impl Clock for MonotonicClock {
     fn now_ms(&self) -> u64 {

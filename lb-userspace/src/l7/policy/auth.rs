@@ -31,11 +31,11 @@ use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
 use crate::config::JwtAuth;
 
 /// `X-API-Key`.
-pub const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+pub(crate) const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 /// Longest JWT looked at: bigger ones are refused before any parsing.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Shortest HS256 secret (RFC 7518 §3.2: at least the hash's size).
-pub const MIN_HS256_SECRET: usize = 32;
+pub(crate) const MIN_HS256_SECRET: usize = 32;
 /// Keys tried for one token (when `kid` does not single one out).
 const MAX_KEYS_TRIED: usize = 4;
 
@@ -43,7 +43,7 @@ const MAX_KEYS_TRIED: usize = 4;
 /// belonging to another tenant; the tenant then checks its API key (the
 /// `X-API-Key`, else a bearer key) and its JWT.
 #[derive(Debug, Default)]
-pub struct Credentials<'a> {
+pub(crate) struct Credentials<'a> {
     /// The value of `X-API-Key`.
     pub header_key: Option<&'a str>,
     /// A bearer value that is not shaped like a JWT: an API key.
@@ -56,7 +56,7 @@ impl<'a> Credentials<'a> {
     /// The credentials of `headers` (the first `X-API-Key` and
     /// `Authorization`: the proxy refuses requests with two of either).
     #[must_use]
-    pub fn of(headers: &'a HeaderMap) -> Self {
+    pub(crate) fn of(headers: &'a HeaderMap) -> Self {
         let (jwt, bearer_key) = match bearer(headers) {
             Some(b) if looks_like_jwt(b) => (Some(UnverifiedJwt::new(b)), None),
             other => (None, other),
@@ -73,22 +73,23 @@ impl<'a> Credentials<'a> {
         }
     }
 
+    #[cfg(test)]
     /// Whether there is anything to check.
     #[must_use]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.header_key.is_none() && self.bearer_key.is_none() && self.jwt.is_none()
     }
 
     /// The API key the tenant checks: `X-API-Key`, else a bearer key.
     #[must_use]
-    pub fn api_key(&self) -> Option<&'a str> {
+    pub(crate) fn api_key(&self) -> Option<&'a str> {
         self.header_key.or(self.bearer_key)
     }
 
     /// The credential a per-key rate limit counts: the API key, else the
     /// token.
     #[must_use]
-    pub fn limit_key(&self) -> Option<&'a str> {
+    pub(crate) fn limit_key(&self) -> Option<&'a str> {
         self.api_key()
             .or_else(|| self.jwt.as_ref().map(UnverifiedJwt::token))
     }
@@ -97,7 +98,7 @@ impl<'a> Credentials<'a> {
 /// Whether `headers` carry `X-API-Key` or `Authorization` more than once:
 /// such a request is refused (400) rather than judged on one of them.
 #[must_use]
-pub fn duplicated(headers: &HeaderMap) -> bool {
+pub(crate) fn duplicated(headers: &HeaderMap) -> bool {
     [X_API_KEY, AUTHORIZATION]
         .iter()
         .any(|name| headers.get_all(name).iter().nth(1).is_some())
@@ -105,7 +106,7 @@ pub fn duplicated(headers: &HeaderMap) -> bool {
 
 /// The value of `Authorization: Bearer VALUE` (scheme case-insensitive).
 #[must_use]
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = value.trim().split_once(' ')?;
     let token = rest.trim();
@@ -114,7 +115,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Three non-empty base64url parts, a JSON object first.
 #[must_use]
-pub fn looks_like_jwt(token: &str) -> bool {
+pub(crate) fn looks_like_jwt(token: &str) -> bool {
     let mut parts = token.split('.');
     let shaped = (0..3).all(|_| {
         parts.next().is_some_and(|p| {
@@ -202,22 +203,22 @@ fn part(token: &str, index: usize) -> Option<Map<String, Value>> {
 
 /// SHA-256 of a presented key.
 #[must_use]
-pub fn digest(key: &str) -> [u8; 32] {
+pub(crate) fn digest(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
 /// A tenant's API keys: (digest, name).
 #[derive(Debug, Clone, Default)]
-pub struct ApiKeys(Vec<([u8; 32], String)>);
+pub(crate) struct ApiKeys(Vec<([u8; 32], String)>);
 
 impl ApiKeys {
     #[must_use]
-    pub fn new(keys: &[crate::config::ApiKey]) -> Self {
+    pub(crate) fn new(keys: &[crate::config::ApiKey]) -> Self {
         Self(keys.iter().map(|k| (k.sha256, k.name.clone())).collect())
     }
 
     #[must_use]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
@@ -225,7 +226,7 @@ impl ApiKeys {
     /// compared in full whatever matches, so the time taken says nothing
     /// about which key (or how much of one) matched.
     #[must_use]
-    pub fn find(&self, digest: &[u8; 32]) -> Option<&str> {
+    pub(crate) fn find(&self, digest: &[u8; 32]) -> Option<&str> {
         let mut found = u32::MAX;
         for (i, (d, _)) in self.0.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
@@ -239,7 +240,7 @@ impl ApiKeys {
 
 /// Why a JWT is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwtError {
+pub(crate) enum JwtError {
     /// Not a well-formed token.
     Malformed,
     /// `alg` is not HS256, RS256 or ES256, or not the algorithm of any of
@@ -264,7 +265,7 @@ pub enum JwtError {
 
 /// A verified token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
+pub(crate) struct Verified {
     /// Its `sub`, for the access log.
     pub subject: Option<String>,
 }
@@ -277,7 +278,7 @@ struct VerifyKey {
 }
 
 /// A tenant's JWT keys and checks.
-pub struct JwtVerifier {
+pub(crate) struct JwtVerifier {
     tenant: String,
     claim: String,
     keys: Vec<VerifyKey>,
@@ -311,9 +312,9 @@ impl JwtVerifier {
     ///
     /// # Errors
     /// A message naming the file and what is wrong with it.
-    pub fn load(tenant: &str, config: &JwtAuth, dir: &Path) -> Result<Self, String> {
+    pub(crate) fn load(tenant: &str, config: &JwtAuth, dir: &Path) -> Result<Self, String> {
         let read = |p: &Path| {
-            let path = super::super::routing::resolve(dir, p);
+            let path = crate::config::resolve_path(dir, p);
             std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
         };
         let jwks = match &config.jwks_file {
@@ -343,7 +344,7 @@ impl JwtVerifier {
     ///
     /// # Errors
     /// When the JWKS is not valid, holds no usable key, or a key is unfit.
-    pub fn new(
+    pub(crate) fn new(
         tenant: &str,
         config: &JwtAuth,
         jwks: Option<&str>,
@@ -400,7 +401,7 @@ impl JwtVerifier {
 
     /// A verifier that refuses every token (its keys could not be read).
     #[must_use]
-    pub fn refusing(tenant: &str, config: &JwtAuth) -> Self {
+    pub(crate) fn refusing(tenant: &str, config: &JwtAuth) -> Self {
         let mut v = Self::new(tenant, config, None, None).unwrap_or_else(|_| Self {
             tenant: tenant.to_owned(),
             claim: config.tenant_claim.clone(),
@@ -413,13 +414,14 @@ impl JwtVerifier {
 
     /// The claim that names the tenant.
     #[must_use]
-    pub fn claim(&self) -> &str {
+    pub(crate) fn claim(&self) -> &str {
         &self.claim
     }
 
+    #[cfg(test)]
     /// How many keys it holds.
     #[must_use]
-    pub fn key_count(&self) -> usize {
+    pub(crate) fn key_count(&self) -> usize {
         self.keys.len()
     }
 
@@ -428,7 +430,7 @@ impl JwtVerifier {
     ///
     /// # Errors
     /// Why the token is refused.
-    pub fn verify(&self, jwt: &UnverifiedJwt<'_>) -> Result<Verified, JwtError> {
+    pub(crate) fn verify(&self, jwt: &UnverifiedJwt<'_>) -> Result<Verified, JwtError> {
         let header = &jwt.decoded().ok_or(JwtError::Malformed)?.header;
         let alg = header
             .get("alg")
@@ -568,7 +570,7 @@ fn parse_jwks(text: &str) -> Result<Vec<VerifyKey>, String> {
 
 /// Seconds, rounded up, at least 1 (for `Retry-After` and friends).
 #[must_use]
-pub fn ceil_secs(d: Duration) -> u64 {
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 

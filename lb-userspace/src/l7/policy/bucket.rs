@@ -28,7 +28,7 @@ const NANOS: u64 = 1_000_000_000;
 
 /// A rate and a burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
+pub(crate) struct Rate {
     per_second: u64,
     burst: u64,
     /// Nanoseconds between two tokens.
@@ -41,7 +41,7 @@ impl Rate {
     /// `per_second` tokens per second, at most `burst` at once (both at
     /// least 1).
     #[must_use]
-    pub fn new(per_second: u64, burst: u64) -> Self {
+    pub(crate) fn new(per_second: u64, burst: u64) -> Self {
         let per_second = per_second.max(1);
         let burst = burst.max(1);
         let interval = (NANOS / per_second).max(1);
@@ -51,16 +51,6 @@ impl Rate {
             interval,
             tau: interval.saturating_mul(burst),
         }
-    }
-
-    #[must_use]
-    pub fn per_second(&self) -> u64 {
-        self.per_second
-    }
-
-    #[must_use]
-    pub fn burst(&self) -> u64 {
-        self.burst
     }
 
     /// The quota a client is told about after a request left `debt`.
@@ -83,7 +73,7 @@ impl Rate {
 
 /// What a client is told in the `RateLimit-*` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
+pub(crate) struct Quota {
     /// The bucket's size.
     pub limit: u64,
     /// Requests that may follow at once.
@@ -96,7 +86,7 @@ pub struct Quota {
 
 /// The outcome of taking one token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Take {
+pub(crate) enum Take {
     Allowed(Quota),
     /// Over the rate: one token is available after `retry_in`.
     Refused {
@@ -129,7 +119,7 @@ fn convert(debt: u64, from: &Rate, to: &Rate, unit: u64) -> u64 {
 
 /// One bucket (a tenant's). Time is in nanoseconds of the policy's clock.
 #[derive(Debug, Default)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     /// TAT in ns; 0 (or anything in the past) = full.
     tat: AtomicU64,
 }
@@ -137,13 +127,13 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Takes one token at `now`.
     #[must_use]
-    pub fn take(&self, rate: &Rate, now: u64) -> Take {
+    pub(crate) fn take(&self, rate: &Rate, now: u64) -> Take {
         let mut tat = self.tat.load(Relaxed);
         loop {
             let debt = tat.saturating_sub(now);
@@ -169,16 +159,17 @@ impl TokenBucket {
 
     /// Converts the bucket from `from` to `to` at `now`, keeping the tokens
     /// it has (up to the new burst).
-    pub fn rescale(&self, from: &Rate, to: &Rate, now: u64) {
+    pub(crate) fn rescale(&self, from: &Rate, to: &Rate, now: u64) {
         let _ = self.tat.fetch_update(Relaxed, Relaxed, |tat| {
             let debt = tat.saturating_sub(now);
             Some(now.saturating_add(convert(debt, from, to, 1)))
         });
     }
 
+    #[cfg(test)]
     /// Tokens available at `now`.
     #[must_use]
-    pub fn available(&self, rate: &Rate, now: u64) -> u64 {
+    pub(crate) fn available(&self, rate: &Rate, now: u64) -> u64 {
         let debt = self.tat.load(Relaxed).saturating_sub(now);
         rate.tau.saturating_sub(debt) / rate.interval
     }
@@ -187,7 +178,7 @@ impl TokenBucket {
 /// Ways (slots) per set of [`KeyedBuckets`]: one 32-byte group.
 const WAYS: usize = 4;
 /// Sets of [`KeyedBuckets`]: 16384 slots, 128 KiB per keyed limit.
-pub const SETS: usize = 4096;
+pub(crate) const SETS: usize = 4096;
 /// Bits of a slot's TAT (microseconds, wrapping every 12.7 days).
 const TAT_BITS: u32 = 40;
 const TAT_MASK: u64 = (1 << TAT_BITS) - 1;
@@ -208,7 +199,7 @@ const MICROS: u64 = 1_000;
 /// collisions make limits stricter, never looser. Memory never grows,
 /// whatever the number of keys: the table (128 KiB) is allocated by the
 /// first key, so a limit nobody uses costs nothing.
-pub struct KeyedBuckets {
+pub(crate) struct KeyedBuckets {
     slots: std::sync::OnceLock<Box<[AtomicU64]>>,
     hasher: std::hash::RandomState,
 }
@@ -240,7 +231,7 @@ fn fingerprint(slot: u64) -> u64 {
 impl KeyedBuckets {
     /// An empty table (every bucket full), not allocated yet.
     #[must_use]
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             slots: std::sync::OnceLock::new(),
             hasher: std::hash::RandomState::new(),
@@ -252,15 +243,16 @@ impl KeyedBuckets {
             .get_or_init(|| (0..SETS * WAYS).map(|_| AtomicU64::new(0)).collect())
     }
 
+    #[cfg(test)]
     /// Bytes the table holds: 0 until the first key, then fixed.
     #[must_use]
-    pub fn memory(&self) -> usize {
+    pub(crate) fn memory(&self) -> usize {
         self.slots.get().map_or(0, |s| std::mem::size_of_val(&**s))
     }
 
     /// Takes one token of `key`'s bucket at `now` (ns).
     #[must_use]
-    pub fn take(&self, key: &[u8], rate: &Rate, now: u64) -> Take {
+    pub(crate) fn take(&self, key: &[u8], rate: &Rate, now: u64) -> Take {
         let hash = self.hasher.hash_one(key);
         let set = usize::try_from(hash % SETS as u64).unwrap_or(0) * WAYS;
         // Never 0: 0 marks an empty slot.
@@ -310,7 +302,7 @@ impl KeyedBuckets {
 
     /// Converts every bucket from `from` to `to` at `now` (ns), keeping the
     /// tokens each has.
-    pub fn rescale(&self, from: &Rate, to: &Rate, now: u64) {
+    pub(crate) fn rescale(&self, from: &Rate, to: &Rate, now: u64) {
         let Some(slots) = self.slots.get() else {
             return;
         };
@@ -326,9 +318,10 @@ impl KeyedBuckets {
         }
     }
 
+    #[cfg(test)]
     /// Slots holding a key whose bucket is not full at `now` (for tests).
     #[must_use]
-    pub fn busy(&self, now: u64) -> usize {
+    pub(crate) fn busy(&self, now: u64) -> usize {
         let now_us = (now / MICROS) & TAT_MASK;
         self.slots()
             .iter()
