@@ -54,7 +54,7 @@ enum Task {
     },
     /// The soak: L4 TCP/UDP and L7 HTTPS load for two tenants in network
     /// namespaces while backends are killed, drained, a tenant is added and
-    /// removed, certificates rotate and `lbd` is handed over and SIGKILLed;
+    /// removed, certificates rotate and `lbd` is handed over and killed;
     /// checks failures, RSS, fds and counters. Writes results/soak.json.
     Soak {
         /// Length of the run (20 s cycles; at least 2 minutes are run).
