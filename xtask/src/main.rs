@@ -31,6 +31,11 @@ enum Task {
     /// Everything CI checks: bootstrap, rustfmt, clippy (userspace and
     /// eBPF), unit tests, `BPF_PROG_TEST_RUN` tests, namespace end-to-end tests.
     Ci,
+    /// The edit-compile-test loop, without root or BPF: rustfmt, clippy
+    /// (userspace and eBPF), and the tests that need neither (unit tests,
+    /// the config bounds and connection-cap tests on loopback). Needs the
+    /// toolchain `cargo xtask bootstrap` installs.
+    Check,
     /// A multi-tenant demo in network namespaces: two tenants, three
     /// backends each, a few hundred connections per VIP.
     Demo {
@@ -124,6 +129,7 @@ fn main() -> anyhow::Result<()> {
     match Args::parse().command {
         Task::Bootstrap => bootstrap(),
         Task::Ci => ci(),
+        Task::Check => check(),
         Task::Demo { connections } => {
             bootstrap()?;
             demo::run(connections)
@@ -435,6 +441,33 @@ pub(crate) fn nightly_cargo() -> Command {
 
 fn ci() -> anyhow::Result<()> {
     bootstrap()?;
+    lint()?;
+    // The namespace and test-run tests need root (BPF, netns): CI runs as root.
+    let (passed, failed) = run_tests(
+        "tests (unit, BPF_PROG_TEST_RUN, network namespaces)",
+        cargo().args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--",
+            "--test-threads=1",
+        ]),
+    )?;
+    // 25 s per target, two at a time on CI's two cores: about 1.5 min of
+    // fuzzing after a build of about 4 min (README, "Fuzzing").
+    fuzz::run(None, 25, 2)?;
+    soak(3, "target/ci/soak.json")?;
+    bench_smoke()?;
+    println!("==> ci: all checks passed");
+    // One summary line for whoever reads the end of the log: the per-binary
+    // `test result` lines end with doc-test binaries that hold no tests.
+    println!("tests: {passed} passed, {failed} failed");
+    Ok(())
+}
+
+/// rustfmt and both clippy passes (userspace, and eBPF for the BPF target).
+fn lint() -> anyhow::Result<()> {
     run("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
     run(
         "clippy (userspace, all targets)",
@@ -461,24 +494,40 @@ fn ci() -> anyhow::Result<()> {
                 "--bins",
             ])
             .args(["--", "-D", "warnings"]),
+    )
+}
+
+/// `cargo xtask check`: [`lint`], then the tests that need no root.
+fn check() -> anyhow::Result<()> {
+    lint()?;
+    let (mut passed, mut failed) = run_tests(
+        "unit tests",
+        cargo().args([
+            "test",
+            "-p",
+            "lb-common",
+            "-p",
+            "lb-userspace",
+            "-p",
+            "xtask",
+            "--lib",
+            "--bins",
+        ]),
     )?;
-    // The namespace and test-run tests need root (BPF, netns): CI runs as root.
-    let (passed, failed) = run_tests(cargo().args([
-        "test",
-        "--workspace",
-        "--exclude",
-        "lb-ebpf",
-        "--",
-        "--test-threads=1",
-    ]))?;
-    // 25 s per target, two at a time on CI's two cores: about 1.5 min of
-    // fuzzing after a build of about 4 min (README, "Fuzzing").
-    fuzz::run(None, 25, 2)?;
-    soak(3, "target/ci/soak.json")?;
-    bench_smoke()?;
-    println!("==> ci: all checks passed");
-    // One summary line for whoever reads the end of the log: the per-binary
-    // `test result` lines end with doc-test binaries that hold no tests.
+    let (p, f) = run_tests(
+        "config bounds and connection caps (loopback)",
+        cargo().args([
+            "test",
+            "-p",
+            "lb-userspace",
+            "--test",
+            "bounds",
+            "--test",
+            "caps",
+        ]),
+    )?;
+    (passed, failed) = (passed + p, failed + f);
+    println!("==> check: all checks passed");
     println!("tests: {passed} passed, {failed} failed");
     Ok(())
 }
@@ -499,10 +548,10 @@ fn result_counts(line: &str) -> Option<(u64, u64)> {
 
 /// Runs `cargo test`, echoing its output, and adds up the `test result`
 /// lines of every test binary. Fails when the run fails.
-fn run_tests(cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
+fn run_tests(what: &str, cmd: &mut Command) -> anyhow::Result<(u64, u64)> {
     use std::io::{BufRead as _, BufReader};
 
-    println!("==> tests (unit, BPF_PROG_TEST_RUN, network namespaces)");
+    println!("==> {what}");
     let mut child = cmd
         .current_dir(root())
         .stdout(std::process::Stdio::piped())
