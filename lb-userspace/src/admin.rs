@@ -9,30 +9,8 @@
 //! maps or the configuration itself, so a request it refuses (bad token,
 //! unknown route, malformed body) cannot change anything.
 //!
-//! | method | path | request / answer |
-//! | --- | --- | --- |
-//! | GET | `/healthz` | `ok` (answered here, without the daemon) |
-//! | GET | `/readyz` | `ok` once the daemon answers (503 otherwise) |
-//! | GET | `/status` | `Status` |
-//! | GET | `/tenants` | `[TenantSummary]` |
-//! | POST | `/tenants` | body: TOML text holding one `[[tenant]]` |
-//! | GET | `/tenants/{name}` | `TenantDetail` |
-//! | DELETE | `/tenants/{name}` | |
-//! | GET | `/vips` | `[VipSummary]` |
-//! | GET | `/pools` | `[PoolSummary]` |
-//! | GET | `/pools/{tenant}/{pool}` | `PoolDetail` |
-//! | GET | `/backends` | `[BackendInfo]` |
-//! | POST | `/backends` | `{"tenant", "pool", "backend": {"address", "port"?, "weight"?}}` |
-//! | DELETE | `/backends` | `BackendSelector`: `{"tenant", "pool", "address", "port"?}` |
-//! | DELETE | `/backends/{tenant}/{pool}/{address}[/{port}]` | the same, in the path |
-//! | POST | `/backends/drain` | `BackendSelector` |
-//! | POST | `/backends/enable` | `BackendSelector` |
-//! | GET | `/stats` | `Stats` |
-//! | GET | `/flows?tenant=&vip=IP:PORT&backend=IP&limit=N` | `[FlowInfo]` |
-//! | GET | `/explain?client=IP:PORT&vip=IP:PORT&protocol=tcp` | `Explain` |
-//! | POST | `/reload` | the daemon's reload result |
-//! | GET | `/overrides` | `[OverrideInfo]` |
-//! | DELETE | `/overrides` | |
+//! The routes, their methods and what they answer are the table in the
+//! README ("Admin API"); a test checks that table against [`route`].
 //!
 //! Every error is `{"error": "message"}` with a 4xx/5xx status: 400 for a
 //! malformed body or query (the message names the field), 401 for a TCP
@@ -2128,6 +2106,68 @@ mod tests {
         let e = AdminListener::bind(&node, &dir.0).expect_err("a key of another certificate");
         assert!(matches!(e, AdminError::Tls(_)), "{e:?}");
         assert!(e.to_string().starts_with("node.admin_tls: "), "{e}");
+    }
+
+    /// The README's route table is the API's one description: every path
+    /// it lists takes exactly the methods its rows give it.
+    #[test]
+    fn the_readmes_route_table_is_the_router() {
+        use std::collections::{BTreeMap, BTreeSet};
+
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("### Admin API")
+            .nth(1)
+            .and_then(|s| s.split("\n### ").next())
+            .expect("README has an Admin API section");
+        // Path (placeholders filled in) -> the methods the table gives it.
+        let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for line in table.lines().filter(|l| l.starts_with("| ")) {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let (methods, paths) = (cells[1], cells[2]);
+            if methods == "method" || methods.starts_with("---") {
+                continue;
+            }
+            for pattern in paths.split(", ") {
+                let bare = pattern.split('?').next().expect("path");
+                let forms = match bare.split_once("[/{port}]") {
+                    Some((without, _)) => vec![without.to_owned(), format!("{without}/80")],
+                    None => vec![bare.to_owned()],
+                };
+                for form in forms {
+                    let path = form
+                        .replace("{name}", "acme.example")
+                        .replace("{tenant}", "acme")
+                        .replace("{pool}", "web")
+                        .replace("{address}", "10.0.0.1");
+                    listed
+                        .entry(path)
+                        .or_default()
+                        .extend(methods.split(", ").map(str::to_owned));
+                }
+            }
+        }
+        assert!(
+            listed.len() >= 20,
+            "only {} paths in the README",
+            listed.len()
+        );
+        for (path, methods) in &listed {
+            for m in methods {
+                let method = Method::from_bytes(m.as_bytes()).expect("a method");
+                let r = route(&method, path, None);
+                assert!(
+                    !matches!(r, Err(Refusal::MethodNotAllowed { .. }))
+                        && !matches!(&r, Err(Refusal::Error(e)) if e.status == 404),
+                    "README: {m} {path} is not routed: {r:?}"
+                );
+            }
+            let Err(Refusal::MethodNotAllowed { allow }) = route(&Method::PATCH, path, None) else {
+                panic!("README: PATCH {path} is not refused with 405");
+            };
+            let allowed: BTreeSet<String> = allow.split(", ").map(str::to_owned).collect();
+            assert_eq!(&allowed, methods, "README: the methods of {path}");
+        }
     }
 
     #[test]
