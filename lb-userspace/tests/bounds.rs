@@ -1,4 +1,4 @@
-//! Bounds on every value (issue 10, item 7), as a property: random
+//! Bounds on every value, as a property: random
 //! durations, sizes and counts for the L7 site's, pool's, tenant's and
 //! node's keys (zero, the bounds themselves, one step past them, huge and
 //! absurd ones) go through `lb::config::parse`, the validation `lbd

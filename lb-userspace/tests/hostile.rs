@@ -1,5 +1,5 @@
-//! A hostile client (issue 10): every attack issue 10 lists against the old
-//! `lbd`, replayed end to end with a real client against the [`World`]
+//! A hostile client: every attack that once crossed tenants, starved a
+//! neighbour or slipped past policy on the shared listener, replayed end to end with a real client against the [`World`]
 //! (namespaces, three tenants with their own CAs, echoing hyper backends,
 //! `lbd` on one shared HTTPS listener). Requests a well-behaved client
 //! library refuses to send (two Host headers, dot-segments, an absolute

@@ -4,7 +4,7 @@
 //! and ECDSA P-256 certificate), and backend namespaces running real hyper
 //! servers that echo what they received ([`World`] draws the layout).
 //!
-//! Covered (issue 4's list):
+//! Covered:
 //! * `each_sni_gets_its_tenants_certificate`: certificate per SNI,
 //!   checked by verifying against each tenant's CA; a wildcard name; an
 //!   unknown SNI, or none, fails the handshake with an alert.

@@ -4,7 +4,7 @@
 //! `X-Tenant-ID`, then a JWT's tenant claim), and one echoing backend per
 //! tenant ([`Fixture`] lists the policies).
 //!
-//! Covered (issue 5's L7 list):
+//! Covered:
 //! * `a_flood_gets_429s_while_a_steady_neighbour_gets_everything`: alpha
 //!   at 10x its `requests_per_second` gets about its rate through and 429s
 //!   (with `Retry-After` and `RateLimit-*`) for the rest, counted in the

@@ -1,4 +1,4 @@
-//! Slow clients of one tenant do not starve another (issue 10): while
+//! Slow clients of one tenant do not starve another: while
 //! `slowhttptest` attacks tenant alpha's HTTPS site in one of its three
 //! modes, tenant beta sends a steady HTTPS load through the same listener.
 //!

@@ -2,7 +2,7 @@
 //! in network namespaces: the client namespace plays the proxy in front of
 //! `lbd` ([`Fixture`] lists the listeners).
 //!
-//! Covered (issue 10, item 5):
+//! Covered:
 //! * `a_trusted_proxy_s_proxy_header_sets_the_client`: a PROXY v2 header
 //!   naming 192.0.2.77, then plain HTTP or TLS: the backend's
 //!   `X-Forwarded-For` ends in 192.0.2.77 (after the proxy's own list), the

@@ -1,5 +1,5 @@
 //! WebSocket tunnels through `lbd` stay their tenant's connections for
-//! their whole life (issue 10), end to end in the L7 world of
+//! their whole life, end to end in the L7 world of
 //! `tests/l7.rs` (namespaces, three tenants with their own CAs, echoing
 //! hyper backends, `lbd` on one shared HTTPS address).
 //!

@@ -1,5 +1,5 @@
 //! Wrappers that make `BPF_PROG_TEST_RUN` with `repeat` measure the real
-//! path (see ../shared/toolchain.md): the kernel runs every iteration on the
+//! path: the kernel runs every iteration on the
 //! same buffer without restoring it, so after the balancer encapsulates a
 //! packet the next iteration would see its own output. `lb_bench` runs the
 //! balancer and then puts the template frame back; `lb_bench_null` only puts
