@@ -19,10 +19,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use crate::{
     admin, config,
     l7::{
+        admission::auth::Credentials,
         passthrough::{self, HelloError, MAX_PROXY_V2_HEADER, ProxyHeader, ProxyHeaderError},
-        path,
-        policy::auth::Credentials,
-        proxy,
+        path, proxy,
         routing::{RequestFacts, Routing},
     },
 };

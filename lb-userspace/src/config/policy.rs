@@ -18,7 +18,7 @@
 //! | `node.max_inflight_requests` | none | the node's in-flight requests at which tiers are shed, 1 to 10^8 |
 //!
 //! Key files are paths only here (relative to the configuration file's
-//! directory); the L7 tier reads them ([`crate::l7::policy`]), and `lbd
+//! directory); the L7 tier reads them ([`crate::l7::admission`]), and `lbd
 //! --check` and every reload read them before anything is applied.
 
 use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};

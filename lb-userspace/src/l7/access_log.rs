@@ -49,7 +49,7 @@ pub(crate) struct Entry {
     /// `unknown_host`, `no_route`, `no_backend`, `upstream_error`,
     /// `upstream_timeout`, `body_too_large`, `redirect_https`,
     /// `passthrough`, `bad_client_hello`, or a request-policy refusal
-    /// ([`super::policy::Reason::code`]: `rate_limit`, `jwt_expired`, ...).
+    /// ([`super::admission::Reason::code`]: `rate_limit`, `jwt_expired`, ...).
     pub decision: &'static str,
     /// The rule that applied, e.g. `routes[1]`, `limits.requests_per_second`.
     pub rule: Option<String>,

@@ -14,11 +14,12 @@
 //!   the PROXY protocol v2 header, and the byte copy both ways.
 //! * [`upstream`]: which backend of a pool serves a request (Maglev,
 //!   least request, weighted round robin) and passive outlier detection.
-//! * [`policy`]: per-tenant request policy (ACLs, rate and concurrency
+//! * [`admission`]: per-tenant request policy (ACLs, rate and concurrency
 //!   limits, API keys and JWTs, shedding by tier), kept across reloads.
 //! * [`stats`], [`access_log`]: per-tenant counters and the JSON log.
 
 pub(crate) mod access_log;
+pub(crate) mod admission;
 pub(crate) mod backend_client;
 pub(crate) mod body;
 pub(crate) mod caps;
@@ -26,7 +27,6 @@ pub mod handoff;
 pub(crate) mod headers;
 pub(crate) mod passthrough;
 pub(crate) mod path;
-pub(crate) mod policy;
 pub(crate) mod proxy;
 pub(crate) mod routing;
 pub(crate) mod server;
@@ -37,8 +37,8 @@ pub(crate) mod upstream;
 
 // What the rest of `lb`, `lbd` and the tests use; everything else of the
 // L7 tier is private to it.
+pub use admission::{Reason, check_key_files};
 pub use passthrough::proxy_v2_header;
-pub use policy::{Reason, check_key_files};
 pub use server::L7;
 pub use stats::{TenantStats, TenantStatsView};
 pub use tls::{CertError, load_pair};

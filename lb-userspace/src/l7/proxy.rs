@@ -44,12 +44,12 @@ use crate::config::{BackendProtocol, L7Protocol};
 
 use super::{
     access_log::{self, AccessLogger, Entry},
+    admission::{
+        self, Ask, ConnectionGuard, InflightGuard, Policy, Proof, auth::Credentials, bucket::Quota,
+    },
     body::{BoxError, ProxyBody, empty, full},
     headers::{self, Forwarding},
     path,
-    policy::{
-        self, Ask, ConnectionGuard, InflightGuard, Policy, Proof, auth::Credentials, bucket::Quota,
-    },
     routing::{self, Identified, ListenerRouting, PoolRouting, Refusal, RequestFacts, Routing},
     stats::TenantStats,
     tunnel,
@@ -334,7 +334,7 @@ fn head_size<B>(req: &Request<B>) -> usize {
 /// The answer of a request the policy refused: the JSON error, with
 /// `Retry-After`, the `RateLimit-*` headers or `WWW-Authenticate` as the
 /// refusal says; `close` asks an HTTP/1.1 client to close the connection.
-fn policy_answer(r: &policy::Refusal, request_id: &str, close: bool) -> Response<ProxyBody> {
+fn policy_answer(r: &admission::Refusal, request_id: &str, close: bool) -> Response<ProxyBody> {
     let body = serde_json::json!({ "error": r.reason.code(), "request_id": request_id });
     let mut resp = Response::new(full(body.to_string()));
     *resp.status_mut() = r.reason.status();
@@ -710,7 +710,7 @@ fn request_target<B>(req: &Request<B>, https: bool) -> Result<Target, Rejection>
     if hosts.next().is_some() {
         return Err(Rejection::Malformed("duplicate_host"));
     }
-    if policy::auth::duplicated(req.headers()) {
+    if admission::auth::duplicated(req.headers()) {
         return Err(Rejection::Malformed("duplicate_credentials"));
     }
     let authority = match (req.uri().authority(), host_header) {
@@ -959,7 +959,7 @@ fn check_policy<B>(
     identified: Identified,
     site: &routing::Site,
     entry: &mut Entry,
-) -> Result<policy::Admission, Box<Refused>> {
+) -> Result<admission::Admission, Box<Refused>> {
     let slot = conn
         .slot
         .get_or_init(|| ConnSlot::take(policy, &site.tenant));
@@ -976,7 +976,7 @@ fn check_policy<B>(
     }
     let over_connections = matches!(slot, ConnSlot::Refused { .. });
     let checked = if over_connections {
-        Err(policy::Refusal::connection_limit())
+        Err(admission::Refusal::connection_limit())
     } else {
         policy.admit(
             &site.tenant,

@@ -36,8 +36,8 @@ use crate::{
 };
 
 use super::{
+    admission::auth::UnverifiedJwt,
     backend_client::{UpstreamClient, client_for},
-    policy::auth::UnverifiedJwt,
     stats::TenantStats,
     upstream::{self, PoolBalancer, UpstreamSpec},
 };
@@ -897,7 +897,7 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             h
         };
         let who = |host: Option<&str>, h: &HeaderMap| {
-            let creds = super::super::policy::auth::Credentials::of(h);
+            let creds = super::super::admission::auth::Credentials::of(h);
             let facts = RequestFacts {
                 jwt: creds.jwt.as_ref(),
                 ..facts(None, host, "/", h)

@@ -55,9 +55,9 @@ use crate::{
 
 use super::{
     access_log::{self, AccessLogger, Entry},
+    admission::{self, Policy},
     caps::{SourceGuard, Sources},
     passthrough::{self, HelloError, ProxyHeader, ProxyHeaderError},
-    policy::{self as request_policy, Policy},
     proxy::{ConnInfo, ConnSlot, Proxy, now_ms},
     routing::{self, ListenerRouting, Routing},
     stats::{ActiveConnection, ListenerStats},
@@ -575,7 +575,7 @@ fn trusted_proxy(listener: &Listener, ip: IpAddr) -> bool {
     listener
         .trusted_proxies
         .iter()
-        .any(|&(net, len)| request_policy::prefix_contains(net, len, ip))
+        .any(|&(net, len)| admission::prefix_contains(net, len, ip))
 }
 
 /// The client address of a connection from `peer`, and whether `peer` is
@@ -1288,7 +1288,7 @@ fn refuse_connection(
     tenant: &str,
     stats: &super::stats::TenantStats,
 ) {
-    let r = super::policy::Refusal::connection_limit();
+    let r = super::admission::Refusal::connection_limit();
     stats.refused(r.reason);
     stats.refused_connections.fetch_add(1, Relaxed);
     debug!(%client, %listen, tenant, "connection over the tenant's max_connections closed");

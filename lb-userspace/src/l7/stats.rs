@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::policy::Reason;
+use super::admission::Reason;
 
 /// Upper bounds of the latency histogram's buckets, in seconds (the last,
 /// `+Inf`, is implicit).

@@ -1,4 +1,4 @@
-//! Per-tenant request policy: what `lbd` checks once it knows a request's
+//! Admission: the per-tenant request policy, what `lbd` checks once it knows a request's
 //! tenant and before the request may reach a backend.
 //!
 //! In order ([`Policy::admit`]), each refusal with its status and reason
@@ -298,7 +298,7 @@ pub(crate) struct Admission {
 /// counts.
 #[derive(Debug)]
 pub(crate) struct InflightGuard {
-    tenant: Arc<TenantPolicy>,
+    tenant: Arc<TenantAdmission>,
     node: Arc<AtomicU64>,
 }
 
@@ -311,7 +311,7 @@ impl Drop for InflightGuard {
 
 /// Holds a connection's place in its tenant's `max_connections`.
 #[derive(Debug)]
-pub(crate) struct ConnectionGuard(Option<Arc<TenantPolicy>>);
+pub(crate) struct ConnectionGuard(Option<Arc<TenantAdmission>>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
@@ -323,7 +323,7 @@ impl Drop for ConnectionGuard {
 
 /// One tenant's live state.
 #[derive(Debug)]
-pub(crate) struct TenantPolicy {
+pub(crate) struct TenantAdmission {
     name: String,
     settings: ArcSwap<Settings>,
     bucket: TokenBucket,
@@ -331,7 +331,7 @@ pub(crate) struct TenantPolicy {
     inflight: AtomicU64,
 }
 
-impl TenantPolicy {
+impl TenantAdmission {
     #[cfg(test)]
     /// Connections counted now.
     #[must_use]
@@ -465,7 +465,7 @@ pub(crate) fn shed_threshold(tier: Tier, limit: u64) -> u64 {
 #[derive(Debug)]
 pub(crate) struct Policy {
     clock: Instant,
-    tenants: ArcSwap<HashMap<String, Arc<TenantPolicy>>>,
+    tenants: ArcSwap<HashMap<String, Arc<TenantAdmission>>>,
     /// Digest of every API key -> its tenant (to tell "another tenant's
     /// key", 403, from "no key", 401).
     key_owners: ArcSwap<HashMap<[u8; 32], String>>,
@@ -531,7 +531,7 @@ impl Policy {
         let mut claims = BTreeSet::new();
         for t in &config.tenants {
             let policy = old.get(&t.name).cloned().unwrap_or_else(|| {
-                Arc::new(TenantPolicy {
+                Arc::new(TenantAdmission {
                     name: t.name.clone(),
                     settings: ArcSwap::from_pointee(Settings::default()),
                     bucket: TokenBucket::new(),
@@ -563,7 +563,7 @@ impl Policy {
 
     /// The state of `tenant`.
     #[must_use]
-    pub(crate) fn tenant(&self, tenant: &str) -> Option<Arc<TenantPolicy>> {
+    pub(crate) fn tenant(&self, tenant: &str) -> Option<Arc<TenantAdmission>> {
         self.tenants.load().get(tenant).cloned()
     }
 
