@@ -1,5 +1,5 @@
-//! Admission: the per-tenant request policy, what `lbd` checks once it knows a request's
-//! tenant and before the request may reach a backend.
+//! Admission: the per-tenant request policy, what `lbd` checks once it
+//! knows a request's tenant and before the request may reach a backend.
 //!
 //! In order ([`Policy::admit`]), each refusal with its status and reason
 //! code (the access log's `decision`, the `reason` label of
