@@ -36,6 +36,10 @@
 //!   (pooled h2 or HTTP/1.1 connections, or a new TLS connection per
 //!   request); the first drains and exits by itself; every request gets
 //!   200.
+//! * `a_draining_http1_connection_ends_after_a_response_that_says_so`: a
+//!   keep-alive connection busy across a hand-over is ended by the old
+//!   `lbd` with `Connection: close` on a response, never by a close
+//!   between two requests.
 //!
 //! * `backend_tls_body_limit_and_https_redirect`: TLS to a backend
 //!   verified against the backends' own CA (a relative `backend_tls.ca`),
@@ -703,6 +707,99 @@ fn restart_under_load(senders: &[Sender]) {
         "requests must span the hand-over: {before} before, {at_exit} when the first lbd \
          exited, {} in all",
         outcomes.len()
+    );
+}
+
+/// What one HTTP/1.1 keep-alive connection saw across a hand-over: each
+/// request's status and whether its response said `Connection: close`,
+/// then how the connection ended.
+#[derive(Debug)]
+struct KeptAlive {
+    answers: Vec<(StatusCode, bool)>,
+    /// The error of the request that found no answer (none: the
+    /// connection closed after a response that said so, or the load
+    /// stopped).
+    cut: Option<String>,
+    /// The connection closed after a `Connection: close` response.
+    closed_cleanly: bool,
+}
+
+#[test]
+fn a_draining_http1_connection_ends_after_a_response_that_says_so() {
+    // One keep-alive connection sends a request every 50 ms, so it is never
+    // quiet for the drain's grace period: the old lbd must end it by
+    // answering its next request with `Connection: close`, never by
+    // closing between two requests (which would cut the next one).
+    let mut world = World::start();
+    let ca = world.pki.alpha.clone();
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = world.spawn_client({
+        let (done, stop) = (Arc::clone(&done), Arc::clone(&stop));
+        move || async move {
+            let deadline = Instant::now() + RESTART_LIMIT;
+            let mut conn = Conn::open(LISTEN, "alpha.example", &ca, Http::H1)
+                .await
+                .expect("connecting to alpha.example");
+            let mut seen = KeptAlive {
+                answers: Vec::new(),
+                cut: None,
+                closed_cleanly: false,
+            };
+            while !stop.load(Relaxed) && Instant::now() < deadline {
+                let req = conn.get("alpha.example", "/", &[]);
+                match conn.send(req).await {
+                    Ok(r) => {
+                        let close = r
+                            .header("connection")
+                            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+                        seen.answers.push((r.status, close));
+                        done.fetch_add(1, Relaxed);
+                        if close {
+                            let req = conn.get("alpha.example", "/", &[]);
+                            seen.closed_cleanly = conn
+                                .send(req)
+                                .await
+                                .is_err_and(|e| e.is_canceled() || e.is_closed());
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        seen.cut = Some(format!("{e:?}"));
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        }
+    });
+    let deadline = Instant::now() + RESTART_LIMIT;
+    while done.load(Relaxed) < 3 {
+        assert!(!load.is_finished(), "the connection stopped early");
+        assert!(
+            Instant::now() < deadline,
+            "the connection did not get going"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = world.start_lbd();
+    let status = world
+        .lbd(0)
+        .wait_exit(Duration::from_secs(30))
+        .expect("the first lbd must hand over, drain and exit by itself");
+    assert!(status.success(), "the first lbd exited with {status}");
+    stop.store(true, Relaxed);
+    let seen = join(load);
+    world.lbd(second).assert_running();
+    assert!(
+        seen.answers.iter().all(|(s, _)| *s == StatusCode::OK) && seen.cut.is_none(),
+        "every request on the connection gets its answer: {seen:?}"
+    );
+    assert!(
+        seen.answers.last().is_some_and(|(_, close)| *close) && seen.closed_cleanly,
+        "the draining lbd ends the connection with `Connection: close` on a response, then \
+         closes it: {seen:?}"
     );
 }
 

@@ -17,8 +17,9 @@
 //! It asserts: no L7 request fails except while `lbd` is down after a
 //! SIGKILL (every pool keeps two live backends, and `lbd` retries an
 //! idempotent request on another backend); a new L4 connection or UDP
-//! exchange fails only within the health checks' detection bound after a
-//! backend of its pool is killed; no long-lived L4 connection breaks unless
+//! exchange fails only if it overlaps the health checks' detection bound
+//! after a backend of its pool is killed (an exchange sent just before the
+//! bound can time out after it); no long-lived L4 connection breaks unless
 //! its own backend was killed; `lbd`'s RSS, sampled at the end of each
 //! cycle, grows by less than 5 % from the first cycle after the last
 //! restart's warm-up to the end; its open file descriptors, counted with
@@ -157,16 +158,19 @@ struct Timeline {
 }
 
 impl Timeline {
-    fn l4_failure_allowed(&self, tenant_label: &str, at: Instant) -> bool {
+    /// An attempt of `tenant_label` that ran over `span` may fail if it
+    /// overlaps a detection window after a kill of that tenant's backend
+    /// (one that began just before the window can time out after it).
+    fn l4_failure_allowed(&self, tenant_label: &str, span: Span) -> bool {
         self.kills
             .iter()
-            .any(|(b, k, _)| b.starts_with(tenant_label) && at >= *k && at <= *k + DETECTION)
+            .any(|(b, k, _)| b.starts_with(tenant_label) && span.overlaps(*k, Some(*k + DETECTION)))
     }
 
-    fn l7_failure_allowed(&self, at: Instant) -> bool {
+    fn l7_failure_allowed(&self, span: Span) -> bool {
         self.lbd_down
             .iter()
-            .any(|(k, up)| at >= *k && up.is_none_or(|u| at <= u + RESTART_SLACK))
+            .any(|(k, up)| span.overlaps(*k, up.map(|u| u + RESTART_SLACK)))
     }
 
     fn killed_since(&self, backend: &str, since: Instant) -> bool {
@@ -176,17 +180,33 @@ impl Timeline {
     }
 }
 
+/// When one attempt (a connection, an exchange, a request) started and
+/// ended.
+#[derive(Clone, Copy)]
+struct Span {
+    start: Instant,
+    end: Instant,
+}
+
+impl Span {
+    /// Whether the attempt overlaps `[from, to]` (`to` none: still open).
+    fn overlaps(self, from: Instant, to: Option<Instant>) -> bool {
+        self.end >= from && to.is_none_or(|t| self.start <= t)
+    }
+}
+
 /// Outcomes of one kind of traffic.
 #[derive(Default)]
 struct Tally {
     ok: AtomicU64,
     failed: AtomicU64,
     /// (tenant label, when, error), the first [`KEEP_FAILURES`].
-    failures: Mutex<Vec<(String, Instant, String)>>,
+    failures: Mutex<Vec<(String, Span, String)>>,
 }
 
 impl Tally {
-    fn record(&self, tenant: &str, result: Result<(), String>) {
+    /// The outcome of an attempt of `tenant` that started at `start`.
+    fn record(&self, tenant: &str, start: Instant, result: Result<(), String>) {
         match result {
             Ok(()) => {
                 self.ok.fetch_add(1, Relaxed);
@@ -195,7 +215,8 @@ impl Tally {
                 self.failed.fetch_add(1, Relaxed);
                 let mut f = self.failures.lock().expect("failures");
                 if f.len() < KEEP_FAILURES {
-                    f.push((tenant.to_owned(), Instant::now(), e));
+                    let end = Instant::now();
+                    f.push((tenant.to_owned(), Span { start, end }, e));
                 }
             }
         }
@@ -485,8 +506,9 @@ fn l4_load(proto: Proto, client: PathBuf, load: Arc<Load>, deadline: Instant) ->
                 let (_, label, n, _) = TENANTS[i % TENANTS.len()];
                 i += 1;
                 let addr = SocketAddr::new(IpAddr::V4(vip(n)), port);
+                let start = Instant::now();
                 let r = ask_name(proto, addr, timeout).map(drop);
-                tally.record(label, r.map_err(|e| format!("{e:#}")));
+                tally.record(label, start, r.map_err(|e| format!("{e:#}")));
                 std::thread::sleep(Duration::from_millis(5));
             }
         })
@@ -558,7 +580,9 @@ fn l7_load(
                             && !load.paused.load(Relaxed)
                             && Instant::now() < deadline
                         {
-                            load.l7.record(label, l7_get(&client, http, host).await);
+                            let start = Instant::now();
+                            let r = l7_get(&client, http, host).await;
+                            load.l7.record(label, start, r);
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                         drop(client);
@@ -804,14 +828,20 @@ fn soak() {
             .lock()
             .expect("failures")
             .iter()
-            .filter(|(label, at, _)| {
+            .filter(|(label, span, _)| {
                 if l4 {
-                    !timeline.l4_failure_allowed(label, *at)
+                    !timeline.l4_failure_allowed(label, *span)
                 } else {
-                    !timeline.l7_failure_allowed(*at)
+                    !timeline.l7_failure_allowed(*span)
                 }
             })
-            .map(|(label, at, e)| format!("{label} at {:.1} s: {e}", (*at - start).as_secs_f64()))
+            .map(|(label, span, e)| {
+                format!(
+                    "{label} at {:.1}-{:.1} s: {e}",
+                    (span.start - start).as_secs_f64(),
+                    (span.end - start).as_secs_f64()
+                )
+            })
             .collect()
     };
     let bad_tcp = unexplained(&load.tcp, true);

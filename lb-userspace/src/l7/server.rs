@@ -75,6 +75,8 @@ const CLOCK_MIN: Duration = Duration::from_millis(10);
 const DRAIN_CHECK: Duration = Duration::from_millis(20);
 /// A draining connection with no request ends after this long.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// [`DRAIN_GRACE`] in milliseconds, for the [`now_ms`] clock.
+const DRAIN_GRACE_MS: u64 = 1000;
 
 /// The L7 tier of one `lbd`.
 pub struct L7 {
@@ -781,8 +783,21 @@ async fn serve_http<S>(
         let proxy = Arc::clone(&proxy);
         let info = Arc::clone(&info);
         let guard = RequestGuard::new(&counted, req.version() == http::Version::HTTP_2);
+        let h1 = req.version() < http::Version::HTTP_2;
         async move {
-            let resp = proxy.handle(req, info).await;
+            let mut resp = proxy.handle(req, info).await;
+            // A draining HTTP/1.1 connection ends after this response, at
+            // a moment both sides agree on: closing it between requests
+            // could cut the client's next request on the wire.
+            if h1
+                && guard.0.closing.load(Relaxed)
+                && resp.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             drop(guard);
             Ok::<_, std::convert::Infallible>(resp)
         }
@@ -791,10 +806,11 @@ async fn serve_http<S>(
     let mut conn = pin!(conn);
     let mut drain = shared.connections.drain.subscribe();
     // Set once the drain (or the idle timeout) asked the connection to end:
-    // the requests started by then, and when.
-    let mut closing: Option<(u64, tokio::time::Instant)> = None;
+    // when.
+    let mut closing: Option<tokio::time::Instant> = None;
     if *drain.borrow() {
-        closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
+        requests.closing.store(true, Relaxed);
+        closing = Some(tokio::time::Instant::now());
     }
     let mut shut = false;
     // When the connection was asked to close: it then has the send timeout
@@ -817,7 +833,8 @@ async fn serve_http<S>(
             }
             changed = drain.changed(), if closing.is_none() => {
                 if changed.is_ok() {
-                    closing = Some((requests.started.load(Relaxed), tokio::time::Instant::now()));
+                    requests.closing.store(true, Relaxed);
+                    closing = Some(tokio::time::Instant::now());
                 }
             }
             () = clock.as_mut() => {
@@ -831,7 +848,7 @@ async fn serve_http<S>(
                     }
                     Due::Idle => {
                         shut = true;
-                        closing.get_or_insert((requests.started.load(Relaxed), tokio::time::Instant::now()));
+                        closing.get_or_insert_with(tokio::time::Instant::now);
                         conn.as_mut().graceful_shutdown();
                         clock.as_mut().reset(later(tokio::time::Instant::now(), CLOCK_MIN));
                     }
@@ -847,16 +864,7 @@ async fn serve_http<S>(
                 }
             }
             _ = drain_tick.tick(), if closing.is_some() && !shut => {
-                // Closing an HTTP/1.1 connection between requests can cut a
-                // request the client is sending at that instant, so a
-                // draining connection ends right after a request (which
-                // then carries `Connection: close`), or once it has been
-                // quiet for a grace period.
-                let Some((seen, since)) = closing else { continue };
-                if requests.inflight.load(Relaxed) > 0
-                    || requests.started.load(Relaxed) > seen
-                    || since.elapsed() >= DRAIN_GRACE
-                {
+                if closing.is_some_and(|since| requests.may_end_draining(since)) {
                     shut = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -1059,6 +1067,9 @@ struct Requests {
     last_write_ms: AtomicU64,
     /// The connection speaks h2 (no request heads to time).
     h2: AtomicBool,
+    /// The connection is draining: HTTP/1.1 responses say
+    /// `Connection: close`.
+    closing: AtomicBool,
     /// The client's socket's send queue, watched for a client that stopped
     /// reading.
     unacked: Unacked,
@@ -1119,6 +1130,20 @@ impl Requests {
 }
 
 impl Requests {
+    /// Whether a connection draining since `since` may be shut now. h2
+    /// says goodbye with GOAWAY, which no request can cross. Closing an
+    /// HTTP/1.1 connection between requests can cut a request the client
+    /// is sending at that instant, so a draining one ends after its next
+    /// response (which carries `Connection: close`), or once it has had no
+    /// request for a grace period and is not receiving a head.
+    fn may_end_draining(&self, since: tokio::time::Instant) -> bool {
+        self.h2.load(Relaxed)
+            || self.inflight.load(Relaxed) > 0
+            || (since.elapsed() >= DRAIN_GRACE
+                && self.head_since_ms.load(Relaxed) == 0
+                && now_ms().saturating_sub(self.last_change_ms.load(Relaxed)) >= DRAIN_GRACE_MS)
+    }
+
     fn new(fd: RawFd) -> Self {
         let now = now_ms();
         Self {
@@ -1129,6 +1154,7 @@ impl Requests {
             head_since_ms: AtomicU64::new(now),
             last_write_ms: AtomicU64::new(now),
             h2: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             unacked: Unacked {
                 fd,
                 acked: AtomicU64::new(0),
