@@ -637,7 +637,6 @@ impl Reconciler {
             if t.max_flows > 0 {
                 flow_tables.insert(tenant_id, t.max_flows);
             }
-            let limit = |name: &str| t.limits.as_ref().and_then(|l| l.get(name)).copied();
             let mut flags = 0;
             if !t.acl.allow.is_empty() || !t.acl.deny.is_empty() {
                 flags |= POLICY_F_ACL;
@@ -648,9 +647,9 @@ impl Reconciler {
             tenant_policies.insert(
                 tenant_id,
                 TenantPolicy {
-                    packets_per_window: per_window(limit("packets_per_second")),
-                    bytes_per_window: per_window(limit("bytes_per_second")),
-                    new_flows_per_window: per_window(limit("new_flows_per_second")),
+                    packets_per_window: per_window(t.limits.packets_per_second),
+                    bytes_per_window: per_window(t.limits.bytes_per_second),
+                    new_flows_per_window: per_window(t.limits.new_flows_per_second),
                     flags,
                     _pad: 0,
                 },

@@ -19,7 +19,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{Ctx, FieldPath, Protocol, Tenant, VipLimits};
+use super::{
+    Ctx, FieldPath, Protocol, Tenant, VipLimits,
+    duration::serialize_duration,
+    raw::RawVipLimits,
+    validate::{VipOwners, check_unicast, parse_prefix},
+};
 
 // ---- Defaults and bounds (the README lists these) ----
 
@@ -171,18 +176,18 @@ pub struct Route {
 /// `l7.timeouts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Timeouts {
-    #[serde(serialize_with = "super::serialize_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub connect: Duration,
-    #[serde(serialize_with = "super::serialize_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub header: Duration,
-    #[serde(serialize_with = "super::serialize_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub idle: Duration,
-    #[serde(serialize_with = "super::serialize_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub request: Duration,
     /// How long a response may make no progress toward the client (a
     /// client that stopped reading) before it is abandoned. Defaults to
     /// `idle`.
-    #[serde(serialize_with = "super::serialize_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub send: Duration,
 }
 
@@ -309,7 +314,7 @@ pub struct PoolL7 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Outlier {
     pub consecutive_failures: u32,
-    #[serde(serialize_with = "super::serialize_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub ejection: Duration,
 }
 
@@ -445,7 +450,7 @@ pub(super) struct RawListener {
     identify: Option<Vec<Identify>>,
     default_tenant: Option<String>,
     redirect_https: Option<bool>,
-    limits: Option<super::RawVipLimits>,
+    limits: Option<RawVipLimits>,
     max_connections_per_source: Option<u32>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
@@ -561,7 +566,7 @@ impl Ctx<'_> {
         tenants: &mut [Tenant],
         raw_l7: Vec<Vec<RawL7>>,
         raw_listeners: Vec<RawListener>,
-        l4: &super::VipOwners,
+        l4: &VipOwners,
     ) -> Result<Vec<Listener>, super::ConfigError> {
         let tenants_path = FieldPath::default().key("tenant");
         let mut hosts: HashMap<String, HostOwner> = HashMap::new();
@@ -687,7 +692,7 @@ impl Ctx<'_> {
         if listen.port() == 0 {
             return Err(self.error(&path.key("listen"), "port 0 is not a port"));
         }
-        super::check_unicast(listen.ip(), "a listen address")
+        check_unicast(listen.ip(), "a listen address")
             .map_err(|m| self.error(&path.key("listen"), m))?;
         let protocol = raw.protocol.unwrap_or(if raw.tls.is_some() {
             L7Protocol::Https
@@ -1097,7 +1102,7 @@ impl Ctx<'_> {
         let mut trusted_proxies = Vec::with_capacity(raw.len());
         for (i, text) in raw.iter().enumerate() {
             let at = lpath.key("trusted_proxies").index(i, None);
-            let prefix = super::parse_prefix(text).map_err(|m| self.error(&at, m))?;
+            let prefix = parse_prefix(text).map_err(|m| self.error(&at, m))?;
             if trusted_proxies.contains(&prefix) {
                 return Err(self.error(&at, format!("{text:?} is listed twice")));
             }

@@ -25,7 +25,9 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{ConfigError, Ctx, FieldPath, Tenant};
+use super::{
+    ConfigError, Ctx, FieldPath, Tenant, duration::serialize_duration, validate::check_name,
+};
 
 // ---- Defaults and limits (the README lists these) ----
 
@@ -93,19 +95,32 @@ impl fmt::Display for Tier {
 }
 
 /// The request keys of `[tenant.limits]`, typed (absent = unlimited).
+/// Serialized under the configuration's key names, absent keys left out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RequestLimits {
     /// Requests per second of the whole tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_second: Option<u64>,
     /// Size of the tenant's bucket (default: one second's worth).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_burst: Option<u64>,
     /// Requests per second of one client address (IPv6: one /64).
+    #[serde(
+        rename = "requests_per_second_per_client_ip",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub per_client_ip: Option<u64>,
     /// Requests per second of one presented credential.
+    #[serde(
+        rename = "requests_per_second_per_api_key",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub per_api_key: Option<u64>,
     /// Client connections of the tenant open at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u64>,
     /// Requests of the tenant being proxied at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_inflight_requests: Option<u64>,
 }
 
@@ -162,7 +177,7 @@ pub struct JwtAuth {
     /// The claim that must name the tenant.
     pub tenant_claim: String,
     /// Clock skew tolerated on `exp` and `nbf`, in whole seconds.
-    #[serde(serialize_with = "super::serialize_duration")]
+    #[serde(serialize_with = "serialize_duration")]
     pub leeway: Duration,
 }
 
@@ -225,15 +240,12 @@ struct RawJwt {
 
 impl Ctx<'_> {
     /// The request keys of a tenant's `[tenant.limits]` (already checked
-    /// to be known names with values of at least 1).
+    /// to be known names with values of at least 1), with their bounds.
     pub(super) fn request_limits(
         &self,
-        limits: Option<&BTreeMap<String, u64>>,
+        limits: &BTreeMap<String, u64>,
         path: &FieldPath,
     ) -> Result<RequestLimits, ConfigError> {
-        let Some(limits) = limits else {
-            return Ok(RequestLimits::default());
-        };
         let get = |key: &str| limits.get(key).copied();
         let out = RequestLimits {
             requests_per_second: get("requests_per_second"),
@@ -288,7 +300,7 @@ impl Ctx<'_> {
         let mut api_keys: Vec<ApiKey> = Vec::with_capacity(raw.api_keys.len());
         for (i, k) in raw.api_keys.into_iter().enumerate() {
             let kpath = path.key("api_keys").index(i, Some(&k.name));
-            super::check_name(&k.name, "API key").map_err(|m| self.error(&kpath.key("name"), m))?;
+            check_name(&k.name, "API key").map_err(|m| self.error(&kpath.key("name"), m))?;
             if let Some(first) = api_keys.iter().position(|o| o.name == k.name) {
                 return Err(self.error(
                     &kpath.key("name"),
@@ -509,7 +521,7 @@ jwt = {{ jwks_file = "keys.json", hs256_secret_file = "secret", issuer = "https:
         let t = c.tenant("acme").expect("acme");
         assert_eq!(t.tier, Tier::Premium);
         assert_eq!(
-            t.request_limits,
+            t.limits.requests,
             RequestLimits {
                 requests_per_second: Some(100),
                 requests_burst: Some(250),
@@ -519,7 +531,7 @@ jwt = {{ jwks_file = "keys.json", hs256_secret_file = "secret", issuer = "https:
                 max_inflight_requests: Some(50),
             }
         );
-        assert_eq!(t.request_limits.burst(), Some(250));
+        assert_eq!(t.limits.requests.burst(), Some(250));
         assert!(t.auth.required);
         assert_eq!(t.auth.api_keys[0].name, "ci");
         assert_eq!(hex(&t.auth.api_keys[0].sha256), KEY_A);
@@ -529,7 +541,7 @@ jwt = {{ jwks_file = "keys.json", hs256_secret_file = "secret", issuer = "https:
         let g = c.tenant("globex").expect("globex");
         assert_eq!(g.tier, Tier::Standard);
         assert_eq!(g.auth, Auth::default());
-        assert_eq!(g.request_limits.burst(), None);
+        assert_eq!(g.limits.requests.burst(), None);
         // The digest, never a key, is what the config serialises.
         let json = serde_json::to_string(&t.auth).expect("json");
         assert!(json.contains(KEY_A), "{json}");

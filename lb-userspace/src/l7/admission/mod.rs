@@ -843,7 +843,7 @@ fn settings(
     bucket: &TokenBucket,
     now: u64,
 ) -> Settings {
-    let l: &RequestLimits = &t.request_limits;
+    let l: &RequestLimits = &t.limits.requests;
     let rate = l
         .requests_per_second
         .map(|r| Rate::new(r, l.burst().unwrap_or(r)));
