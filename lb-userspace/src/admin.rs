@@ -159,17 +159,16 @@ impl std::fmt::Debug for AdminListener {
 impl AdminListener {
     /// Binds what `node` asks for: the Unix socket `admin_socket`, and the
     /// TCP listener `admin_listen` with the token read from
-    /// `admin_token_file` when set, over TLS with `admin_tls` (its paths
-    /// relative to `config_dir`). A TCP listener on an address that is not
+    /// `admin_token_file` when set, over TLS with `admin_tls`. A TCP listener on an address that is not
     /// loopback without TLS is logged as a warning.
     ///
     /// # Errors
     ///
     /// See [`AdminListener::unix`], [`AdminListener::with_tcp`] and
     /// [`AdminListener::with_tls`].
-    pub fn bind(node: &config::Node, config_dir: &Path) -> Result<Self, AdminError> {
+    pub fn bind(node: &config::Node) -> Result<Self, AdminError> {
         let tls = match &node.admin_tls {
-            Some(files) => Some(tls_acceptor(files, config_dir)?),
+            Some(files) => Some(tls_acceptor(files)?),
             None => None,
         };
         let listener = Self::unix(&node.admin_socket)?;
@@ -386,13 +385,13 @@ impl Token {
 
 /// Checks the files of the TCP admin API that `node` names, as a start
 /// would (`lbd --check`): the token file (owner-only mode, a token of at
-/// least [`MIN_TOKEN_BYTES`]) and the `admin_tls` certificate and key
-/// (relative to `config_dir`). Nothing is bound.
+/// least [`MIN_TOKEN_BYTES`]) and the `admin_tls` certificate and key.
+/// Nothing is bound.
 ///
 /// # Errors
 ///
 /// The first problem found, saying what to fix.
-pub fn check_files(node: &config::Node, config_dir: &Path) -> Result<(), AdminError> {
+pub fn check_files(node: &config::Node) -> Result<(), AdminError> {
     if node.admin_listen.is_none() {
         return Ok(());
     }
@@ -402,14 +401,14 @@ pub fn check_files(node: &config::Node, config_dir: &Path) -> Result<(), AdminEr
         .ok_or(AdminError::NoTokenFile)?;
     Token::read(token_file)?;
     if let Some(files) = &node.admin_tls {
-        tls_acceptor(files, config_dir)?;
+        tls_acceptor(files)?;
     }
     Ok(())
 }
 
 /// The TLS server of the TCP admin API: the certificate chain and key of
-/// `files` (relative to `config_dir`, checked like a site's certificate:
-/// see [`crate::l7::load_pair`]), TLS 1.2 and 1.3, ALPN `http/1.1`.
+/// `files` (checked like a site's certificate: see
+/// [`crate::l7::load_pair`]), TLS 1.2 and 1.3, ALPN `http/1.1`.
 ///
 /// # Errors
 ///
@@ -419,12 +418,8 @@ pub fn check_files(node: &config::Node, config_dir: &Path) -> Result<(), AdminEr
 /// # Panics
 ///
 /// Only if rustls' ring provider lacked TLS 1.2 or 1.3, which it has.
-pub fn tls_acceptor(
-    files: &config::TlsFiles,
-    config_dir: &Path,
-) -> Result<tokio_rustls::TlsAcceptor, AdminError> {
-    let certified =
-        crate::l7::load_pair(&config_dir.join(&files.cert), &config_dir.join(&files.key))?;
+pub fn tls_acceptor(files: &config::TlsFiles) -> Result<tokio_rustls::TlsAcceptor, AdminError> {
+    let certified = crate::l7::load_pair(&files.cert, &files.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -544,8 +539,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds the admin API as `config.node` says ([`AdminListener::bind`],
-/// relative paths from `config_dir`) and serves it in a background task
+/// Binds the admin API as `config.node` says ([`AdminListener::bind`])
+/// and serves it in a background task
 /// ([`serve`]) until the daemon drops the receiving end of `commands`.
 ///
 /// Must be called inside a tokio runtime.
@@ -555,10 +550,9 @@ pub async fn serve(
 /// When the sockets cannot be bound (see [`AdminListener::bind`]).
 pub fn spawn(
     config: &config::Config,
-    config_dir: &Path,
     commands: mpsc::Sender<Command>,
 ) -> Result<tokio::task::JoinHandle<()>, AdminError> {
-    let listener = AdminListener::bind(&config.node, config_dir)?;
+    let listener = AdminListener::bind(&config.node)?;
     let closed = commands.clone();
     Ok(tokio::spawn(async move {
         let stopped = async move { closed.closed().await };
@@ -1391,6 +1385,7 @@ mod tests {
 
     use super::*;
     use crate::client::{Client, ClientError, Target};
+    use std::fmt::Write as _;
 
     /// A temporary directory removed on drop.
     struct TempDir(PathBuf);
@@ -1934,17 +1929,27 @@ mod tests {
         ));
     }
 
-    /// A `[node]` with the TCP admin API on an ephemeral loopback port.
+    /// A `[node]` of a configuration file in `dir`, with `admin_tls` when
+    /// `tls` is given (as written in the file: relative paths are relative
+    /// to `dir`).
     fn tcp_node(dir: &Path, token_file: &Path, tls: Option<config::TlsFiles>) -> config::Node {
-        let text = format!(
+        let mut text = format!(
             "[node]\ninterface = \"eth0\"\nadmin_socket = \"{}\"\n\
              admin_listen = \"127.0.0.1:0\"\nadmin_token_file = \"{}\"\n",
             dir.join("admin.sock").display(),
             token_file.display()
         );
-        let mut node = config::parse(&text, "lb.toml").expect("config").node;
-        node.admin_tls = tls;
-        node
+        if let Some(tls) = tls {
+            let _ = writeln!(
+                text,
+                "admin_tls = {{ cert = \"{}\", key = \"{}\" }}",
+                tls.cert.display(),
+                tls.key.display()
+            );
+        }
+        config::parse_in(&text, "lb.toml", dir)
+            .expect("config")
+            .node
     }
 
     #[test]
@@ -1954,36 +1959,30 @@ mod tests {
         let short = &TOKEN[..MIN_TOKEN_BYTES - 1];
         write_token(&file, &format!("{short}\n"), 0o600);
         let node = tcp_node(&dir.0, &file, None);
-        let e = AdminListener::bind(&node, &dir.0).expect_err("a 31-byte token");
+        let e = AdminListener::bind(&node).expect_err("a 31-byte token");
         assert!(matches!(e, AdminError::ShortToken { len: 31, .. }), "{e:?}");
         let shown = e.to_string();
         assert!(
             shown.contains("at least 32") && shown.contains("urandom"),
             "{shown}"
         );
-        assert!(
-            check_files(&node, &dir.0).is_err(),
-            "--check refuses it too"
-        );
+        assert!(check_files(&node).is_err(), "--check refuses it too");
 
         for mode in [0o644, 0o640, 0o604, 0o660] {
             write_token(&file, TOKEN, mode);
-            let e = AdminListener::bind(&node, &dir.0).expect_err("a readable token file");
+            let e = AdminListener::bind(&node).expect_err("a readable token file");
             assert!(
                 matches!(e, AdminError::TokenFileMode { mode: m, .. } if m == mode),
                 "{mode:o}: {e:?}"
             );
             let shown = e.to_string();
             assert!(shown.contains("chmod 600"), "{shown}");
-            assert!(
-                check_files(&node, &dir.0).is_err(),
-                "--check refuses {mode:o}"
-            );
+            assert!(check_files(&node).is_err(), "--check refuses {mode:o}");
         }
 
         write_token(&file, &format!("  {TOKEN}\n"), 0o400);
-        check_files(&node, &dir.0).expect("an owner-only file with a 32-byte token");
-        let l = AdminListener::bind(&node, &dir.0).expect("an owner-only file");
+        check_files(&node).expect("an owner-only file with a 32-byte token");
+        let l = AdminListener::bind(&node).expect("an owner-only file");
         assert!(l.tcp_addr().is_some());
     }
 
@@ -2062,8 +2061,8 @@ mod tests {
             key: PathBuf::from("admin.key"),
         };
         let node = tcp_node(&dir.0, &token_file, Some(files));
-        check_files(&node, &dir.0).expect("--check accepts the files");
-        let listener = AdminListener::bind(&node, &dir.0).expect("binding with TLS");
+        check_files(&node).expect("--check accepts the files");
+        let listener = AdminListener::bind(&node).expect("binding with TLS");
         let addr = listener.tcp_addr().expect("tcp address");
         let (commands, seen) = fake_daemon();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -2103,7 +2102,7 @@ mod tests {
             key: other.0.join("admin.key"),
         };
         let node = tcp_node(&dir.0, &token_file, Some(files));
-        let e = AdminListener::bind(&node, &dir.0).expect_err("a key of another certificate");
+        let e = AdminListener::bind(&node).expect_err("a key of another certificate");
         assert!(matches!(e, AdminError::Tls(_)), "{e:?}");
         assert!(e.to_string().starts_with("node.admin_tls: "), "{e}");
     }

@@ -109,7 +109,8 @@ impl Daemon {
         let base = crate::config::parse(&file_text, &label)?;
         let state_dir = base.node.state_dir.clone();
         let stored = Store::open(&state_dir)?.load()?;
-        let (config, kept, dropped) = overrides::effective(&file_text, &label, &stored)?;
+        let dir = crate::config::base_dir(config_path);
+        let (config, kept, dropped) = overrides::effective(&file_text, &label, dir, &stored)?;
         for d in &dropped {
             warn!(dropped = %d, "runtime override no longer applies");
         }
@@ -156,7 +157,6 @@ impl Daemon {
         daemon.l7 = Some(
             L7::start(
                 &daemon.config,
-                config_path,
                 &daemon.down,
                 inherited.unwrap_or_default(),
                 hold,
@@ -312,6 +312,17 @@ impl Daemon {
         self.config_path.display().to_string()
     }
 
+    /// The configuration file's `text` with `list` applied
+    /// ([`overrides::effective`]).
+    fn effective(
+        &self,
+        text: &str,
+        list: &[Override],
+    ) -> Result<(Config, Vec<Override>, Vec<String>), crate::config::ConfigError> {
+        let dir = crate::config::base_dir(&self.config_path);
+        overrides::effective(text, &self.label(), dir, list)
+    }
+
     /// Re-reads the configuration file and applies it with the overrides.
     /// An invalid file changes nothing.
     pub fn reload(&mut self) -> api::ReloadResult {
@@ -354,10 +365,9 @@ impl Daemon {
             fs::read_to_string(&self.config_path).map_err(|e| format!("reading {label}: {e}"))?;
         let store = Store::open(&self.config.node.state_dir).map_err(|e| e.to_string())?;
         let stored = store.load().map_err(|e| e.to_string())?;
-        let (config, kept, dropped) =
-            overrides::effective(&text, &label, &stored).map_err(|e| e.to_string())?;
+        let (config, kept, dropped) = self.effective(&text, &stored).map_err(|e| e.to_string())?;
         self.check_compatible(&config)?;
-        self.check_key_files(&config)?;
+        Self::check_key_files(&config)?;
         if !dropped.is_empty() {
             store.save(&kept).map_err(|e| e.to_string())?;
         }
@@ -370,15 +380,10 @@ impl Daemon {
         Ok((report, dropped))
     }
 
-    /// The tenants' JWT key files (relative to the configuration file's
-    /// directory) must all be usable before a configuration is applied.
-    fn check_key_files(&self, new: &Config) -> Result<(), String> {
-        let dir = self
-            .config_path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        crate::l7::check_key_files(new, dir)
+    /// The tenants' JWT key files must all be usable before a
+    /// configuration is applied.
+    fn check_key_files(new: &Config) -> Result<(), String> {
+        crate::l7::check_key_files(new)
     }
 
     /// Settings a reload cannot change without a restart, and ring sizes,
@@ -414,16 +419,15 @@ impl Daemon {
     /// Replaces the override list (validated: nothing may be dropped),
     /// persists it and applies the result.
     fn set_overrides(&mut self, list: &[Override]) -> Result<(), ApiError> {
-        let label = self.label();
-        let (config, kept, dropped) = overrides::effective(&self.file_text, &label, list)
+        let (config, kept, dropped) = self
+            .effective(&self.file_text, list)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         if let Some(why) = dropped.into_iter().next() {
             return Err(ApiError::bad_request(why));
         }
         self.check_compatible(&config)
             .map_err(ApiError::bad_request)?;
-        self.check_key_files(&config)
-            .map_err(ApiError::bad_request)?;
+        Self::check_key_files(&config).map_err(ApiError::bad_request)?;
         let store = Store::open(&self.config.node.state_dir)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         store
@@ -724,7 +728,8 @@ impl Daemon {
         self.find_backend(sel)?;
         let mut list = self.overrides.clone();
         list.retain(|o| !matches!(o, Override::SetWeight { backend, .. } if backend == sel));
-        let (without, _, _) = overrides::effective(&self.file_text, &self.label(), &list)
+        let (without, _, _) = self
+            .effective(&self.file_text, &list)
             .map_err(|e| ApiError::internal(e.to_string()))?;
         let base_weight = without
             .tenant(&sel.tenant)

@@ -10,7 +10,6 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
     sync::LazyLock,
 };
 
@@ -249,7 +248,7 @@ fn config_bytes(data: &[u8]) {
 /// certificate files. An error names a position inside the text; a valid
 /// configuration builds the L7 routing snapshot without a panic.
 pub fn config(text: &str) {
-    let parsed = config::parse(text, "lb.toml");
+    let parsed = config::parse_in(text, "lb.toml", &CONFIG_DIR);
     let config = match parsed {
         Ok(c) => c,
         Err(e) => {
@@ -265,16 +264,15 @@ pub fn config(text: &str) {
             return;
         }
     };
-    let dir: &Path = &CONFIG_DIR;
     // As lbd --check: both checks run on a configuration that parsed. Not
     // on text naming device or kernel files: reading /dev/zero as a key
     // file never ends, which is the operator's to avoid, not a parser bug.
     if !["/dev", "/proc", "/sys"].iter().any(|p| text.contains(p)) {
-        let _ = crate::l7::check_key_files(&config, dir);
-        let _ = admin::check_files(&config.node, dir);
+        let _ = crate::l7::check_key_files(&config);
+        let _ = admin::check_files(&config.node);
     }
     // What lbd builds from it next for the L7 tier.
-    let _routing = Routing::build(&config, &BTreeSet::new(), None, 0, dir);
+    let _routing = Routing::build(&config, &BTreeSet::new(), None, 0);
 }
 
 /// The admin API on a request: the first line is `METHOD TARGET`, the rest
@@ -354,7 +352,7 @@ identify = ["sni", "host", "path", "header"]
 
 static ROUTING: LazyLock<Routing> = LazyLock::new(|| {
     let config = config::parse(ROUTING_TOML, "lb.toml").expect("the fuzz routing is valid");
-    Routing::build(&config, &BTreeSet::new(), None, 0, Path::new("."))
+    Routing::build(&config, &BTreeSet::new(), None, 0)
 });
 
 /// The SNI of the request's TLS session, chosen by the input's first byte.

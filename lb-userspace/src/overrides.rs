@@ -196,8 +196,8 @@ impl Store {
     }
 }
 
-/// The effective configuration: `text` (the file, named `file` in errors)
-/// with `overrides` applied in order. Returns it with the overrides that were
+/// The effective configuration: `text` (the file, named `file` in errors,
+/// its relative paths relative to `dir`) with `overrides` applied in order. Returns it with the overrides that were
 /// kept and descriptions of those dropped (they name objects the file no
 /// longer has, or made the configuration invalid).
 ///
@@ -206,9 +206,10 @@ impl Store {
 pub fn effective(
     text: &str,
     file: &str,
+    dir: &Path,
     overrides: &[Override],
 ) -> Result<(Config, Vec<Override>, Vec<String>), config::ConfigError> {
-    let mut config = config::parse(text, file)?;
+    let mut config = config::parse_in(text, file, dir)?;
     let mut doc: DocumentMut = text.parse().map_err(|_| {
         // parse() above accepted the same text, so this cannot fail; keep a
         // defined error all the same.
@@ -219,9 +220,9 @@ pub fn effective(
     let label = format!("{file} (with runtime overrides)");
     for o in overrides {
         let mut candidate = doc.clone();
-        match edit(&mut candidate, o)
-            .and_then(|()| config::parse(&candidate.to_string(), &label).map_err(|e| e.to_string()))
-        {
+        match edit(&mut candidate, o).and_then(|()| {
+            config::parse_in(&candidate.to_string(), &label, dir).map_err(|e| e.to_string())
+        }) {
             Ok(c) => {
                 doc = candidate;
                 config = c;
@@ -509,7 +510,8 @@ pool = "web"
                 },
             },
         ];
-        let (c, kept, dropped) = effective(BASE, "lb.toml", &overrides).expect("valid");
+        let (c, kept, dropped) =
+            effective(BASE, "lb.toml", Path::new("."), &overrides).expect("valid");
         assert_eq!(kept.len(), 3, "{dropped:?}");
         assert_eq!(dropped.len(), 1, "{dropped:?}");
         assert!(dropped[0].contains("10.9.9.9"), "{dropped:?}");
@@ -532,7 +534,8 @@ pool = "web"
             toml: fragment.into(),
         };
         let dropped = |o: Override| {
-            let (_, kept, dropped) = effective(BASE, "lb.toml", &[o]).expect("the file is valid");
+            let (_, kept, dropped) =
+                effective(BASE, "lb.toml", Path::new("."), &[o]).expect("the file is valid");
             assert!(kept.is_empty(), "{kept:?}");
             dropped
                 .into_iter()

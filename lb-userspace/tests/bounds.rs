@@ -21,7 +21,6 @@ use std::{
     collections::{BTreeSet, HashMap},
     convert::Infallible,
     net::SocketAddr,
-    path::Path,
     time::Duration,
 };
 
@@ -429,14 +428,8 @@ async fn get(listen: SocketAddr) -> Result<(StatusCode, Bytes), String> {
 
 /// Starts the L7 tier of `config`, proxies one request, drains.
 async fn serve_one(config: &config::Config, listen: SocketAddr) -> Result<(), String> {
-    let mut l7 = L7::start(
-        config,
-        Path::new("lb.toml"),
-        &BTreeSet::new(),
-        HashMap::new(),
-        false,
-    )
-    .map_err(|e| format!("L7::start: {e:#}"))?;
+    let mut l7 = L7::start(config, &BTreeSet::new(), HashMap::new(), false)
+        .map_err(|e| format!("L7::start: {e:#}"))?;
     let result = tokio::time::timeout(STEP, get(listen))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {STEP:?}")));

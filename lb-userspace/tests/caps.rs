@@ -21,7 +21,6 @@ use std::{
     collections::{BTreeSet, HashMap},
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::Path,
     time::Duration,
 };
 
@@ -121,14 +120,7 @@ async fn start(node: &str, listener: &str) -> (L7, SocketAddr) {
     let a = backend("acme").await;
     let b = backend("globex").await;
     let config = config(listen, a, b, node, listener);
-    let l7 = L7::start(
-        &config,
-        Path::new("lb.toml"),
-        &BTreeSet::new(),
-        HashMap::new(),
-        false,
-    )
-    .expect("L7 starts");
+    let l7 = L7::start(&config, &BTreeSet::new(), HashMap::new(), false).expect("L7 starts");
     (l7, listen)
 }
 

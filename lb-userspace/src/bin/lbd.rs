@@ -79,13 +79,12 @@ fn main() -> ExitCode {
     // of the configuration: --check and a start refuse broken ones like an
     // invalid file (--cleanup does not care).
     let key_files = || {
-        let dir = config_dir(&args.config);
         let fail = |e: &dyn std::fmt::Display| {
             eprintln!("error: {}: {e}", args.config.display());
             ExitCode::from(2)
         };
-        lb::l7::check_key_files(&config, dir).map_err(|e| fail(&e))?;
-        lb::admin::check_files(&config.node, dir).map_err(|e| fail(&e))
+        lb::l7::check_key_files(&config).map_err(|e| fail(&e))?;
+        lb::admin::check_files(&config.node).map_err(|e| fail(&e))
     };
     if args.check {
         if let Err(code) = key_files() {
@@ -149,13 +148,6 @@ fn main() -> ExitCode {
 }
 
 /// The directory relative paths of the configuration start from.
-fn config_dir(config: &Path) -> &Path {
-    config
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -215,11 +207,7 @@ async fn run(config_path: &Path, state_dir: &Path) -> anyhow::Result<()> {
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let mut daemon = start(config_path, &handoff_path, health_tx).await?;
     let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
-    let admin = lb::admin::spawn(
-        daemon.config(),
-        config_dir(config_path),
-        commands_tx.clone(),
-    )?;
+    let admin = lb::admin::spawn(daemon.config(), commands_tx.clone())?;
     let metrics = lb::metrics::spawn(daemon.config(), commands_tx)?;
     let handoff_server = handoff::Server::bind(&handoff_path)
         .with_context(|| format!("creating {}", handoff_path.display()))?;

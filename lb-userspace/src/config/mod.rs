@@ -24,8 +24,6 @@
 //! [`policy`]. Durations (`"500ms"`, `"2s"`) are read and written by
 //! [`duration`].
 
-use raw::RawConfig;
-
 use std::{
     fmt::Write as _,
     ops::Range,
@@ -57,6 +55,7 @@ pub use policy::{
     MAX_INFLIGHT_REQUESTS, MAX_JWT_LEEWAY, MAX_KEYED_RATE, MAX_REQUEST_RATE, REQUEST_LIMIT_KEYS,
     RequestLimits, Tier, hex,
 };
+use raw::RawConfig;
 pub use schema::{
     Acl, BackendConf, Config, DEFAULT_ADMIN_SOCKET, DEFAULT_FLOW_IDLE_TIMEOUT,
     DEFAULT_HEALTH_EXPECT, DEFAULT_HEALTH_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH,
@@ -71,7 +70,8 @@ pub use schema::{
 use span::{FieldPath, line_col, one_line};
 use validate::Ctx;
 
-/// Reads and validates the configuration file at `path`.
+/// Reads and validates the configuration file at `path` ([`parse_in`]
+/// its directory).
 ///
 /// # Errors
 ///
@@ -86,17 +86,59 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         field: None,
         message: format!("cannot read the configuration: {e}"),
     })?;
-    parse(&text, &file)
+    parse_in(&text, &file, base_dir(path))
 }
 
-/// A path of the configuration: relative ones are relative to the
-/// directory of `lb.toml`.
+/// The directory the relative paths of the configuration file at `path`
+/// are relative to: the file's own (`.` for a bare file name).
 #[must_use]
-pub fn resolve_path(config_dir: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        config_dir.join(path)
+pub fn base_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// [`parse`], then the relative paths of the files the configuration names
+/// (certificates and keys, backend CAs, JWT key files) made relative to
+/// `dir`, once, so that every reader of the [`Config`] opens the same file
+/// whatever its working directory.
+///
+/// # Errors
+///
+/// As [`parse`].
+pub fn parse_in(text: &str, file: &str, dir: &Path) -> Result<Config, ConfigError> {
+    let mut config = parse(text, file)?;
+    resolve_paths(&mut config, dir);
+    Ok(config)
+}
+
+/// Every file path of `config` that is relative, joined to `dir`.
+fn resolve_paths(config: &mut Config, dir: &Path) {
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = dir.join(&*p);
+        }
+    };
+    if let Some(tls) = &mut config.node.admin_tls {
+        resolve(&mut tls.cert);
+        resolve(&mut tls.key);
+    }
+    for t in &mut config.tenants {
+        for tls in t.l7.iter_mut().filter_map(|s| s.tls.as_mut()) {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        for tls in t.pools.iter_mut().filter_map(|p| p.l7.backend_tls.as_mut()) {
+            resolve(&mut tls.ca);
+        }
+        if let Some(jwt) = &mut t.auth.jwt {
+            for file in [&mut jwt.jwks_file, &mut jwt.hs256_secret_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(file);
+            }
+        }
     }
 }
 

@@ -23,7 +23,6 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::SocketAddr,
-    path::Path,
     sync::Arc,
     time::Duration,
 };
@@ -471,14 +470,13 @@ impl ListenerRouting {
 
 impl Routing {
     /// Builds the snapshot of `config` with the backends in `down` left out.
-    /// `previous` lends its live state; `config_dir` resolves relative paths.
+    /// `previous` lends its live state.
     #[must_use]
     pub fn build(
         config: &Config,
         down: &BTreeSet<BackendKey>,
         previous: Option<&Routing>,
         seed: u32,
-        config_dir: &Path,
     ) -> Routing {
         let mut tenants = HashMap::new();
         let mut pools = HashMap::new();
@@ -528,11 +526,7 @@ impl Routing {
                 let client = if let Some(old) = reusable {
                     old.client.clone()
                 } else {
-                    let mut settings = p.l7.clone();
-                    if let Some(tls) = &mut settings.backend_tls {
-                        tls.ca = config::resolve_path(config_dir, &tls.ca);
-                    }
-                    let (client, error) = client_for(&settings, connect_timeout);
+                    let (client, error) = client_for(&p.l7, connect_timeout);
                     if let Some(e) = error {
                         tracing::error!(tenant = %t.name, pool = %p.name, error = %e,
                             "cannot set up TLS to the pool's backends; requests to it will fail");
@@ -632,7 +626,7 @@ mod tests {
     fn routing(text_extra: &str, listener: &str) -> Routing {
         let text = routing_text(text_extra, listener);
         let config = config::parse(&text, "lb.toml").expect("valid");
-        Routing::build(&config, &BTreeSet::new(), None, 0, Path::new("."))
+        Routing::build(&config, &BTreeSet::new(), None, 0)
     }
 
     fn routing_text(text_extra: &str, listener: &str) -> String {
@@ -806,7 +800,7 @@ routes = [ {{ path_prefix = "/", pool = "app" }} ]
             "hosts = [\"globex.example\", \"b.acme.example\"]",
         );
         let config = config::parse(&text, "lb.toml").expect("overlapping names are valid");
-        let r = Routing::build(&config, &BTreeSet::new(), None, 0, Path::new("."));
+        let r = Routing::build(&config, &BTreeSet::new(), None, 0);
         let l = listener(&r);
         let h = HeaderMap::new();
         let tenant = |f: &RequestFacts<'_>| l.identify(f).map(|i| l.sites[i.site].tenant.clone());

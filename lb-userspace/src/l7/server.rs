@@ -30,7 +30,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     os::fd::{AsRawFd as _, OwnedFd, RawFd},
-    path::{Path, PathBuf},
+    path::PathBuf,
     pin::{Pin, pin},
     sync::{
         Arc,
@@ -49,7 +49,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::{self, AccessLog, Config, L7Protocol, Listener},
+    config::{AccessLog, Config, L7Protocol, Listener},
     reconcile::BackendKey,
 };
 
@@ -82,7 +82,6 @@ const DRAIN_GRACE_MS: u64 = 1000;
 pub struct L7 {
     proxy: Arc<Proxy>,
     certs: CertStore,
-    config_dir: PathBuf,
     seed: u32,
     listeners: HashMap<SocketAddr, Running>,
     /// Open client connections (all listeners).
@@ -145,16 +144,10 @@ impl L7 {
     /// opened.
     pub fn start(
         config: &Config,
-        config_path: &Path,
         down: &BTreeSet<BackendKey>,
         mut inherited: HashMap<SocketAddr, OwnedFd>,
         hold: bool,
     ) -> anyhow::Result<Self> {
-        let config_dir = config_path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
         let log = AccessLogger::start(&config.node.access_log)?;
         let mut l7 = Self {
             proxy: Arc::new(Proxy {
@@ -163,7 +156,6 @@ impl L7 {
                 policy: Arc::new(Policy::new()),
             }),
             certs: CertStore::new(),
-            config_dir,
             seed: config.node.hash_seed,
             listeners: HashMap::new(),
             connections: Arc::new(Connections {
@@ -202,7 +194,7 @@ impl L7 {
     /// Rebuilds only the routing snapshot (a health change).
     pub fn update_health(&self, config: &Config, down: &BTreeSet<BackendKey>) {
         let previous = self.proxy.routing.load();
-        let routing = Routing::build(config, down, Some(&previous), self.seed, &self.config_dir);
+        let routing = Routing::build(config, down, Some(&previous), self.seed);
         self.proxy.routing.store(Arc::new(routing));
     }
 
@@ -227,12 +219,12 @@ impl L7 {
         }
         // Policy before routing: a new tenant is routable only with its
         // limits and credentials in place.
-        for e in self.proxy.policy.update(config, &self.config_dir) {
+        for e in self.proxy.policy.update(config) {
             warn!(error = %e, "key file not loaded (the tenant keeps its previous keys, if any)");
         }
         // Certificates first: a site must never be routable before its
         // certificate is served.
-        let report = self.certs.load(&self.cert_specs(config));
+        let report = self.certs.load(&Self::cert_specs(config));
         for e in &report.errors {
             warn!(error = %e, "certificate not loaded (the previous one, if any, keeps serving)");
         }
@@ -305,7 +297,7 @@ impl L7 {
         }
     }
 
-    fn cert_specs(&self, config: &Config) -> Vec<CertSpec> {
+    fn cert_specs(config: &Config) -> Vec<CertSpec> {
         let mut specs = Vec::new();
         for t in &config.tenants {
             for s in &t.l7 {
@@ -317,8 +309,8 @@ impl L7 {
                     listen: s.listen,
                     tenant: t.name.clone(),
                     names: s.hosts.clone(),
-                    cert: config::resolve_path(&self.config_dir, &tls.cert),
-                    key: config::resolve_path(&self.config_dir, &tls.key),
+                    cert: tls.cert.clone(),
+                    key: tls.key.clone(),
                 });
             }
         }

@@ -308,15 +308,13 @@ fn alg_of(name: &str) -> Option<Algorithm> {
 }
 
 impl JwtVerifier {
-    /// Reads the key files of `config` (relative to `dir`).
+    /// Reads the key files of `config` (their paths resolved when the
+    /// configuration was loaded).
     ///
     /// # Errors
     /// A message naming the file and what is wrong with it.
-    pub(crate) fn load(tenant: &str, config: &JwtAuth, dir: &Path) -> Result<Self, String> {
-        let read = |p: &Path| {
-            let path = crate::config::resolve_path(dir, p);
-            std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
-        };
+    pub(crate) fn load(tenant: &str, config: &JwtAuth) -> Result<Self, String> {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
         let jwks = match &config.jwks_file {
             Some(p) => Some(
                 String::from_utf8(read(p)?)
@@ -807,10 +805,9 @@ pub(crate) mod tests {
                 .unwrap_or_else(|| panic!("accepted {jwks}"));
             assert!(e.contains(fragment), "{fragment:?} not in {e}");
         }
-        let dir = std::env::temp_dir();
         let mut missing = config();
-        missing.jwks_file = Some("no-such-lb-jwks.json".into());
-        let e = JwtVerifier::load("acme", &missing, &dir).expect_err("missing file");
+        missing.jwks_file = Some(std::env::temp_dir().join("no-such-lb-jwks.json"));
+        let e = JwtVerifier::load("acme", &missing).expect_err("missing file");
         assert!(e.contains("no-such-lb-jwks.json"), "{e}");
     }
 

@@ -51,7 +51,6 @@ pub(crate) mod bucket;
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -489,10 +488,10 @@ impl Default for Policy {
 ///
 /// # Errors
 /// The first file that cannot be used, with its tenant.
-pub fn check_key_files(config: &Config, dir: &Path) -> Result<(), String> {
+pub fn check_key_files(config: &Config) -> Result<(), String> {
     for t in &config.tenants {
         if let Some(jwt) = &t.auth.jwt {
-            JwtVerifier::load(&t.name, jwt, dir)
+            JwtVerifier::load(&t.name, jwt)
                 .map_err(|e| format!("tenant {:?} auth.jwt: {e}", t.name))?;
         }
     }
@@ -522,7 +521,7 @@ impl Policy {
     /// Key files are read from `dir`; a tenant whose files cannot be read
     /// keeps its previous keys (or, new, refuses every JWT). Returns what
     /// could not be loaded.
-    pub(crate) fn update(&self, config: &Config, dir: &Path) -> Vec<String> {
+    pub(crate) fn update(&self, config: &Config) -> Vec<String> {
         let now = self.now();
         let old = self.tenants.load_full();
         let mut errors = Vec::new();
@@ -540,7 +539,7 @@ impl Policy {
                 })
             });
             let prev = policy.settings.load_full();
-            let (auth, error) = tenant_auth(t, &prev.auth, dir);
+            let (auth, error) = tenant_auth(t, &prev.auth);
             errors.extend(error);
             let settings = settings(t, &prev, auth, &policy.bucket, now);
             policy.settings.store(Arc::new(settings));
@@ -809,13 +808,13 @@ impl Policy {
 /// previous keys stay if the tenant's JWT settings did not change, like a
 /// certificate that fails to load; a new or changed configuration then
 /// refuses every JWT. The error is returned beside.
-fn tenant_auth(t: &Tenant, prev: &TenantAuth, dir: &Path) -> (Arc<TenantAuth>, Option<String>) {
+fn tenant_auth(t: &Tenant, prev: &TenantAuth) -> (Arc<TenantAuth>, Option<String>) {
     let mut error = None;
     let jwt = t
         .auth
         .jwt
         .as_ref()
-        .map(|j| match JwtVerifier::load(&t.name, j, dir) {
+        .map(|j| match JwtVerifier::load(&t.name, j) {
             Ok(v) => Arc::new(v),
             Err(e) => {
                 error = Some(format!("tenant {:?} auth.jwt: {e}", t.name));
@@ -886,10 +885,21 @@ mod tests {
     use http::HeaderMap;
     use jsonwebtoken::Algorithm;
     use serde_json::json;
+    use std::path::Path;
 
     /// Two tenants on one plain-HTTP address; `acme_extra` goes into acme's
     /// table (its limits, auth, acl, tier).
     fn config(acme_extra: &str, globex_extra: &str, node_extra: &str) -> Config {
+        config_in(
+            Path::new("/nonexistent"),
+            acme_extra,
+            globex_extra,
+            node_extra,
+        )
+    }
+
+    /// [`config`] as a file in `dir` (relative key files are in `dir`).
+    fn config_in(dir: &Path, acme_extra: &str, globex_extra: &str, node_extra: &str) -> Config {
         let text = format!(
             r#"[node]
 interface = "eth0"
@@ -917,12 +927,12 @@ hosts = ["globex.example"]
 routes = [ {{ pool = "app" }} ]
 "#
         );
-        crate::config::parse(&text, "lb.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
+        crate::config::parse_in(&text, "lb.toml", dir).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
     fn policy(c: &Config) -> Policy {
         let p = Policy::new();
-        assert_eq!(p.update(c, Path::new("/nonexistent")), Vec::<String>::new());
+        assert_eq!(p.update(c), Vec::<String>::new());
         p
     }
 
@@ -998,7 +1008,7 @@ routes = [ {{ pool = "app" }} ]
             "",
             "",
         );
-        assert!(p.update(&bigger, Path::new("/")).is_empty());
+        assert!(p.update(&bigger).is_empty());
         for _ in 0..4 {
             p.admit("acme", &ask(&Credentials::of(&h)))
                 .expect("the tokens left");
@@ -1019,7 +1029,7 @@ routes = [ {{ pool = "app" }} ]
         }
         // Removing the limit lets everything through; removing the tenant
         // drops its state.
-        assert!(p.update(&config("", "", ""), Path::new("/")).is_empty());
+        assert!(p.update(&config("", "", "")).is_empty());
         p.admit("acme", &ask(&Credentials::of(&h)))
             .expect("no limit now");
         let without = crate::config::parse(
@@ -1027,7 +1037,7 @@ routes = [ {{ pool = "app" }} ]
             "lb.toml",
         )
         .expect("valid");
-        assert!(p.update(&without, Path::new("/")).is_empty());
+        assert!(p.update(&without).is_empty());
         assert!(p.tenant("acme").is_none());
     }
 
@@ -1163,13 +1173,14 @@ routes = [ {{ pool = "app" }} ]
         let globex = test_keys();
         std::fs::write(dir.join("acme.json"), &acme.jwks).expect("jwks");
         std::fs::write(dir.join("globex.secret"), &globex.secret).expect("secret");
-        let c = config(
+        let c = config_in(
+            &dir,
             "[tenant.auth]\njwt = { jwks_file = \"acme.json\", audience = \"api\" }",
             "[tenant.auth]\nrequired = true\njwt = { hs256_secret_file = \"globex.secret\", tenant_claim = \"org\" }",
             "",
         );
         let p = Policy::new();
-        assert!(p.update(&c, &dir).is_empty());
+        assert!(p.update(&c).is_empty());
         let claims = |claim: &str, tenant: &str, exp_in: i64| json!({ claim: tenant, "sub": "bob", "aud": "api", "exp": unix_now() + exp_in });
         let acme_token = token(
             Algorithm::ES256,
@@ -1233,13 +1244,13 @@ routes = [ {{ pool = "app" }} ]
         assert!(p.admit("acme", &by_jwt).is_err());
         // A broken key file on reload keeps the keys that worked.
         std::fs::write(dir.join("acme.json"), "{").expect("break");
-        let errors = p.update(&c, &dir);
+        let errors = p.update(&c);
         assert!(
             errors.len() == 1 && errors[0].contains("acme.json"),
             "{errors:?}"
         );
         assert!(admit("acme", &bearer(&acme_token)).is_ok());
-        assert!(check_key_files(&c, &dir).is_err_and(|e| e.contains("tenant \"acme\"")));
+        assert!(check_key_files(&c).is_err_and(|e| e.contains("tenant \"acme\"")));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1257,7 +1268,8 @@ routes = [ {{ pool = "app" }} ]
                 sha(key)
             )
         };
-        let c = config(
+        let c = config_in(
+            &dir,
             &format!(
                 "[tenant.auth]\n{}\njwt = {{ jwks_file = \"acme.json\" }}",
                 keys("ci", "acme-secret")
@@ -1269,7 +1281,7 @@ routes = [ {{ pool = "app" }} ]
             "",
         );
         let p = Policy::new();
-        assert!(p.update(&c, &dir).is_empty());
+        assert!(p.update(&c).is_empty());
         let _ = std::fs::remove_dir_all(&dir);
         let exp = unix_now() + 60;
         let acme_jwt = token(
