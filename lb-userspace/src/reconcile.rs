@@ -744,7 +744,12 @@ impl Reconciler {
         }
 
         // Backends first (so a ring never names a slot not yet written),
-        // then rings, then VIPs that point at the pools.
+        // then rings, then VIPs that point at the pools. A backend that
+        // stops taking new flows (up to draining or down) is written after
+        // the rings: the data plane refuses a new flow the ring gives to a
+        // backend not up, so writing it first would drop every new flow
+        // hashed to it until its pool's new ring is published.
+        let mut demoted: Vec<(u32, Backend)> = Vec::new();
         for pool in &mut pools {
             for (id, value, _, _) in &mut pool.backends {
                 let cur = dp.backend(*id)?;
@@ -762,7 +767,11 @@ impl Reconciler {
                     if !same_occupant {
                         dp.reset_counters(None, None, Some(*id))?;
                     }
-                    dp.set_backend(*id, value)?;
+                    if same_occupant && cur.state == BACKEND_UP && value.state != BACKEND_UP {
+                        demoted.push((*id, *value));
+                    } else {
+                        dp.set_backend(*id, value)?;
+                    }
                     report.backends_written += 1;
                 }
             }
@@ -811,6 +820,9 @@ impl Reconciler {
                 report.rings_written += 1;
             }
             self.ring_inputs.insert(pool.id, inputs);
+        }
+        for (id, value) in &demoted {
+            dp.set_backend(*id, value)?;
         }
         // Flow tables before the VIPs, so a VIP's first packets find their
         // tenant's table.

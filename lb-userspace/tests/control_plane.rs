@@ -1,8 +1,9 @@
 //! The control plane end to end, in network namespaces with real servers:
 //! health checks taking backends out and back, restarts of `lbd` (SIGTERM,
 //! SIGKILL) under continuous traffic, reloads that add and remove tenants
-//! without disturbing a third, refused broken reloads, draining, the admin
-//! API's refusals, and `lbctl --maps` without a daemon.
+//! without disturbing a third, refused broken reloads, draining (with no
+//! new flow dropped while a backend is drained and enabled again), the
+//! admin API's refusals, and `lbctl --maps` without a daemon.
 
 mod common;
 
@@ -462,6 +463,62 @@ fn draining_keeps_established_flows_and_stops_new_ones() {
     assert!(
         again.contains_key(&target),
         "enabled {target} got nothing: {again:?}"
+    );
+}
+
+#[test]
+fn draining_and_enabling_drop_no_new_flow() {
+    // A backend leaves its pool's ring before it is marked draining (and
+    // is marked up before it joins again): the data plane refuses a new
+    // flow the ring gives to a backend that is not up, so the other order
+    // drops every new flow hashed to it while the new ring is built.
+    let mut node = Node::new(&[("a", 3)]);
+    node.write_config(&[("acme", "a", 1)], "", "");
+    node.start_lbd();
+    node.wait_neighbours();
+    let client = node.topo.client_path(0);
+    let addr = SocketAddr::new(vip(1).into(), 80);
+    let ip = node.topo.backends()[0].v4.to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    // New connections as fast as one thread opens them: each is a new flow.
+    let sender = {
+        let (stop, attempts) = (Arc::clone(&stop), Arc::clone(&attempts));
+        std::thread::spawn(move || {
+            run_in_netns(&client, move || {
+                let deadline = Instant::now() + Duration::from_mins(1);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(100));
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .expect("the sender's namespace");
+        })
+    };
+    wait_for("the first connections", Duration::from_secs(10), || {
+        attempts.load(Ordering::Relaxed) > 100
+    });
+    let before = attempts.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        for verb in ["drain", "enable"] {
+            let out = node.lbctl(&["backend", verb, "acme", "web", &ip]);
+            assert!(out.status.success(), "{verb}: {out:?}");
+        }
+    }
+    let during = attempts.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("the sender");
+    assert!(
+        during >= 100,
+        "only {during} new connections overlapped the drains"
+    );
+    let detail = node.lbctl_json(&["tenant", "show", "acme"]);
+    let drops = &detail["drops_by_reason"];
+    assert_eq!(
+        drops["no_backend"].as_u64().unwrap_or(0),
+        0,
+        "new flows dropped while backends were drained and enabled \
+         ({during} new connections): {drops}"
     );
 }
 

@@ -680,12 +680,7 @@ fn restart_under_load(senders: &[Sender]) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = progress.done.load(Relaxed);
-    let second = world.start_lbd();
-    let status = world
-        .lbd(0)
-        .wait_exit(Duration::from_secs(30))
-        .expect("the first lbd must hand over, drain and exit by itself");
-    assert!(status.success(), "the first lbd exited with {status}");
+    let second = hand_over(&mut world);
     let at_exit = progress.done.load(Relaxed);
     progress.restarted.store(true, Relaxed);
     let outcomes = join(load);
@@ -783,12 +778,7 @@ fn a_draining_http1_connection_ends_after_a_response_that_says_so() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let second = world.start_lbd();
-    let status = world
-        .lbd(0)
-        .wait_exit(Duration::from_secs(30))
-        .expect("the first lbd must hand over, drain and exit by itself");
-    assert!(status.success(), "the first lbd exited with {status}");
+    let second = hand_over(&mut world);
     stop.store(true, Relaxed);
     let seen = join(load);
     world.lbd(second).assert_running();
@@ -801,6 +791,18 @@ fn a_draining_http1_connection_ends_after_a_response_that_says_so() {
         "the draining lbd ends the connection with `Connection: close` on a response, then \
          closes it: {seen:?}"
     );
+}
+
+/// Starts a second `lbd` and waits until the first has handed over,
+/// drained and exited by itself (successfully); returns the second.
+fn hand_over(world: &mut World) -> usize {
+    let second = world.start_lbd();
+    let status = world
+        .lbd(0)
+        .wait_exit(Duration::from_secs(30))
+        .expect("the first lbd must hand over, drain and exit by itself");
+    assert!(status.success(), "the first lbd exited with {status}");
+    second
 }
 
 /// Runs every sender until [`Progress::enough`] (or [`RESTART_LIMIT`]).

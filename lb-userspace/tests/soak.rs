@@ -652,6 +652,61 @@ fn settled_fds(pid: u32, load: &Load) -> usize {
     last
 }
 
+/// The data plane's drop counters by name (node-wide `flow_stale`, and
+/// each tenant's drops by reason), sampled with their time to explain a
+/// failure: what the data plane counted while it ran.
+struct DropSamples {
+    names: Vec<String>,
+    samples: Vec<(Instant, Vec<u64>)>,
+}
+
+impl DropSamples {
+    fn new(tenants: &[(String, u32)]) -> Self {
+        let mut names = vec!["flow_stale".to_owned()];
+        for (name, _) in tenants {
+            names.extend(
+                lb_common::drop_reason::NAMES
+                    .iter()
+                    .map(|r| format!("{name} {r}")),
+            );
+        }
+        Self {
+            names,
+            samples: Vec::new(),
+        }
+    }
+
+    fn sample(&mut self, dp: &lb::dataplane::Dataplane, tenants: &[(String, u32)]) {
+        let mut v = vec![dp.global(lb_common::global_counter::FLOW_STALE)];
+        for (_, id) in tenants {
+            v.extend(dp.tenant_drops(*id).by_reason);
+        }
+        self.samples.push((Instant::now(), v));
+    }
+
+    /// The counters that moved from the last sample before `span` to the
+    /// first after it, e.g. `alpha no_neigh +1`.
+    fn during(&self, span: Span) -> String {
+        let before = self.samples.iter().rev().find(|(t, _)| *t <= span.start);
+        let after = self.samples.iter().find(|(t, _)| *t >= span.end);
+        let (Some((_, a)), Some((_, b))) = (before, after) else {
+            return "no samples around it".to_owned();
+        };
+        let moved: Vec<String> = self
+            .names
+            .iter()
+            .zip(a.iter().zip(b))
+            .filter(|(_, (x, y))| y > x)
+            .map(|(n, (x, y))| format!("{n} +{}", y - x))
+            .collect();
+        if moved.is_empty() {
+            "the data plane counted no drop".to_owned()
+        } else {
+            format!("the data plane counted {}", moved.join(", "))
+        }
+    }
+}
+
 /// The data plane's counters that must never decrease: every node-wide
 /// counter, and alpha's and beta's traffic counters.
 fn counters(dp: &lb::dataplane::Dataplane, tenants: &[u32]) -> Vec<u64> {
@@ -688,13 +743,18 @@ fn soak() {
     let dp = lb::dataplane::Dataplane::open_pinned(&soak.pin_path).expect("the pinned maps");
     let ids: serde_json::Value =
         serde_json::from_str(&soak.lbctl_ok(&["--json", "tenant", "list"])).expect("JSON");
-    let tenant_ids: Vec<u32> = ids
+    let named_ids: Vec<(String, u32)> = ids
         .as_array()
         .expect("tenants")
         .iter()
-        .filter_map(|t| t["id"].as_u64().and_then(|i| u32::try_from(i).ok()))
+        .filter_map(|t| {
+            let id = t["id"].as_u64().and_then(|i| u32::try_from(i).ok())?;
+            Some((t["name"].as_str()?.to_owned(), id))
+        })
         .collect();
+    let tenant_ids: Vec<u32> = named_ids.iter().map(|(_, id)| *id).collect();
     assert_eq!(tenant_ids.len(), 2, "{ids}");
+    let mut drops = DropSamples::new(&named_ids);
 
     let load = Arc::new(Load::default());
     let client = soak.topo.client_path(0);
@@ -724,11 +784,12 @@ fn soak() {
     for cycle in 0..cycles {
         let t0 = start + CYCLE * cycle;
         let at = |secs: u64| t0 + Duration::from_secs(secs);
-        let wait_until = |t: Instant,
-                          dp: &lb::dataplane::Dataplane,
-                          last: &mut Vec<u64>,
-                          bad: &mut Vec<String>| {
+        let mut wait_until = |t: Instant,
+                              dp: &lb::dataplane::Dataplane,
+                              last: &mut Vec<u64>,
+                              bad: &mut Vec<String>| {
             while Instant::now() < t {
+                drops.sample(dp, &named_ids);
                 let now = counters(dp, &tenant_ids);
                 for (i, (a, b)) in last.iter().zip(&now).enumerate() {
                     if b < a {
@@ -837,9 +898,10 @@ fn soak() {
             })
             .map(|(label, span, e)| {
                 format!(
-                    "{label} at {:.1}-{:.1} s: {e}",
+                    "{label} at {:.1}-{:.1} s: {e} ({})",
                     (span.start - start).as_secs_f64(),
-                    (span.end - start).as_secs_f64()
+                    (span.end - start).as_secs_f64(),
+                    drops.during(*span)
                 )
             })
             .collect()
