@@ -271,74 +271,119 @@ pub struct TrafficCounters {
     pub drops: u64,
 }
 
-/// Why the balancer dropped (or answered instead of forwarding) a packet;
-/// the index into [`DropCounters::by_reason`].
-pub mod drop_reason {
+/// Why the balancer dropped (or answered instead of forwarding) a packet:
+/// the index into [`DropCounters::by_reason`]. One `u32` wide
+/// (`#[repr(transparent)]`), so the eBPF code keeps it in one register.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DropReason(u32);
+
+impl DropReason {
     /// A header was truncated or inconsistent (bad IHL, lengths).
-    pub const MALFORMED: usize = 0;
+    pub const MALFORMED: Self = Self(0);
     /// The VIP's pool is missing or has no backend in its ring.
-    pub const NO_BACKEND: usize = 1;
+    pub const NO_BACKEND: Self = Self(1);
     /// The ring or flow table named a backend of another tenant.
-    pub const TENANT_MISMATCH: usize = 2;
+    pub const TENANT_MISMATCH: Self = Self(2);
     /// `bpf_fib_lookup` found no route to the backend.
-    pub const NO_ROUTE: usize = 3;
+    pub const NO_ROUTE: Self = Self(3);
     /// The backend's MAC is not resolved yet.
-    pub const NO_NEIGH: usize = 4;
+    pub const NO_NEIGH: Self = Self(4);
     /// An IP fragment addressed to a VIP.
-    pub const FRAGMENT: usize = 5;
+    pub const FRAGMENT: Self = Self(5);
     /// Too big once encapsulated and not allowed to fragment: answered with
     /// ICMP fragmentation-needed / packet-too-big.
-    pub const TOO_BIG: usize = 6;
+    pub const TOO_BIG: Self = Self(6);
     /// Too big once encapsulated, DF clear: dropped.
-    pub const TOO_BIG_NO_DF: usize = 7;
+    pub const TOO_BIG_NO_DF: Self = Self(7);
     /// Growing or shrinking the packet failed.
-    pub const ENCAP_FAILED: usize = 8;
+    pub const ENCAP_FAILED: Self = Self(8);
     /// An ICMP error about a VIP flow whose flow-table entry is stale (its
     /// backend is gone, down or moved).
-    pub const ICMP_NO_BACKEND: usize = 9;
+    pub const ICMP_NO_BACKEND: Self = Self(9);
     /// An IPv6 packet for a VIP address with an extension header the
     /// balancer does not walk (hop-by-hop, routing, destination options).
-    pub const UNSUPPORTED: usize = 10;
+    pub const UNSUPPORTED: Self = Self(10);
     /// The source address is not allowed by the tenant's ACL.
-    pub const ACL_DENY: usize = 11;
+    pub const ACL_DENY: Self = Self(11);
     /// Over the tenant's packets or bytes per second.
-    pub const TENANT_RATE: usize = 12;
+    pub const TENANT_RATE: Self = Self(12);
     /// Over the VIP's packets or bytes per second.
-    pub const VIP_RATE: usize = 13;
+    pub const VIP_RATE: Self = Self(13);
     /// A TCP SYN over the VIP's new-connection rate.
-    pub const SYN_RATE: usize = 14;
+    pub const SYN_RATE: Self = Self(14);
     /// A new flow over the tenant's new-flow rate: dropped before it takes
     /// a flow-table entry, so one tenant cannot evict another's flows.
-    pub const NEW_FLOW_RATE: usize = 15;
+    pub const NEW_FLOW_RATE: Self = Self(15);
     /// An ICMP error quoting a VIP's packet but addressed elsewhere than
     /// that VIP: not what a router sends, so a forgery.
-    pub const ICMP_DST_MISMATCH: usize = 16;
+    pub const ICMP_DST_MISMATCH: Self = Self(16);
     /// An ICMP error about a VIP flow the flow table does not hold: no
     /// backend sent the quoted packet.
-    pub const ICMP_NO_FLOW: usize = 17;
-    /// Number of reasons; the size of [`super::DropCounters::by_reason`].
+    pub const ICMP_NO_FLOW: Self = Self(17);
+    /// Number of reasons; the size of [`DropCounters::by_reason`].
     pub const COUNT: usize = 18;
-    /// Names for metrics and `lbctl`, indexed by reason.
-    pub const NAMES: [&str; COUNT] = [
-        "malformed",
-        "no_backend",
-        "tenant_mismatch",
-        "no_route",
-        "no_neigh",
-        "fragment",
-        "too_big",
-        "too_big_no_df",
-        "encap_failed",
-        "icmp_no_backend",
-        "unsupported",
-        "acl_deny",
-        "tenant_rate_limit",
-        "vip_rate_limit",
-        "syn_rate_limit",
-        "new_flow_limit",
-        "icmp_dst_mismatch",
-        "icmp_no_flow",
-    ];
+    /// Every reason, in counter order.
+    pub const ALL: [Self; Self::COUNT] = {
+        let mut all = [Self(0); Self::COUNT];
+        let mut i = 0;
+        while i < Self::COUNT {
+            #[expect(clippy::cast_possible_truncation, reason = "i < COUNT")]
+            {
+                all[i] = Self(i as u32);
+            }
+            i += 1;
+        }
+        all
+    };
+
+    /// The reason's counter in [`DropCounters::by_reason`].
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// The reason as one `u32`, for a BPF function's scalar return.
+    #[must_use]
+    pub const fn code(self) -> u32 {
+        self.0
+    }
+
+    /// The reason whose [`DropReason::code`] is `code`, if any.
+    #[must_use]
+    pub const fn from_code(code: u32) -> Option<Self> {
+        if (code as usize) < Self::COUNT {
+            Some(Self(code))
+        } else {
+            None
+        }
+    }
+
+    /// The reason's name in metrics and `lbctl`.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self.0 {
+            0 => "malformed",
+            1 => "no_backend",
+            2 => "tenant_mismatch",
+            3 => "no_route",
+            4 => "no_neigh",
+            5 => "fragment",
+            6 => "too_big",
+            7 => "too_big_no_df",
+            8 => "encap_failed",
+            9 => "icmp_no_backend",
+            10 => "unsupported",
+            11 => "acl_deny",
+            12 => "tenant_rate_limit",
+            13 => "vip_rate_limit",
+            14 => "syn_rate_limit",
+            15 => "new_flow_limit",
+            16 => "icmp_dst_mismatch",
+            17 => "icmp_no_flow",
+            _ => "unknown",
+        }
+    }
 }
 
 /// Per-CPU drop counters by reason, one per tenant ([`MAP_TENANT_DROPS`]).
@@ -347,13 +392,13 @@ pub mod drop_reason {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropCounters {
-    pub by_reason: [u64; drop_reason::COUNT],
+    pub by_reason: [u64; DropReason::COUNT],
 }
 
 impl Default for DropCounters {
     fn default() -> Self {
         Self {
-            by_reason: [0; drop_reason::COUNT],
+            by_reason: [0; DropReason::COUNT],
         }
     }
 }
@@ -511,13 +556,49 @@ pub struct RateState {
 /// Entries of [`MAP_SNI`]: the L7 host names of every tenant.
 pub const MAX_SNI_NAMES: u32 = 262_144;
 
-/// Rate limiters per tenant in [`MAP_RATES`]: packets, bytes, new flows.
-pub const RATES_PER_TENANT: u32 = 3;
-/// Rate limiters per VIP in [`MAP_RATES`]: packets, bytes, SYNs (after the
-/// tenants' block).
-pub const RATES_PER_VIP: u32 = 3;
+/// A tenant's rate limiters in [`MAP_RATES`], by slot.
+pub mod tenant_rate {
+    /// Packets to the tenant's VIPs.
+    pub const PACKETS: u32 = 0;
+    /// Bytes to the tenant's VIPs.
+    pub const BYTES: u32 = 1;
+    /// New flows (flow-table inserts).
+    pub const NEW_FLOWS: u32 = 2;
+    /// Slots per tenant.
+    pub const COUNT: u32 = 3;
+}
+
+/// A VIP's rate limiters in [`MAP_RATES`], by slot.
+pub mod vip_rate {
+    /// Packets to the VIP.
+    pub const PACKETS: u32 = 0;
+    /// Bytes to the VIP.
+    pub const BYTES: u32 = 1;
+    /// TCP SYNs (new connections) to the VIP.
+    pub const SYNS: u32 = 2;
+    /// Slots per VIP.
+    pub const COUNT: u32 = 3;
+}
+
+/// Rate limiters per tenant in [`MAP_RATES`] ([`tenant_rate`]).
+pub const RATES_PER_TENANT: u32 = tenant_rate::COUNT;
+/// Rate limiters per VIP in [`MAP_RATES`] ([`vip_rate`]), after the
+/// tenants' block.
+pub const RATES_PER_VIP: u32 = vip_rate::COUNT;
 /// Entries of [`MAP_RATES`].
 pub const RATE_ENTRIES: u32 = MAX_TENANTS * RATES_PER_TENANT + MAX_VIPS * RATES_PER_VIP;
+
+/// The [`MAP_RATES`] entry of `tenant`'s limiter `slot` ([`tenant_rate`]).
+#[must_use]
+pub const fn tenant_rate_index(tenant: u32, slot: u32) -> u32 {
+    tenant * RATES_PER_TENANT + slot
+}
+
+/// The [`MAP_RATES`] entry of `vip`'s limiter `slot` ([`vip_rate`]).
+#[must_use]
+pub const fn vip_rate_index(vip: u32, slot: u32) -> u32 {
+    MAX_TENANTS * RATES_PER_TENANT + vip * RATES_PER_VIP + slot
+}
 
 const _: () = assert!(size_of::<AclKey>() == 24);
 const _: () = assert!(size_of::<TenantPolicy>() == 32);
@@ -533,7 +614,7 @@ const _: () = assert!(size_of::<FlowValue>() == 24);
 const _: () = assert!(size_of::<Settings>() == 16);
 const _: () = assert!(size_of::<NextHop>() == 48);
 const _: () = assert!(size_of::<TrafficCounters>() == 32);
-const _: () = assert!(size_of::<DropCounters>() == 8 * drop_reason::COUNT);
+const _: () = assert!(size_of::<DropCounters>() == 8 * DropReason::COUNT);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -569,4 +650,23 @@ mod pod {
         TrafficCounters,
         DropCounters,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DropReason;
+
+    #[test]
+    fn every_drop_reason_has_its_own_name_and_counter() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(DropReason::from_code(r.code()), Some(*r));
+            assert_ne!(r.name(), "unknown", "reason {i}");
+            for other in &DropReason::ALL[..i] {
+                assert_ne!(r.name(), other.name());
+            }
+        }
+        let past = u32::try_from(DropReason::COUNT).expect("small");
+        assert_eq!(DropReason::from_code(past), None);
+    }
 }

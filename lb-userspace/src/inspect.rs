@@ -10,8 +10,8 @@ use std::{
 };
 
 use lb_common::{
-    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, BACKEND_UP, Backend, FlowKey, FlowValue,
-    PROTO_TCP, PROTO_UDP, RING_EMPTY, TrafficCounters, VipKey, drop_reason, global_counter,
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, BACKEND_UP, Backend, DropReason, FlowKey,
+    FlowValue, PROTO_TCP, PROTO_UDP, RING_EMPTY, TrafficCounters, VipKey, global_counter,
     hash::flow_hash,
 };
 
@@ -150,11 +150,11 @@ fn now_ns() -> u64 {
 
 fn drops_by_reason(dp: &Dataplane, tenant: u32) -> BTreeMap<String, u64> {
     let d = dp.tenant_drops(tenant);
-    drop_reason::NAMES
+    DropReason::ALL
         .iter()
         .zip(d.by_reason.iter())
-        .filter(|(name, n)| **n > 0 && !name.starts_with("reserved"))
-        .map(|(name, n)| ((*name).to_string(), *n))
+        .filter(|(_, n)| **n > 0)
+        .map(|(reason, n)| (reason.name().to_string(), *n))
         .collect()
 }
 

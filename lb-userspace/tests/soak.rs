@@ -665,9 +665,9 @@ impl DropSamples {
         let mut names = vec!["flow_stale".to_owned()];
         for (name, _) in tenants {
             names.extend(
-                lb_common::drop_reason::NAMES
+                lb_common::DropReason::ALL
                     .iter()
-                    .map(|r| format!("{name} {r}")),
+                    .map(|r| format!("{name} {}", r.name())),
             );
         }
         Self {

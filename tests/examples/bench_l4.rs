@@ -62,7 +62,7 @@ use lb::{
     neighbours,
     reconcile::Reconciler,
 };
-use lb_common::drop_reason;
+use lb_common::DropReason;
 use lb_tests::netns::{
     LineTopology, Side, enter_netns_current_thread, line_v4, line_v6, pin_thread, set_fifo,
     thread_cpu_ns,
@@ -850,7 +850,7 @@ impl Bench {
             .iter()
             .enumerate()
             .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| format!("{}={n}", drop_reason::NAMES[i]))
+            .map(|(i, n)| format!("{}={n}", DropReason::ALL[i].name()))
             .collect::<Vec<_>>()
             .join(", ")
     }

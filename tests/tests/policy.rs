@@ -25,7 +25,7 @@ use lb::{
     dataplane::{Dataplane, LoadOptions},
     reconcile::Reconciler,
 };
-use lb_common::drop_reason;
+use lb_common::DropReason;
 
 const XDP_DROP: u32 = 1;
 const XDP_TX: u32 = 3;
@@ -122,9 +122,9 @@ impl Node {
         IpAddr::from([d[0], d[1], d[2], d[3]])
     }
 
-    fn drops(&self, tenant: &str, reason: usize) -> u64 {
+    fn drops(&self, tenant: &str, reason: DropReason) -> u64 {
         let id = self.reconciler.ids().tenant(tenant).expect("tenant id");
-        self.dp.tenant_drops(id).by_reason[reason]
+        self.dp.tenant_drops(id).by_reason[reason.index()]
     }
 }
 
@@ -172,7 +172,7 @@ fn acls_allow_and_deny_sources_per_tenant() {
         node.send(ip("192.0.2.7"), 1001, ip("203.0.113.10"), false),
         XDP_TX
     );
-    assert_eq!(node.drops("denies", drop_reason::ACL_DENY), 1);
+    assert_eq!(node.drops("denies", DropReason::ACL_DENY), 1);
     // Allow list: only the listed prefix, minus its longer deny.
     assert_eq!(
         node.send(ip("10.1.2.3"), 1002, ip("203.0.113.20"), false),
@@ -186,7 +186,7 @@ fn acls_allow_and_deny_sources_per_tenant() {
         node.send(ip("198.51.100.7"), 1004, ip("203.0.113.20"), false),
         XDP_DROP
     );
-    assert_eq!(node.drops("allows", drop_reason::ACL_DENY), 2);
+    assert_eq!(node.drops("allows", DropReason::ACL_DENY), 2);
     // IPv6.
     assert_eq!(
         node.send(ip("2001:db8:bad::1"), 1005, ip("2001:db8:100::10"), false),
@@ -197,7 +197,7 @@ fn acls_allow_and_deny_sources_per_tenant() {
         XDP_TX
     );
     // The first tenant's deny list does not apply to the second tenant.
-    assert_eq!(node.drops("denies", drop_reason::ACL_DENY), 1);
+    assert_eq!(node.drops("denies", DropReason::ACL_DENY), 1);
 }
 
 #[test]
@@ -222,7 +222,7 @@ fn a_tenant_over_its_packet_budget_is_limited_and_its_neighbour_is_not() {
         (100..=200).contains(&passed),
         "noisy got {passed} of 500 through (budget 100 per window)"
     );
-    assert_eq!(node.drops("noisy", drop_reason::TENANT_RATE), 500 - passed);
+    assert_eq!(node.drops("noisy", DropReason::TENANT_RATE), 500 - passed);
     for i in 0..300u16 {
         assert_eq!(
             node.send(ip("192.0.2.8"), 3000 + i, ip("203.0.113.20"), true),
@@ -252,7 +252,7 @@ fn vip_budgets_limit_syns_and_packets() {
         (5..=10).contains(&syns),
         "{syns} SYNs of 100 passed (budget 5 per window)"
     );
-    assert_eq!(node.drops("acme", drop_reason::SYN_RATE), 100 - syns);
+    assert_eq!(node.drops("acme", DropReason::SYN_RATE), 100 - syns);
     for i in 0..100u16 {
         assert_eq!(
             node.send(ip("192.0.2.7"), 5000 + i, ip("203.0.113.10"), true),
@@ -288,7 +288,7 @@ fn new_flows_over_the_tenant_budget_never_enter_the_flow_table() {
         "flood inserted {entries} flows (budget 10 per window)"
     );
     assert_eq!(
-        node.drops("flood", drop_reason::NEW_FLOW_RATE),
+        node.drops("flood", DropReason::NEW_FLOW_RATE),
         200 - entries as u64
     );
     for i in 0..50u16 {
@@ -342,7 +342,7 @@ fn a_syn_flood_from_many_sources_never_evicts_another_tenants_flows() {
     for &(src, port) in &clients {
         assert_eq!(node.send(src, port, ip("203.0.113.20"), true), XDP_TX);
     }
-    assert!(node.drops("flood", drop_reason::NEW_FLOW_RATE) > 19_000);
+    assert!(node.drops("flood", DropReason::NEW_FLOW_RATE) > 19_000);
 }
 
 /// Tenant "a" (VIP 203.0.113.10, one backend) and tenant "b" (VIP
@@ -465,13 +465,13 @@ fn icmp_errors_obey_the_tenants_policy() {
         node.send_frag_needed("198.51.100.1", vip, vip, flow),
         XDP_DROP
     );
-    assert_eq!(node.drops("denies", drop_reason::ACL_DENY), 1);
+    assert_eq!(node.drops("denies", DropReason::ACL_DENY), 1);
     // Sent to another tenant's VIP (or any address but the quoted VIP).
     for to in ["203.0.113.20", "192.0.2.1"] {
         assert_eq!(node.send_frag_needed(router, to, vip, flow), XDP_DROP);
     }
-    assert_eq!(node.drops("denies", drop_reason::ICMP_DST_MISMATCH), 2);
-    assert_eq!(node.drops("other", drop_reason::ICMP_DST_MISMATCH), 0);
+    assert_eq!(node.drops("denies", DropReason::ICMP_DST_MISMATCH), 2);
+    assert_eq!(node.drops("other", DropReason::ICMP_DST_MISMATCH), 0);
     // About a flow the table does not hold: no backend sent that packet.
     for port in 1001..1011 {
         assert_eq!(
@@ -479,7 +479,7 @@ fn icmp_errors_obey_the_tenants_policy() {
             XDP_DROP
         );
     }
-    assert_eq!(node.drops("denies", drop_reason::ICMP_NO_FLOW), 10);
+    assert_eq!(node.drops("denies", DropReason::ICMP_NO_FLOW), 10);
 
     // The tenant's packet budget counts ICMP errors too.
     let vip = "203.0.113.30";
@@ -494,10 +494,7 @@ fn icmp_errors_obey_the_tenants_policy() {
         (99..=200).contains(&passed),
         "{passed} of 500 ICMP errors passed (budget 100 per window)"
     );
-    assert_eq!(
-        node.drops("limited", drop_reason::TENANT_RATE),
-        500 - passed
-    );
+    assert_eq!(node.drops("limited", DropReason::TENANT_RATE), 500 - passed);
 }
 
 #[test]

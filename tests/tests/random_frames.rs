@@ -39,7 +39,7 @@ use lb::{
     dataplane::{BALANCER_PROGRAM, Dataplane, LoadOptions},
     reconcile::Reconciler,
 };
-use lb_common::{NO_TENANT, drop_reason, global_counter};
+use lb_common::{DropReason, NO_TENANT, global_counter};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -639,9 +639,9 @@ fn every_frame_keeps_the_invariants_and_every_frame_is_counted() {
     tenants.push(("(none)", NO_TENANT));
     for (name, id) in tenants {
         let by_reason = w.dp.tenant_drops(id).by_reason;
-        let drops: Vec<String> = (0..drop_reason::COUNT)
+        let drops: Vec<String> = (0..DropReason::COUNT)
             .filter(|&r| by_reason[r] > 0)
-            .map(|r| format!("{} {}", drop_reason::NAMES[r], by_reason[r]))
+            .map(|r| format!("{} {}", DropReason::ALL[r].name(), by_reason[r]))
             .collect();
         println!("random frames: tenant {name} drops: {}", drops.join(", "));
     }
@@ -662,7 +662,7 @@ fn check_counters(w: &World, tally: &Tally, frames: u64, seed: u64) {
     // A too-big answer is counted as a drop of the packet and sent as TX.
     let too_big: u64 = tenants
         .iter()
-        .map(|&t| w.dp.tenant_drops(t).by_reason[drop_reason::TOO_BIG])
+        .map(|&t| w.dp.tenant_drops(t).by_reason[DropReason::TOO_BIG.index()])
         .sum();
     assert_eq!(g(RX), frames, "seed {seed}: rx counts every frame");
     assert_eq!(

@@ -51,9 +51,9 @@ use etherparse::{
 };
 use lb::dataplane::{BALANCER_PROGRAM, Dataplane, LoadOptions};
 use lb_common::{
-    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, BACKEND_UP, Backend, FAMILY_V4, FAMILY_V6,
-    FORWARD_IPIP, FORWARD_L2DSR, FlowKey, FlowValue, NO_TENANT, NextHop, PROTO_TCP, PROTO_UDP,
-    RING_EMPTY, Settings, TrafficCounters, VIP_F_LOCAL, VipAddrKey, VipInfo, VipKey, drop_reason,
+    BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, BACKEND_UP, Backend, DropReason, FAMILY_V4,
+    FAMILY_V6, FORWARD_IPIP, FORWARD_L2DSR, FlowKey, FlowValue, NO_TENANT, NextHop, PROTO_TCP,
+    PROTO_UDP, RING_EMPTY, Settings, TrafficCounters, VIP_F_LOCAL, VipAddrKey, VipInfo, VipKey,
     global_counter, hash::flow_hash,
 };
 
@@ -523,7 +523,7 @@ fn counter_diffs(want: &Counters, got: &Counters) -> Vec<String> {
             if w != g {
                 diffs.push(format!(
                     "tenant {t} drops {}: want {w}, got {g}",
-                    drop_reason::NAMES[r]
+                    DropReason::ALL[r].name()
                 ));
             }
         }
@@ -610,7 +610,7 @@ struct Case {
     to: Option<To>,
     counted: Counted,
     /// Drops counted, as (tenant, reason).
-    drops: Vec<(u32, usize)>,
+    drops: Vec<(u32, DropReason)>,
     /// Global counters bumped once each, besides `rx`.
     globals: Vec<u32>,
 }
@@ -642,7 +642,7 @@ impl Case {
         name: impl Into<String>,
         packet: Vec<u8>,
         tenant: u32,
-        reason: usize,
+        reason: DropReason,
         globals: &[u32],
     ) -> Self {
         Self::new(name, packet, XDP_DROP)
@@ -687,7 +687,7 @@ impl Case {
         })
     }
 
-    fn drops(mut self, drops: &[(u32, usize)]) -> Self {
+    fn drops(mut self, drops: &[(u32, DropReason)]) -> Self {
         self.drops.extend_from_slice(drops);
         self
     }
@@ -821,7 +821,7 @@ fn expected_counters(
         want.global[idx(g)] += 1;
     }
     for &(tenant, reason) in &case.drops {
-        want.drops[idx(tenant)][reason] += 1;
+        want.drops[idx(tenant)][reason.index()] += 1;
         want.tenants[idx(tenant)].drops += 1;
     }
     match case.counted {
@@ -1528,16 +1528,10 @@ fn ipip_forwarding() {
         new_flow,
     };
     let malformed = |name: &str, packet| {
-        Case::drop(
-            name,
-            packet,
-            NO_TENANT,
-            drop_reason::MALFORMED,
-            &[MALFORMED],
-        )
+        Case::drop(name, packet, NO_TENANT, DropReason::MALFORMED, &[MALFORMED])
     };
     let malformed_l4 = |name: &str, packet| {
-        Case::drop(name, packet, TENANT_1, drop_reason::MALFORMED, &[MALFORMED])
+        Case::drop(name, packet, TENANT_1, DropReason::MALFORMED, &[MALFORMED])
     };
     let l2 = 14;
     let cases = vec![
@@ -1665,7 +1659,7 @@ fn ipip_forwarding() {
         .output(Output::TooBig(1480))
         .to(To::Ring)
         .http(true)
-        .drops(&[(TENANT_1, drop_reason::TOO_BIG)])
+        .drops(&[(TENANT_1, DropReason::TOO_BIG)])
         .globals(&[ICMP_TOO_BIG_SENT]),
         Case::new(
             "1500-byte vlan-tagged ipv4 tcp with df: answer keeps the tag",
@@ -1675,7 +1669,7 @@ fn ipip_forwarding() {
         .output(Output::TooBig(1480))
         .to(To::Ring)
         .http(true)
-        .drops(&[(TENANT_1, drop_reason::TOO_BIG)])
+        .drops(&[(TENANT_1, DropReason::TOO_BIG)])
         .globals(&[ICMP_TOO_BIG_SENT]),
         Case::new(
             "1500-byte ipv4 tcp without df: dropped",
@@ -1686,7 +1680,7 @@ fn ipip_forwarding() {
         )
         .to(To::Ring)
         .http(true)
-        .drops(&[(TENANT_1, drop_reason::TOO_BIG_NO_DF)]),
+        .drops(&[(TENANT_1, DropReason::TOO_BIG_NO_DF)]),
         Case::new(
             "1500-byte ipv6 tcp: icmpv6 packet-too-big (mtu 1460) to the client",
             tcp_sized(CLIENT6, 40_014, VIP6, 443, 1500),
@@ -1695,7 +1689,7 @@ fn ipip_forwarding() {
         .output(Output::TooBig(1460))
         .to(To::Ring)
         .counted(v6(true))
-        .drops(&[(TENANT_1, drop_reason::TOO_BIG)])
+        .drops(&[(TENANT_1, DropReason::TOO_BIG)])
         .globals(&[ICMP_TOO_BIG_SENT]),
         // -- ICMP --
         Case::forward(
@@ -1722,7 +1716,7 @@ fn ipip_forwarding() {
             "icmp frag-needed about a flow not in the table: dropped, no backend sent it",
             icmp4_frag_needed(VIP4_A, &backend_reply(VIP4_A, 80, CLIENT4, 40_100)),
             TENANT_1,
-            drop_reason::ICMP_NO_FLOW,
+            DropReason::ICMP_NO_FLOW,
             &[],
         )
         .counted(Counted::Vip(VIP_HTTP)),
@@ -1730,7 +1724,7 @@ fn ipip_forwarding() {
             "icmp frag-needed about a vip flow sent to another address: dropped",
             icmp4_frag_needed(VIP4_T2, &backend_reply(VIP4_A, 80, CLIENT4, 40_001)),
             TENANT_1,
-            drop_reason::ICMP_DST_MISMATCH,
+            DropReason::ICMP_DST_MISMATCH,
             &[],
         )
         .counted(Counted::Vip(VIP_HTTP)),
@@ -1781,14 +1775,14 @@ fn ipip_forwarding() {
             "ipv4 first fragment (mf) to a vip address: dropped",
             edit_ipv4(udp(CLIENT4, 5355, VIP4_A, 53), |ip| set_be16(ip, 6, 0x2000)),
             TENANT_1,
-            drop_reason::FRAGMENT,
+            DropReason::FRAGMENT,
             &[],
         ),
         Case::drop(
             "ipv4 last fragment (offset, no mf) to a vip address: dropped",
             edit_ipv4(udp(CLIENT4, 5355, VIP4_A, 53), |ip| set_be16(ip, 6, 185)),
             TENANT_1,
-            drop_reason::FRAGMENT,
+            DropReason::FRAGMENT,
             &[],
         ),
         Case::pass(
@@ -1800,7 +1794,7 @@ fn ipip_forwarding() {
             "ipv6 fragment header to a vip address: dropped",
             with_ipv6_ext(&syn(CLIENT6, 40_015, VIP6, 443), 44, [0, 0, 1, 0, 0, 0, 1]),
             TENANT_1,
-            drop_reason::FRAGMENT,
+            DropReason::FRAGMENT,
             &[],
         ),
         Case::pass(
@@ -1817,14 +1811,14 @@ fn ipip_forwarding() {
             "ipv6 hop-by-hop header to a vip address: dropped as unsupported",
             with_ipv6_ext(&syn(CLIENT6, 40_016, VIP6, 443), 0, [0, 1, 4, 0, 0, 0, 0]),
             TENANT_1,
-            drop_reason::UNSUPPORTED,
+            DropReason::UNSUPPORTED,
             &[],
         ),
         Case::drop(
             "ipv6 routing header to a vip address: dropped as unsupported",
             with_ipv6_ext(&syn(CLIENT6, 40_016, VIP6, 443), 43, [0, 0, 0, 0, 0, 0, 0]),
             TENANT_1,
-            drop_reason::UNSUPPORTED,
+            DropReason::UNSUPPORTED,
             &[],
         ),
         Case::pass(
@@ -2133,7 +2127,7 @@ fn tenant_isolation() {
             "tenant 1's ring (wrongly) naming tenant 2's backend 3: dropped",
             syn(CLIENT4, 42_001, VIP4_A, 80),
             TENANT_1,
-            drop_reason::TENANT_MISMATCH,
+            DropReason::TENANT_MISMATCH,
             &[],
         )
         .setup(|env| env.write_ring(POOL_1, TENANT_1, &[3]))
@@ -2144,7 +2138,7 @@ fn tenant_isolation() {
             "tenant 1's ring naming tenant 2's backend 4: dropped",
             syn(CLIENT4, 42_002, VIP4_A, 80),
             TENANT_1,
-            drop_reason::TENANT_MISMATCH,
+            DropReason::TENANT_MISMATCH,
             &[],
         )
         .setup(|env| env.write_ring(POOL_1, TENANT_1, &[4]))
@@ -2238,7 +2232,7 @@ fn flow_table() {
             "new flow while the ring still names draining backend 2: dropped",
             syn(CLIENT4, 31_000, VIP4_A, 80),
             TENANT_1,
-            drop_reason::NO_BACKEND,
+            DropReason::NO_BACKEND,
             &[],
         )
         .setup(|env| env.write_ring(POOL_1, TENANT_1, &[2]))
@@ -2291,7 +2285,7 @@ fn flow_table() {
             "icmp frag-needed about the flow after its backend went down: dropped",
             icmp4_frag_needed(VIP4_A, &backend_reply(VIP4_A, 80, CLIENT4, port)),
             TENANT_1,
-            drop_reason::ICMP_NO_BACKEND,
+            DropReason::ICMP_NO_BACKEND,
             &[],
         )
         .setup(|env| env.set_state(0, BACKEND_DOWN))
@@ -2305,7 +2299,7 @@ fn flow_table() {
 fn no_backend() {
     let mut env = Env::new(FORWARD_IPIP);
     let no_backend = |name: &str, packet, tenant, vip| {
-        Case::drop(name, packet, tenant, drop_reason::NO_BACKEND, &[]).counted(Counted::Vip(vip))
+        Case::drop(name, packet, tenant, DropReason::NO_BACKEND, &[]).counted(Counted::Vip(vip))
     };
     let cases = vec![
         no_backend(
@@ -2462,7 +2456,7 @@ fn ipip_keeps_an_802_1ad_tag() {
         .output(Output::TooBig(1480))
         .to(To::Ring)
         .http(true)
-        .drops(&[(TENANT_1, drop_reason::TOO_BIG)])
+        .drops(&[(TENANT_1, DropReason::TOO_BIG)])
         .globals(&[global_counter::ICMP_TOO_BIG_SENT]),
     ];
     run_table(&mut env, &cases);

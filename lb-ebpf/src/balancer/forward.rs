@@ -7,9 +7,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use lb_common::{
-    Backend, FAMILY_V4, FORWARD_L2DSR, NextHop, Settings, drop_reason, global_counter,
-};
+use lb_common::{Backend, DropReason, FAMILY_V4, FORWARD_L2DSR, NextHop, Settings, global_counter};
 use lb_ebpf::{
     csum, l2,
     parse::{ETH_P_IP, ETH_P_IPV6, Packet, ptr_at},
@@ -31,7 +29,7 @@ pub enum TooBig {
     Drop,
 }
 
-/// Forwards `pkt` to backend `id`; returns the XDP action.
+/// Forwards `pkt` to backend `id`.
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
@@ -47,48 +45,85 @@ pub fn to_backend(
     hash: u32,
     now: u64,
     too_big: TooBig,
-) -> u32 {
+) -> Forwarded {
     let nh = match nexthop::lookup(ctx, id, backend, now) {
         Ok(nh) => nh,
         Err(reason) => return dropped(tenant, reason),
     };
     if settings.forwarding == FORWARD_L2DSR {
         if write_l2(ctx, pkt, nh, pkt.family).is_err() {
-            return dropped(tenant, drop_reason::MALFORMED);
+            return dropped(tenant, DropReason::MALFORMED);
         }
-        return send(ctx, nh);
+        return Forwarded::action(send(ctx, nh));
     }
 
     let overhead = if backend.family == FAMILY_V4 { 20 } else { 40 };
     if pkt.ip_len + overhead > nh.mtu as usize {
         if pkt.dont_fragment && too_big == TooBig::Answer {
-            stats::drop(tenant, drop_reason::TOO_BIG);
+            stats::drop(tenant, DropReason::TOO_BIG);
             stats::global(global_counter::ICMP_TOO_BIG_SENT);
-            return answer_too_big(nh.mtu);
+            return Forwarded::too_big(nh.mtu);
         }
-        return dropped(tenant, drop_reason::TOO_BIG_NO_DF);
+        return dropped(tenant, DropReason::TOO_BIG_NO_DF);
     }
     if encapsulate(ctx, pkt, backend, nh, hash).is_err() {
-        return dropped(tenant, drop_reason::ENCAP_FAILED);
+        return dropped(tenant, DropReason::ENCAP_FAILED);
     }
-    send(ctx, nh)
+    Forwarded::action(send(ctx, nh))
 }
 
-/// Return values at or above this are not XDP actions but a request to the
-/// top of the program to answer "too big" with the MTU in the low 16 bits.
-/// The answer is built there, outside the nested calls, so the stack frames
-/// of the steering path and of the ICMP builder are never stacked.
-pub const TOO_BIG_BASE: u32 = 0x1_0000;
+/// What forwarding decided: an XDP action, or to answer the client that
+/// its packet is too big for the path, with the route MTU. The answer is
+/// built at the top of the program, outside the nested calls, so the stack
+/// frames of the steering path and of the ICMP builder are never stacked.
+/// One `u32` (`#[repr(transparent)]`): it crosses a BPF function's return.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct Forwarded(u32);
 
-#[inline(always)]
-fn answer_too_big(mtu: u16) -> u32 {
-    TOO_BIG_BASE | u32::from(mtu)
+impl Forwarded {
+    /// Values from this up are a too-big answer, the MTU in the low 16
+    /// bits; XDP actions are far below.
+    const TOO_BIG: u32 = 0x1_0000;
+
+    /// The XDP action `action` (`XDP_TX`, `XDP_DROP`, ...).
+    #[inline(always)]
+    pub const fn action(action: u32) -> Self {
+        Self(action)
+    }
+
+    #[inline(always)]
+    const fn too_big(mtu: u16) -> Self {
+        Self(Self::TOO_BIG | mtu as u32)
+    }
+
+    /// The MTU to announce when the client is to be told its packet is too
+    /// big; `None` for an XDP action.
+    #[inline(always)]
+    pub const fn too_big_mtu(self) -> Option<u16> {
+        if self.0 >= Self::TOO_BIG {
+            Some(self.0 as u16)
+        } else {
+            None
+        }
+    }
+
+    /// The XDP action; `XDP_DROP` for a too-big answer nobody builds (the
+    /// ICMP path forwards with [`TooBig::Drop`] and never gets one).
+    #[inline(always)]
+    pub const fn xdp_action(self) -> u32 {
+        if self.0 >= Self::TOO_BIG {
+            XDP_DROP
+        } else {
+            self.0
+        }
+    }
 }
 
 #[inline(always)]
-fn dropped(tenant: u32, reason: usize) -> u32 {
+fn dropped(tenant: u32, reason: DropReason) -> Forwarded {
     stats::drop(tenant, reason);
-    XDP_DROP
+    Forwarded::action(XDP_DROP)
 }
 
 /// `XDP_TX` when the next hop is behind the interface the packet came in on,

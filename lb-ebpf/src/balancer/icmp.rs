@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FAMILY_V4, FlowKey, NO_TENANT, PROTO_TCP, PROTO_UDP, Settings, drop_reason, global_counter,
+    DropReason, FAMILY_V4, FlowKey, NO_TENANT, PROTO_TCP, PROTO_UDP, Settings, global_counter,
 };
 use lb_ebpf::{
     csum, l2,
@@ -79,13 +79,12 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
     // router sends it to the quoted packet's source, the VIP. Another
     // destination is a forgery aimed at the backends behind this node.
     if pkt.dst != key.dst {
-        return crate::vip_drop(pkt, &vip, drop_reason::ICMP_DST_MISMATCH);
+        return crate::vip_drop(pkt, &vip, DropReason::ICMP_DST_MISMATCH);
     }
     // The same ACL and budgets as the tenant's TCP and UDP (the outer
     // source is the router that sent the error).
-    let verdict = policy::check(pkt, &vip, 0, now);
-    if verdict != policy::PASS {
-        return crate::vip_drop(pkt, &vip, verdict as usize);
+    if let Some(reason) = policy::check(pkt, &vip, 0, now).dropped() {
+        return crate::vip_drop(pkt, &vip, reason);
     }
     if vip.flags & lb_common::VIP_F_LOCAL != 0 {
         return crate::pass_local(pkt, &vip);
@@ -94,8 +93,8 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
     // packet; the ring's choice for an unknown flow would be a stranger.
     let choice = match select::flow(&key, &vip, settings, now) {
         select::Entry::Valid(choice) => choice,
-        select::Entry::Stale => return crate::vip_drop(pkt, &vip, drop_reason::ICMP_NO_BACKEND),
-        select::Entry::Missing => return crate::vip_drop(pkt, &vip, drop_reason::ICMP_NO_FLOW),
+        select::Entry::Stale => return crate::vip_drop(pkt, &vip, DropReason::ICMP_NO_BACKEND),
+        select::Entry::Missing => return crate::vip_drop(pkt, &vip, DropReason::ICMP_NO_FLOW),
     };
     stats::forwarded(vip.tenant_id, vip.vip_id, choice.id, pkt.ip_len, false);
     stats::global(global_counter::ICMP_FORWARDED);
@@ -110,6 +109,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> 
         now,
         TooBig::Drop,
     )
+    .xdp_action()
 }
 
 /// Reads the IP header quoted in an ICMP error at `off` into `key`, reversed
@@ -152,7 +152,7 @@ pub fn send_too_big(ctx: &XdpContext, pkt: &Packet, mtu: u16) -> u32 {
     if result.is_ok() {
         return XDP_TX;
     }
-    stats::drop(NO_TENANT, drop_reason::ENCAP_FAILED);
+    stats::drop(NO_TENANT, DropReason::ENCAP_FAILED);
     XDP_DROP
 }
 

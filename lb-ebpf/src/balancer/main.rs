@@ -34,6 +34,7 @@ mod nexthop;
 mod policy;
 mod select;
 mod stats;
+mod verdict;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -41,12 +42,12 @@ use aya_ebpf::{
     macros::xdp,
     programs::XdpContext,
 };
-use lb_common::{FlowKey, NO_TENANT, Settings, VIP_F_LOCAL, VipInfo, drop_reason, global_counter};
+use lb_common::{DropReason, FlowKey, NO_TENANT, Settings, VIP_F_LOCAL, VipInfo, global_counter};
 use lb_ebpf::parse::{self, Packet, ParseError, ptr_at};
 use network_types::eth::EthHdr;
 
 use crate::{
-    forward::TooBig,
+    forward::{Forwarded, TooBig},
     maps::{SCRATCH, SETTINGS, TENANT_STATS, VIP_STATS},
 };
 
@@ -72,7 +73,7 @@ fn balance(ctx: &XdpContext) -> u32 {
         Err(ParseError::BadL3) => {
             // Without a trustworthy header we cannot tell whose it is.
             stats::global(global_counter::MALFORMED);
-            stats::drop(NO_TENANT, drop_reason::MALFORMED);
+            stats::drop(NO_TENANT, DropReason::MALFORMED);
             return XDP_DROP;
         }
     }
@@ -88,27 +89,23 @@ fn balance(ctx: &XdpContext) -> u32 {
     if !parse::is_tcp_or_udp(pkt.proto) {
         return other_protocol(pkt);
     }
-    let action = steer(ctx, pkt, &settings, now);
-    if action >= forward::TOO_BIG_BASE {
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "the MTU is the low 16 bits"
-        )]
-        return icmp::send_too_big(ctx, pkt, action as u16);
+    let forwarded = steer(ctx, pkt, &settings, now);
+    match forwarded.too_big_mtu() {
+        Some(mtu) => icmp::send_too_big(ctx, pkt, mtu),
+        None => forwarded.xdp_action(),
     }
-    action
 }
 
 /// A TCP or UDP packet: to its VIP's backend. Not inlined, so its stack
 /// frame and the ICMP path's are siblings rather than one large frame.
 #[inline(never)]
-fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
+fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> Forwarded {
     let Some(ports) = parse::parse_ports(ctx, pkt, pkt.l4_off, pkt.proto) else {
-        return malformed_l4(pkt);
+        return Forwarded::action(malformed_l4(pkt));
     };
     let Some(vip) = select::vip(&pkt.dst, pkt.family, ports.dport, pkt.proto) else {
         stats::global(global_counter::PASS_NOT_VIP);
-        return XDP_PASS;
+        return Forwarded::action(XDP_PASS);
     };
     // The tenant's packet policy: ACL, then rate budgets.
     let syn = u32::from(
@@ -116,12 +113,11 @@ fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
             && ports.tcp_flags & parse::TCP_SYN != 0
             && ports.tcp_flags & parse::TCP_ACK == 0,
     );
-    let verdict = policy::check(pkt, &vip, syn, now);
-    if verdict != policy::PASS {
-        return vip_drop(pkt, &vip, verdict as usize);
+    if let Some(reason) = policy::check(pkt, &vip, syn, now).dropped() {
+        return Forwarded::action(vip_drop(pkt, &vip, reason));
     }
     if vip.flags & VIP_F_LOCAL != 0 {
-        return pass_local(pkt, &vip);
+        return Forwarded::action(pass_local(pkt, &vip));
     }
 
     let key = FlowKey {
@@ -135,7 +131,7 @@ fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
     };
     let choice = match select::backend(&key, &vip, settings, now) {
         Ok(choice) => choice,
-        Err(reason) => return vip_drop(pkt, &vip, reason),
+        Err(reason) => return Forwarded::action(vip_drop(pkt, &vip, reason)),
     };
     stats::forwarded(
         vip.tenant_id,
@@ -158,9 +154,9 @@ fn steer(ctx: &XdpContext, pkt: &Packet, settings: &Settings, now: u64) -> u32 {
 }
 
 /// A packet for `vip` dropped before it reached a backend: counted for the
-/// VIP, and with its `drop_reason` for the VIP's tenant.
+/// VIP, and with its reason for the VIP's tenant.
 #[inline(always)]
-fn vip_drop(pkt: &Packet, vip: &VipInfo, reason: usize) -> u32 {
+fn vip_drop(pkt: &Packet, vip: &VipInfo, reason: DropReason) -> u32 {
     stats::traffic(&VIP_STATS, vip.vip_id, pkt.ip_len, false);
     stats::drop(vip.tenant_id, reason);
     XDP_DROP
@@ -181,7 +177,7 @@ fn pass_local(pkt: &Packet, vip: &VipInfo) -> u32 {
 #[inline(always)]
 fn fragment(pkt: &Packet) -> u32 {
     if let Some(tenant) = select::vip_addr_tenant(&pkt.dst, pkt.family) {
-        stats::drop(tenant, drop_reason::FRAGMENT);
+        stats::drop(tenant, DropReason::FRAGMENT);
         return XDP_DROP;
     }
     stats::global(global_counter::FRAGMENT_PASSED);
@@ -196,7 +192,7 @@ fn other_protocol(pkt: &Packet) -> u32 {
         && parse::is_ipv6_extension(pkt.proto)
         && let Some(tenant) = select::vip_addr_tenant(&pkt.dst, pkt.family)
     {
-        stats::drop(tenant, drop_reason::UNSUPPORTED);
+        stats::drop(tenant, DropReason::UNSUPPORTED);
         return XDP_DROP;
     }
     stats::global(global_counter::PASS_NOT_VIP);
@@ -210,7 +206,7 @@ fn other_protocol(pkt: &Packet) -> u32 {
 fn malformed_l4(pkt: &Packet) -> u32 {
     if let Some(tenant) = select::vip_addr_tenant(&pkt.dst, pkt.family) {
         stats::global(global_counter::MALFORMED);
-        stats::drop(tenant, drop_reason::MALFORMED);
+        stats::drop(tenant, DropReason::MALFORMED);
         return XDP_DROP;
     }
     stats::global(global_counter::PASS_NOT_VIP);

@@ -13,9 +13,9 @@ use aya_ebpf::{
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
-use lb_common::{Backend, FAMILY_V4, NextHop, drop_reason, global_counter};
+use lb_common::{Backend, DropReason, FAMILY_V4, NextHop, global_counter};
 
-use crate::{maps::NEXTHOPS, stats};
+use crate::{maps::NEXTHOPS, stats, verdict::Verdict};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -24,35 +24,30 @@ const CACHE_NS: u64 = 1_000_000_000;
 
 /// Returns the next hop towards `backend` (a pointer into this CPU's cache
 /// entry, valid for the rest of the program run), refreshing it when stale.
-/// Errors are `drop_reason::*`.
+/// Errors are `DropReason::*`.
 #[inline(always)]
 pub fn lookup(
     ctx: &XdpContext,
     id: u32,
     backend: &Backend,
     now: u64,
-) -> Result<&'static NextHop, usize> {
-    let cached = NEXTHOPS.get_ptr_mut(id).ok_or(drop_reason::NO_ROUTE)?;
-    if unsafe { (*cached).expires_ns } <= now {
-        let status = refresh(ctx, backend, cached, now);
-        if status != OK {
-            return Err(status as usize);
-        }
+) -> Result<&'static NextHop, DropReason> {
+    let cached = NEXTHOPS.get_ptr_mut(id).ok_or(DropReason::NO_ROUTE)?;
+    if unsafe { (*cached).expires_ns } <= now
+        && let Some(reason) = refresh(ctx, backend, cached, now).dropped()
+    {
+        return Err(reason);
     }
     Ok(unsafe { &*cached })
 }
 
-const OK: u32 = u32::MAX;
-
 /// Refreshes `out` with a FIB lookup. Not inlined, so the lookup's 64-byte
-/// parameter block lives in its own stack frame; returns [`OK`] or a
-/// `drop_reason` (a scalar: BPF functions cannot return structs).
+/// parameter block lives in its own stack frame.
 #[inline(never)]
-fn refresh(ctx: &XdpContext, backend: &Backend, out: *mut NextHop, now: u64) -> u32 {
+fn refresh(ctx: &XdpContext, backend: &Backend, out: *mut NextHop, now: u64) -> Verdict {
     match fib_refresh(ctx, backend, out, now) {
-        Ok(()) => OK,
-        #[expect(clippy::cast_possible_truncation, reason = "drop reasons are < 16")]
-        Err(reason) => reason as u32,
+        Ok(()) => Verdict::PASS,
+        Err(reason) => Verdict::drop(reason),
     }
 }
 
@@ -62,7 +57,7 @@ fn fib_refresh(
     backend: &Backend,
     out: *mut NextHop,
     now: u64,
-) -> Result<(), usize> {
+) -> Result<(), DropReason> {
     stats::global(global_counter::FIB_LOOKUPS);
     let mut p: FibParams = unsafe { zeroed() };
     #[expect(
@@ -91,15 +86,15 @@ fn fib_refresh(
     let mtu = match fib(ctx, &mut p) {
         r if r == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 => unsafe { p.__bindgen_anon_1.mtu_result },
         r if r == BPF_FIB_LKUP_RET_SUCCESS as i64 => u16::MAX,
-        r if r == BPF_FIB_LKUP_RET_NO_NEIGH as i64 => return Err(drop_reason::NO_NEIGH),
-        _ => return Err(drop_reason::NO_ROUTE),
+        r if r == BPF_FIB_LKUP_RET_NO_NEIGH as i64 => return Err(DropReason::NO_NEIGH),
+        _ => return Err(DropReason::NO_ROUTE),
     };
     p.__bindgen_anon_1.tot_len = 0;
     p.ifindex = ifindex;
     match fib(ctx, &mut p) {
         r if r == BPF_FIB_LKUP_RET_SUCCESS as i64 => {}
-        r if r == BPF_FIB_LKUP_RET_NO_NEIGH as i64 => return Err(drop_reason::NO_NEIGH),
-        _ => return Err(drop_reason::NO_ROUTE),
+        r if r == BPF_FIB_LKUP_RET_NO_NEIGH as i64 => return Err(DropReason::NO_NEIGH),
+        _ => return Err(DropReason::NO_ROUTE),
     }
     unsafe {
         if backend.family == FAMILY_V4 {

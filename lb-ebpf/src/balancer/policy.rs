@@ -11,15 +11,15 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{
-    ACL_DENY, ACL_KEY_FIXED_BITS, AclKey, MAX_TENANTS, POLICY_F_ACL, POLICY_F_DEFAULT_DENY,
-    RATE_WINDOW_NS, RATES_PER_TENANT, RATES_PER_VIP, VipInfo, drop_reason,
+    ACL_DENY, ACL_KEY_FIXED_BITS, AclKey, DropReason, POLICY_F_ACL, POLICY_F_DEFAULT_DENY,
+    RATE_WINDOW_NS, VipInfo, tenant_rate, tenant_rate_index, vip_rate, vip_rate_index,
 };
 use lb_ebpf::parse::Packet;
 
-use crate::maps::{ACL, RATES, TENANT_POLICY, VIP_POLICY};
-
-/// [`check`] result when the packet may go on.
-pub const PASS: u32 = u32::MAX;
+use crate::{
+    maps::{ACL, RATES, TENANT_POLICY, VIP_POLICY},
+    verdict::Verdict,
+};
 
 /// `*ptr += value` as one atomic instruction (BPF `XADD`): the target has
 /// no atomic read-modify-write in `core`, so it is written out.
@@ -61,18 +61,17 @@ pub fn new_flow_allowed(tenant: u32, now: u64) -> bool {
         return true;
     };
     charge(
-        tenant * RATES_PER_TENANT + 2,
+        tenant_rate_index(tenant, tenant_rate::NEW_FLOWS),
         p.new_flows_per_window,
         1,
         now,
     )
 }
 
-/// Applies the tenant's and the VIP's packet policy; returns [`PASS`] or a
-/// `drop_reason`. Not inlined: its own stack frame, beside the steering
-/// path's.
+/// Applies the tenant's and the VIP's packet policy. Not inlined: its own
+/// stack frame, beside the steering path's.
 #[inline(never)]
-pub fn check(pkt: &Packet, vip: &VipInfo, syn: u32, now: u64) -> u32 {
+pub fn check(pkt: &Packet, vip: &VipInfo, syn: u32, now: u64) -> Verdict {
     let tenant = vip.tenant_id;
     if let Some(p) = TENANT_POLICY.get(tenant) {
         if p.flags & POLICY_F_ACL != 0 {
@@ -90,26 +89,36 @@ pub fn check(pkt: &Packet, vip: &VipInfo, syn: u32, now: u64) -> u32 {
                 None => p.flags & POLICY_F_DEFAULT_DENY != 0,
             };
             if denied {
-                return drop_reason::ACL_DENY as u32;
+                return Verdict::drop(DropReason::ACL_DENY);
             }
         }
-        let base = tenant * RATES_PER_TENANT;
-        if !charge(base, p.packets_per_window, 1, now)
-            || !charge(base + 1, p.bytes_per_window, pkt.ip_len as u64, now)
+        let slot = |s| tenant_rate_index(tenant, s);
+        if !charge(slot(tenant_rate::PACKETS), p.packets_per_window, 1, now)
+            || !charge(
+                slot(tenant_rate::BYTES),
+                p.bytes_per_window,
+                pkt.ip_len as u64,
+                now,
+            )
         {
-            return drop_reason::TENANT_RATE as u32;
+            return Verdict::drop(DropReason::TENANT_RATE);
         }
     }
     if let Some(p) = VIP_POLICY.get(vip.vip_id) {
-        let base = MAX_TENANTS * RATES_PER_TENANT + vip.vip_id * RATES_PER_VIP;
-        if !charge(base, p.packets_per_window, 1, now)
-            || !charge(base + 1, p.bytes_per_window, pkt.ip_len as u64, now)
+        let slot = |s| vip_rate_index(vip.vip_id, s);
+        if !charge(slot(vip_rate::PACKETS), p.packets_per_window, 1, now)
+            || !charge(
+                slot(vip_rate::BYTES),
+                p.bytes_per_window,
+                pkt.ip_len as u64,
+                now,
+            )
         {
-            return drop_reason::VIP_RATE as u32;
+            return Verdict::drop(DropReason::VIP_RATE);
         }
-        if syn != 0 && !charge(base + 2, p.syns_per_window, 1, now) {
-            return drop_reason::SYN_RATE as u32;
+        if syn != 0 && !charge(slot(vip_rate::SYNS), p.syns_per_window, 1, now) {
+            return Verdict::drop(DropReason::SYN_RATE);
         }
     }
-    PASS
+    Verdict::PASS
 }

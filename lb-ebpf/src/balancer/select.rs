@@ -1,8 +1,8 @@
 //! Backend selection: VIP lookup, the flow table, and the pool's Maglev ring.
 
 use lb_common::{
-    BACKEND_DRAINING, BACKEND_UP, Backend, FlowKey, FlowValue, RING_EMPTY, Settings, VipAddrKey,
-    VipInfo, VipKey, drop_reason, global_counter, hash::flow_hash,
+    BACKEND_DRAINING, BACKEND_UP, Backend, DropReason, FlowKey, FlowValue, RING_EMPTY, Settings,
+    VipAddrKey, VipInfo, VipKey, global_counter, hash::flow_hash,
 };
 
 use crate::{
@@ -121,14 +121,14 @@ pub fn flow(key: &FlowKey, vip: &VipInfo, settings: &Settings, now: u64) -> Entr
 
 /// Picks the backend for `key` on `vip`: a valid flow-table entry first,
 /// else the pool's ring, whose choice is inserted. Errors are
-/// `drop_reason::*`.
+/// `DropReason::*`.
 #[inline(always)]
 pub fn backend(
     key: &FlowKey,
     vip: &VipInfo,
     settings: &Settings,
     now: u64,
-) -> Result<Choice, usize> {
+) -> Result<Choice, DropReason> {
     match flow(key, vip, settings, now) {
         Entry::Valid(choice) => return Ok(choice),
         Entry::Stale => stats::global(global_counter::FLOW_STALE),
@@ -138,13 +138,13 @@ pub fn backend(
     let hash = hash_of(key, settings.hash_seed);
     let pool = unsafe { POOLS.get(vip.pool_id) }
         .copied()
-        .ok_or(drop_reason::NO_BACKEND)?;
+        .ok_or(DropReason::NO_BACKEND)?;
     if pool.ring_size == 0 || pool.tenant_id != vip.tenant_id {
-        return Err(drop_reason::NO_BACKEND);
+        return Err(DropReason::NO_BACKEND);
     }
     let slot = pool.ring_offset + hash % pool.ring_size;
     // Two slots per 8-byte array element (see `RING_ARENA_ENTRIES`).
-    let pair = *RINGS.get(slot >> 1).ok_or(drop_reason::NO_BACKEND)?;
+    let pair = *RINGS.get(slot >> 1).ok_or(DropReason::NO_BACKEND)?;
     #[expect(clippy::cast_possible_truncation, reason = "picking one u32 half")]
     let id = if slot & 1 == 0 {
         pair as u32
@@ -152,20 +152,21 @@ pub fn backend(
         (pair >> 32) as u32
     };
     if id == RING_EMPTY {
-        return Err(drop_reason::NO_BACKEND);
+        return Err(DropReason::NO_BACKEND);
     }
-    let b = BACKENDS.get(id).ok_or(drop_reason::NO_BACKEND)?;
+    let b = BACKENDS.get(id).ok_or(DropReason::NO_BACKEND)?;
     if b.tenant_id != vip.tenant_id || b.pool_id != vip.pool_id {
-        return Err(drop_reason::TENANT_MISMATCH);
+        return Err(DropReason::TENANT_MISMATCH);
     }
     if b.state != BACKEND_UP {
-        // The ring is being rebuilt without this backend.
-        return Err(drop_reason::NO_BACKEND);
+        // lbd publishes a ring without a leaving backend before marking it
+        // draining or down, so a ring names one only if edited by hand.
+        return Err(DropReason::NO_BACKEND);
     }
     // A new flow over the tenant's budget takes no flow-table entry: one
     // tenant's SYN flood cannot evict another tenant's flows.
     if !crate::policy::new_flow_allowed(vip.tenant_id, now) {
-        return Err(drop_reason::NEW_FLOW_RATE);
+        return Err(DropReason::NEW_FLOW_RATE);
     }
     let value = FlowValue {
         backend_id: id,

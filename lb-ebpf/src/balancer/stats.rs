@@ -1,7 +1,7 @@
 //! Per-CPU counters: node-wide, per tenant, per VIP and per backend.
 
 use aya_ebpf::maps::PerCpuArray;
-use lb_common::TrafficCounters;
+use lb_common::{DropReason, TrafficCounters};
 
 use crate::maps::{BACKEND_STATS, GLOBAL_STATS, TENANT_DROPS, TENANT_STATS, VIP_STATS};
 
@@ -37,13 +37,15 @@ pub fn forwarded(tenant: u32, vip: u32, backend: u32, bytes: usize, new_flow: bo
     traffic(&BACKEND_STATS, backend, bytes, new_flow);
 }
 
-/// Counts a drop for `tenant` with `reason` (`drop_reason::*`).
+/// Counts a drop for `tenant` with `reason`.
 #[inline(always)]
-pub fn drop(tenant: u32, reason: usize) {
+pub fn drop(tenant: u32, reason: DropReason) {
+    let i = reason.index();
+    // Checked again for the verifier, which cannot know the type's bound.
     if let Some(c) = TENANT_DROPS.get_ptr_mut(tenant)
-        && reason < lb_common::drop_reason::COUNT
+        && i < DropReason::COUNT
     {
-        unsafe { (*c).by_reason[reason] += 1 };
+        unsafe { (*c).by_reason[i] += 1 };
     }
     if let Some(c) = TENANT_STATS.get_ptr_mut(tenant) {
         unsafe { (*c).drops += 1 };

@@ -39,7 +39,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use aya::programs::XdpMode;
 use lb::{dataplane::AttachMode, neighbours};
-use lb_common::{DropCounters, TrafficCounters, drop_reason};
+use lb_common::{DropCounters, DropReason, TrafficCounters};
 use lb_tests::{
     netns::{
         LineTopology, Side, TopologySpec, enter_netns_current_thread, line_v4, napi_threads,
@@ -446,17 +446,17 @@ impl L4 {
         let wall = s1.at.duration_since(s0.at);
         #[expect(clippy::cast_precision_loss, reason = "nanoseconds far below 2^52")]
         let lb_busy = (s1.lb_cpu_ns - s0.lb_cpu_ns) as f64 / wall.as_nanos().max(1) as f64;
-        let b_drops: u64 = (0..drop_reason::COUNT)
+        let b_drops: u64 = (0..DropReason::COUNT)
             .map(|i| s1.b_drops.by_reason[i] - s0.b_drops.by_reason[i])
             .sum();
         let a = sent.map(|sent| {
-            let drops: Vec<(&'static str, f64)> = (0..drop_reason::COUNT)
+            let drops: Vec<(&'static str, f64)> = (0..DropReason::COUNT)
                 .filter_map(|i| {
                     let n = s1.a_drops.by_reason[i] - s0.a_drops.by_reason[i];
-                    (n > 0).then(|| (drop_reason::NAMES[i], per_second(n, wall)))
+                    (n > 0).then(|| (DropReason::ALL[i].name(), per_second(n, wall)))
                 })
                 .collect();
-            let dropped: u64 = (0..drop_reason::COUNT)
+            let dropped: u64 = (0..DropReason::COUNT)
                 .map(|i| s1.a_drops.by_reason[i] - s0.a_drops.by_reason[i])
                 .sum();
             let admitted = s1.a.packets - s0.a.packets;
@@ -508,7 +508,7 @@ impl L4 {
             .iter()
             .enumerate()
             .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| format!("{}={n}", drop_reason::NAMES[i]))
+            .map(|(i, n)| format!("{}={n}", DropReason::ALL[i].name()))
             .collect::<Vec<_>>()
             .join(", ")
     }
