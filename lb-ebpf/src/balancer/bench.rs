@@ -1,13 +1,23 @@
-//! Wrappers that make `BPF_PROG_TEST_RUN` with `repeat` measure the real
-//! path: the kernel runs every iteration on the
-//! same buffer without restoring it, so after the balancer encapsulates a
-//! packet the next iteration would see its own output. `lb_bench` runs the
+//! The benchmarks' programs. `lb_drop` (drop everything) and `lb_bounce`
+//! (swap the MACs, send back) are the floor and ceiling any XDP program is
+//! measured against. `lb_bench` and `lb_bench_null` make
+//! `BPF_PROG_TEST_RUN` with `repeat` measure the real path: the kernel runs
+//! every iteration on the same buffer without restoring it, so after the
+//! balancer encapsulates a packet the next iteration would see its own
+//! output. `lb_bench` runs the
 //! balancer and then puts the template frame back; `lb_bench_null` only puts
 //! it back, so its cost calibrates the restore.
 
-use aya_ebpf::{EbpfContext as _, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::xdp_action::{XDP_DROP, XDP_TX},
+    helpers::bpf_xdp_adjust_head,
+    macros::xdp,
+    programs::XdpContext,
+};
 use lb_common::BENCH_FRAME_LEN;
 use lb_ebpf::parse::ptr_at;
+use network_types::eth::EthHdr;
 
 use crate::maps::BENCH;
 
@@ -18,8 +28,41 @@ const SPORT_V6: usize = 14 + 40;
 const SRC_TAIL_V4: usize = 14 + 12 + 2;
 const SRC_TAIL_V6: usize = 14 + 8 + 14;
 
+/// Benchmark wrapper: the balancer, then the template frame is put back
+/// (see `bench`). Returns the balancer's action so the run proves its path.
+#[xdp]
+pub fn lb_bench(ctx: XdpContext) -> u32 {
+    let action = crate::balance(&ctx);
+    restore(&ctx);
+    action
+}
+
+/// Benchmark calibration: only puts the template frame back.
+#[xdp]
+pub fn lb_bench_null(ctx: XdpContext) -> u32 {
+    restore(&ctx);
+    XDP_TX
+}
+
+/// The test-run floor for benchmarks: drops everything.
+#[xdp]
+pub fn lb_drop(_ctx: XdpContext) -> u32 {
+    XDP_DROP
+}
+
+/// The forwarding ceiling for benchmarks: swaps the MACs and sends the frame
+/// back out (`XDP_TX`), the least any XDP forwarder can do.
+#[xdp]
+pub fn lb_bounce(ctx: XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
+        return XDP_DROP;
+    };
+    unsafe { core::mem::swap(&mut (*eth).dst_addr, &mut (*eth).src_addr) };
+    XDP_TX
+}
+
 #[inline(always)]
-pub fn restore(ctx: &XdpContext) {
+fn restore(ctx: &XdpContext) {
     let Some(t) = BENCH.get_ptr_mut(0) else {
         return;
     };

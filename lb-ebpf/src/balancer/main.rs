@@ -1,5 +1,8 @@
 //! The balancer: an XDP program that steers each packet for a VIP to a
-//! backend of the VIP's tenant, read top to bottom in [`balance`].
+//! backend of the VIP's tenant, read top to bottom in [`balance`]. The
+//! benchmarks' programs (`lb_bench`, `lb_bench_null`, `lb_drop`,
+//! `lb_bounce`) live in [`bench`]: they share the balancer's maps, so they
+//! are in its object, but `lbd` never loads them.
 
 #![no_std]
 #![no_main]
@@ -37,14 +40,13 @@ mod stats;
 mod verdict;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::bpf_ktime_get_coarse_ns,
     macros::xdp,
     programs::XdpContext,
 };
 use lb_common::{DropReason, FlowKey, NO_TENANT, Settings, VIP_F_LOCAL, VipInfo, global_counter};
-use lb_ebpf::parse::{self, Packet, ParseError, ptr_at};
-use network_types::eth::EthHdr;
+use lb_ebpf::parse::{self, Packet, ParseError};
 
 use crate::{
     forward::{Forwarded, TooBig},
@@ -211,39 +213,6 @@ fn malformed_l4(pkt: &Packet) -> u32 {
     }
     stats::global(global_counter::PASS_NOT_VIP);
     XDP_PASS
-}
-
-/// Benchmark wrapper: the balancer, then the template frame is put back
-/// (see `bench`). Returns the balancer's action so the run proves its path.
-#[xdp]
-pub fn lb_bench(ctx: XdpContext) -> u32 {
-    let action = balance(&ctx);
-    bench::restore(&ctx);
-    action
-}
-
-/// Benchmark calibration: only puts the template frame back.
-#[xdp]
-pub fn lb_bench_null(ctx: XdpContext) -> u32 {
-    bench::restore(&ctx);
-    XDP_TX
-}
-
-/// The test-run floor for benchmarks: drops everything.
-#[xdp]
-pub fn lb_drop(_ctx: XdpContext) -> u32 {
-    XDP_DROP
-}
-
-/// The forwarding ceiling for benchmarks: swaps the MACs and sends the frame
-/// back out (`XDP_TX`), the least any XDP forwarder can do.
-#[xdp]
-pub fn lb_bounce(ctx: XdpContext) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
-        return XDP_DROP;
-    };
-    unsafe { core::mem::swap(&mut (*eth).dst_addr, &mut (*eth).src_addr) };
-    XDP_TX
 }
 
 #[cfg(not(test))]
