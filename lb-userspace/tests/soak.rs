@@ -21,8 +21,9 @@
 //! after a backend of its pool is killed (an exchange sent just before the
 //! bound can time out after it); no long-lived L4 connection breaks unless
 //! its own backend was killed; `lbd`'s RSS, sampled at the end of each
-//! cycle, grows by less than 5 % from the first cycle after the last
-//! restart's warm-up to the end; its open file descriptors, counted with
+//! cycle, grows by less than 5 % from its warm-up (the second cycle after
+//! the last restart: a new `lbd` reaches its working set over its first
+//! cycle of kills, drains, reloads and rotations) to the end; its open file descriptors, counted with
 //! the load paused, come back to that cycle's count; the data plane's
 //! counters (pinned, so they outlive every `lbd`) never decrease. It prints
 //! a summary and writes `LB_SOAK_RESULTS` (JSON).
@@ -780,7 +781,9 @@ fn soak() {
     let mut counter_regressions = Vec::new();
     let mut baseline_fds = None;
     let mut events = 0usize;
-    let warm = restart_cycles + 1;
+    // The last restart ends cycle `restart_cycles`; its lbd has served one
+    // whole cycle by the end of the next.
+    let warm = restart_cycles + 2;
     for cycle in 0..cycles {
         let t0 = start + CYCLE * cycle;
         let at = |secs: u64| t0 + Duration::from_secs(secs);
