@@ -1072,6 +1072,11 @@ fn bench(plan: &Plan) -> Result<Results> {
         lb_cpu: LB_CPU,
         rt_priority: plan.rt.then_some(RT_PRIORITY),
         bpf_stats_enabled_before: bpf_stats_before,
+        generator: if b.generator.sends_from_userspace() {
+            "an AF_PACKET socket"
+        } else {
+            report::GENERATOR_LIVE
+        },
     };
     let line = b.line.prefix().to_owned();
     drop(b);

@@ -2,9 +2,20 @@
 //! inputs for `lb_gen` (`lb-ebpf/src/gen`), checks what the program writes,
 //! and runs it with `BPF_PROG_TEST_RUN` live frames, bounded in frames and
 //! time, optionally paced to a rate. It also reads the sink's counters.
+//!
+//! Some kernels refuse live frames (`EPERM` even for root: seen on a
+//! 6.18 VM build). The generator then says so once and sends the same
+//! frames (same flows, same checksums, checked against the reference
+//! frames too) from userspace through an `AF_PACKET` socket bound to the
+//! interface, batched with `sendmmsg` and paced by the clock. That sender
+//! is slower than the kernel's, so the maximum rates may be the
+//! generator's rather than the LB's; the per-packet LB-core figures and
+//! the paced runs are unaffected.
 
 use std::{
+    cell::Cell,
     net::IpAddr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -110,6 +121,12 @@ pub struct Generator {
     frame: Vec<u8>,
     spec: Option<FlowSpec>,
     cfg: GenConfig,
+    /// The kernel refused live frames: frames go out through a socket.
+    live_refused: Cell<bool>,
+    /// Frames the socket sender sent (the program counts its own).
+    socket_frames: Cell<u64>,
+    /// The socket sender's next flow (the program keeps its own).
+    socket_flow: Cell<u32>,
 }
 
 impl Generator {
@@ -130,6 +147,9 @@ impl Generator {
             frame: Vec::new(),
             spec: None,
             cfg: GenConfig::default(),
+            live_refused: Cell::new(false),
+            socket_frames: Cell::new(0),
+            socket_flow: Cell::new(0),
         })
     }
 
@@ -214,6 +234,7 @@ impl Generator {
             0,
         )
         .context("resetting the generator state")?;
+        self.socket_flow.set(0);
         Ok(())
     }
 
@@ -242,6 +263,12 @@ impl Generator {
                 spec.action
             );
             let want = reference_frame(spec, i)?;
+            let mut ours = self.frame.clone();
+            self.socket_frame(&mut ours, i);
+            ensure!(
+                ours[..gen_header_len(spec.kind())] == want[..gen_header_len(spec.kind())],
+                "the socket sender builds a wrong header for flow {i}"
+            );
             // The payload is not rewritten (the kernel copies the input frame
             // into each live page once), so compare the headers.
             let hdr = gen_header_len(spec.kind());
@@ -260,7 +287,25 @@ impl Generator {
     pub fn run(&mut self, ifindex: u32, limits: Limits) -> Result<Sent> {
         ensure!(self.spec.is_some(), "configure the generator first");
         self.set_rate(limits.rate)?;
-        self.run_live(ifindex, limits)
+        if !self.live_refused.get() {
+            match self.run_live(ifindex, limits) {
+                Err(e) if refused(&e) => {
+                    eprintln!(
+                        "note: this kernel refuses BPF_PROG_TEST_RUN live frames ({e:#}); \
+                         the generator sends from userspace through an AF_PACKET socket \
+                         instead (slower: maximum rates may be the generator's)"
+                    );
+                    self.live_refused.set(true);
+                }
+                other => return other,
+            }
+        }
+        self.run_socket(ifindex, limits)
+    }
+
+    /// Whether frames go out through the userspace socket sender.
+    pub fn sends_from_userspace(&self) -> bool {
+        self.live_refused.get()
     }
 
     /// Frames the program wrote, summed over CPUs.
@@ -277,7 +322,7 @@ impl Generator {
             .try_into()?;
         let v = map.get(&0, 0)?;
         Ok((
-            v.iter().map(|s| s.frames).sum(),
+            v.iter().map(|s| s.frames).sum::<u64>() + self.socket_frames.get(),
             v.iter().map(|s| s.skipped).sum(),
         ))
     }
@@ -403,6 +448,204 @@ impl Generator {
             kernel_ns_per_frame: avg,
         })
     }
+}
+
+/// Whether `e` is the kernel refusing live frames (`EPERM`).
+fn refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EPERM))
+    })
+}
+
+/// Frames per `sendmmsg`.
+const SOCKET_BATCH: usize = 64;
+/// Pacing: at most this much lost time is made up by sending back to back.
+const SOCKET_CATCH_UP: Duration = Duration::from_micros(200);
+
+impl Generator {
+    /// Writes flow `flow`'s source port, source address word and both
+    /// checksums into `f` (a copy of the template frame), as `lb_gen` does.
+    fn socket_frame(&self, f: &mut [u8], flow: u32) {
+        let cfg = &self.cfg;
+        let v6 = cfg.kind == GEN_V6_UDP || cfg.kind == GEN_V6_TCP;
+        let tcp = cfg.kind == GEN_V4_TCP || cfg.kind == GEN_V6_TCP;
+        let span = cfg.sport_span.max(1);
+        #[expect(clippy::cast_possible_truncation, reason = "flows below 2^16 per span")]
+        let (sport, addr) = (
+            cfg.sport_base.wrapping_add((flow % span) as u16),
+            cfg.addr_base.wrapping_add((flow / span) as u16),
+        );
+        let l4 = 14 + if v6 { 40 } else { 20 };
+        let low = if v6 { 14 + 8 + 14 } else { 14 + 12 + 2 };
+        let (addr_be, sport_be) = (addr.to_be_bytes(), sport.to_be_bytes());
+        f[low..low + 2].copy_from_slice(&addr_be);
+        f[l4..l4 + 2].copy_from_slice(&sport_be);
+        let addr_word = u64::from(u16::from_ne_bytes(addr_be));
+        let sport_word = u64::from(u16::from_ne_bytes(sport_be));
+        let fold = |s: u64| {
+            #[expect(clippy::cast_possible_truncation, reason = "folded to 16 bits")]
+            let folded = fold_keep(s) as u16;
+            !folded
+        };
+        if !v6 {
+            let c = fold(u64::from(cfg.ip_sum) + addr_word);
+            f[14 + 10..14 + 12].copy_from_slice(&c.to_ne_bytes());
+        }
+        let mut c = fold(u64::from(cfg.l4_sum) + addr_word + sport_word);
+        if !tcp && c == 0 {
+            c = 0xffff;
+        }
+        let at = l4 + if tcp { 16 } else { 6 };
+        f[at..at + 2].copy_from_slice(&c.to_ne_bytes());
+    }
+
+    /// Sends frames out of `ifindex` (in the calling thread's network
+    /// namespace) through an `AF_PACKET` socket, within `limits`.
+    fn run_socket(&self, ifindex: u32, limits: Limits) -> Result<Sent> {
+        let sock = packet_socket(ifindex)?;
+        let len = self.frame.len();
+        let mut buf = vec![0u8; len * SOCKET_BATCH];
+        for chunk in buf.chunks_mut(len) {
+            chunk.copy_from_slice(&self.frame);
+        }
+        let flows = self.cfg.flows.max(1);
+        let interval = limits
+            .rate
+            .map(|r| Duration::from_secs(1) / u32::try_from(r.max(1)).unwrap_or(u32::MAX));
+        let start = Instant::now();
+        let cpu0 = thread_cpu_ns();
+        let mut next = start;
+        let mut sent = 0u64;
+        while sent < limits.count && start.elapsed() < limits.duration {
+            let batch = match interval {
+                Some(every) => {
+                    let now = Instant::now();
+                    if now < next {
+                        let wait = next - now;
+                        if wait > Duration::from_micros(100) {
+                            std::thread::sleep(wait);
+                        }
+                        continue;
+                    }
+                    // Behind: make up at most SOCKET_CATCH_UP of lost time.
+                    next = next.max(now.checked_sub(SOCKET_CATCH_UP).unwrap_or(now));
+                    let due = (now - next).as_nanos() / every.as_nanos().max(1) + 1;
+                    usize::try_from(due)
+                        .unwrap_or(SOCKET_BATCH)
+                        .min(SOCKET_BATCH)
+                }
+                None => SOCKET_BATCH,
+            };
+            let batch = batch.min(usize::try_from(limits.count - sent).unwrap_or(SOCKET_BATCH));
+            let mut flow = self.socket_flow.get();
+            for chunk in buf.chunks_mut(len).take(batch) {
+                self.socket_frame(chunk, flow);
+                flow = (flow + 1) % flows;
+            }
+            let n = send_batch(&sock, &mut buf, len, batch)?;
+            // Frames the kernel did not take are built again next time.
+            let back = u32::try_from(batch - n).unwrap_or(0);
+            self.socket_flow.set((flow + flows - back % flows) % flows);
+            sent += n as u64;
+            if let Some(every) = interval {
+                next += every * u32::try_from(n).unwrap_or(0);
+            }
+        }
+        self.socket_frames.set(self.socket_frames.get() + sent);
+        if sent == 0 {
+            bail!("the generator sent nothing within {:?}", limits.duration);
+        }
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "nanoseconds and frames far below 2^52"
+        )]
+        let per_frame = thread_cpu_ns().saturating_sub(cpu0) as f64 / sent as f64;
+        Ok(Sent {
+            frames: sent,
+            elapsed: start.elapsed(),
+            kernel_ns_per_frame: per_frame,
+        })
+    }
+}
+
+/// A raw `AF_PACKET` socket bound to `ifindex`, sending only, past the
+/// queueing discipline.
+fn packet_socket(ifindex: u32) -> Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("an AF_PACKET socket");
+    }
+    // SAFETY: `fd` is a new socket that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = u16::try_from(libc::AF_PACKET)?;
+    addr.sll_ifindex = i32::try_from(ifindex)?;
+    let addr_len = u32::try_from(std::mem::size_of::<libc::sockaddr_ll>())?;
+    // SAFETY: `addr` is a valid sockaddr_ll of `addr_len` bytes.
+    if unsafe { libc::bind(sock.as_raw_fd(), (&raw const addr).cast(), addr_len) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
+    }
+    let one: libc::c_int = 1;
+    let one_len = u32::try_from(std::mem::size_of::<libc::c_int>())?;
+    // SAFETY: PACKET_QDISC_BYPASS takes an int; best effort.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&raw const one).cast(),
+            one_len,
+        );
+    }
+    Ok(sock)
+}
+
+/// Sends the first `count` frames of `len` bytes in `buf`; returns how
+/// many the kernel took (a full queue takes fewer, or none).
+fn send_batch(sock: &OwnedFd, buf: &mut [u8], len: usize, count: usize) -> Result<usize> {
+    let mut iov: Vec<libc::iovec> = buf
+        .chunks_mut(len)
+        .take(count)
+        .map(|c| libc::iovec {
+            iov_base: c.as_mut_ptr().cast(),
+            iov_len: len,
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iov
+        .iter_mut()
+        .map(|v| {
+            // SAFETY: an all-zero msghdr is valid (no name, no control).
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_iov = std::ptr::from_mut(v);
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    let n = u32::try_from(msgs.len())?;
+    // SAFETY: `msgs` holds `n` headers whose buffers live in `buf`.
+    let r = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n, 0) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) {
+            std::thread::yield_now();
+            return Ok(0);
+        }
+        return Err(e).context("sendmmsg on the AF_PACKET socket");
+    }
+    Ok(usize::try_from(r)?)
+}
+
+/// This thread's CPU time.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
 /// One's-complement sum of 16-bit words in memory order (see `lb_ebpf::csum`).

@@ -13,7 +13,10 @@ mod results;
 
 pub use machine::Machine;
 
-/// Which CPU ran what.
+/// [`Placement::generator`] when the kernel ran the generator program.
+pub const GENERATOR_LIVE: &str = "live frames";
+
+/// Which CPU ran what, and how the generator sent.
 #[derive(Clone, Debug)]
 pub struct Placement {
     pub generator_cpu: usize,
@@ -24,6 +27,9 @@ pub struct Placement {
     /// are measured without run-time stats unless something else enabled
     /// them).
     pub bpf_stats_enabled_before: String,
+    /// How the generator sent: `live frames` (`BPF_PROG_TEST_RUN`) or
+    /// `AF_PACKET` (the kernel refused live frames).
+    pub generator: &'static str,
 }
 
 /// One load level on one candidate.
@@ -209,6 +215,7 @@ impl Results {
                 "threaded_napi": true,
                 "rt_priority": p.rt_priority,
                 "bpf_stats_enabled_before": p.bpf_stats_enabled_before,
+                "generator": p.generator,
             },
             "window_s": self.window_s,
             "rounds": self.rounds,
@@ -397,6 +404,15 @@ fn markdown(r: &Results, svg_name: &str) -> String {
         r.machine.load_start,
         r.machine.load_end,
     );
+    if p.generator != GENERATOR_LIVE {
+        let _ = writeln!(
+            s,
+            "**The generator sent through {}**: this kernel refuses `BPF_PROG_TEST_RUN` live \
+             frames, and the userspace sender is slower, so the maximum rates may be the \
+             generator's, not the LB's; the LB-core figures and the paced runs stand.\n",
+            p.generator
+        );
+    }
     let _ = writeln!(s, "![L4 benchmark chart]({svg_name})\n");
     if let Some(f) = r.forwarding.first() {
         let _ = writeln!(
