@@ -23,8 +23,9 @@
 //! its own backend was killed; `lbd`'s RSS, sampled at the end of each
 //! cycle, grows by less than 5 % from its warm-up (the second cycle after
 //! the last restart: a new `lbd` reaches its working set over its first
-//! cycle of kills, drains, reloads and rotations) to the end; its open file descriptors, counted with
-//! the load paused, come back to that cycle's count; the data plane's
+//! cycle of kills, drains, reloads and rotations) to the end; its open
+//! file descriptors (the fewest over 2 s with the load paused) come back
+//! to that cycle's count; the data plane's
 //! counters (pinned, so they outlive every `lbd`) never decrease. It prints
 //! a summary and writes `LB_SOAK_RESULTS` (JSON).
 //!
@@ -174,10 +175,13 @@ impl Timeline {
             .any(|(k, up)| span.overlaps(*k, up.map(|u| u + RESTART_SLACK)))
     }
 
-    fn killed_since(&self, backend: &str, since: Instant) -> bool {
-        self.kills
-            .iter()
-            .any(|(b, k, _)| b == backend && *k >= since)
+    /// Whether `backend` was killed (or was being killed) while a
+    /// connection to it lived, from `opened` to `broken`: one opened while
+    /// its servers were still stopping counts too.
+    fn killed_during(&self, backend: &str, opened: Instant, broken: Instant) -> bool {
+        self.kills.iter().any(|(b, k, restarted)| {
+            b == backend && *k <= broken && restarted.is_none_or(|r| r >= opened)
+        })
     }
 }
 
@@ -607,50 +611,69 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// `lbd`'s open file descriptors, less its pooled connections to the
-/// backends' HTTP port: the pool keeps idle ones for 90 s (bounded per
-/// backend), so their number follows the recent load, not a leak.
-fn open_fds(pid: u32) -> usize {
-    // /proc/PID/net/tcp lists the sockets of lbd's namespace: (remote
-    // port, inode) from "sl local rem st tx:rx tr:when retr uid timeout inode".
-    let pooled: std::collections::HashSet<String> =
-        std::fs::read_to_string(format!("/proc/{pid}/net/tcp"))
-            .unwrap_or_default()
-            .lines()
-            .skip(1)
-            .filter_map(|line| {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let port = f.get(2)?.rsplit(':').next()?;
-                let inode = f.get(9)?;
-                (u16::from_str_radix(port, 16).ok()? == HTTP_PORT)
-                    .then(|| format!("socket:[{inode}]"))
-            })
-            .collect();
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| {
-        dir.filter_map(Result::ok)
-            .filter(|e| {
-                std::fs::read_link(e.path())
-                    .is_ok_and(|l| !pooled.contains(l.to_string_lossy().as_ref()))
-            })
-            .count()
-    })
+/// `lbd`'s open file descriptors, each described (a TCP socket by its
+/// addresses and state), less its pooled connections to the backends'
+/// HTTP port: the pool keeps idle ones for 90 s (bounded per backend), so
+/// their number follows the recent load, not a leak.
+fn open_fds(pid: u32) -> Vec<String> {
+    // /proc/PID/net/tcp lists the sockets of lbd's namespace: "sl local
+    // rem st tx:rx tr:when retr uid timeout inode", addresses in hex.
+    let mut sockets = std::collections::HashMap::new();
+    let mut pooled = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote), Some(state), Some(inode)) =
+                (f.get(1), f.get(2), f.get(3), f.get(9))
+            else {
+                continue;
+            };
+            let link = format!("socket:[{inode}]");
+            let port = remote
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if port == Some(HTTP_PORT) {
+                pooled.insert(link);
+            } else {
+                sockets.insert(link, format!("{table} {local} -> {remote} state {state}"));
+            }
+        }
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or_else(
+        |_| Vec::new(),
+        |dir| {
+            let mut fds: Vec<String> = dir
+                .filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .filter(|l| !pooled.contains(l))
+                .map(|l| sockets.get(&l).cloned().unwrap_or(l))
+                .collect();
+            fds.sort();
+            fds
+        },
+    )
 }
 
-/// With the load paused, the fd count once it has not changed for 1 s
-/// (bounded: 15 s).
-fn settled_fds(pid: u32, load: &Load) -> usize {
+/// With the load paused, `lbd`'s fewest open fds over 2 s (after 1 s for
+/// the load's connections to close), and what they were: a health check
+/// or an accept in flight holds a socket for a moment, a leak holds it
+/// for good.
+fn settled_fds(pid: u32, load: &Load) -> Vec<String> {
     load.paused.store(true, Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let (mut last, mut since) = (open_fds(pid), Instant::now());
-    while Instant::now() < deadline && since.elapsed() < Duration::from_secs(1) {
+    std::thread::sleep(Duration::from_secs(1));
+    let mut fewest = open_fds(pid);
+    for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(100));
         let now = open_fds(pid);
-        if now != last {
-            (last, since) = (now, Instant::now());
+        if now.len() < fewest.len() {
+            fewest = now;
         }
     }
     load.paused.store(false, Relaxed);
-    last
+    fewest
 }
 
 /// The data plane's drop counters by name (node-wide `flow_stale`, and
@@ -915,7 +938,9 @@ fn soak() {
     let broken = load.long_broken.lock().expect("broken");
     let bad_long: Vec<String> = broken
         .iter()
-        .filter(|(_, backend, opened, _, _)| !timeline.killed_since(backend, *opened))
+        .filter(|(_, backend, opened, broken, _)| {
+            !timeline.killed_during(backend, *opened, *broken)
+        })
         .map(|(label, backend, _, at, e)| {
             format!(
                 "{label} on {backend} at {:.1} s: {e}",
@@ -933,7 +958,9 @@ fn soak() {
     } else {
         (rss_last as f64 - rss_first as f64) / rss_first as f64
     };
-    let baseline_fds = baseline_fds.unwrap_or(0);
+    let baseline_list = baseline_fds.unwrap_or_default();
+    let (baseline_fds, final_list) = (baseline_list.len(), final_fds);
+    let final_fds = final_list.len();
     let count = |t: &Tally| (t.ok.load(Relaxed), t.failed.load(Relaxed));
 
     // The summary, then the verdict.
@@ -1025,7 +1052,11 @@ fn soak() {
     );
     assert!(
         final_fds <= baseline_fds,
-        "lbd holds {final_fds} fds at the end, {baseline_fds} after warm-up"
+        "lbd holds {final_fds} fds at the end, {baseline_fds} after warm-up; new: {:#?}",
+        final_list
+            .iter()
+            .filter(|f| !baseline_list.contains(f))
+            .collect::<Vec<_>>()
     );
     assert!(
         counter_regressions.is_empty(),
