@@ -24,7 +24,8 @@
 //! cycle, grows by less than 5 % from its warm-up (the second cycle after
 //! the last restart: a new `lbd` reaches its working set over its first
 //! cycle of kills, drains, reloads and rotations) to the end; its open
-//! file descriptors (the fewest over 2 s with the load paused) come back
+//! file descriptors (the fewest over 2 s with the load paused) come back,
+//! within 2,
 //! to that cycle's count; the data plane's
 //! counters (pinned, so they outlive every `lbd`) never decrease. It prints
 //! a summary and writes `LB_SOAK_RESULTS` (JSON).
@@ -86,6 +87,10 @@ const DETECTION: Duration = Duration::from_millis(1750);
 /// How long after the successor of a killed `lbd` serves again L7 requests
 /// may still fail (pooled connections to the dead one).
 const RESTART_SLACK: Duration = Duration::from_secs(1);
+/// Open fds the end may hold over the warm-up's: runs of 3 and 30 minutes
+/// end 1 above or below it (a runtime or pooled fd of the moment), while a
+/// leak of one fd per fault would add dozens even in 3 minutes.
+const FD_SLACK: usize = 2;
 /// RSS growth allowed after warm-up.
 const RSS_GROWTH_LIMIT: f64 = 0.05;
 /// Long-lived connections per tenant.
@@ -1050,13 +1055,16 @@ fn soak() {
         "lbd's RSS grew {:.1} % after warm-up: {rss:?}",
         growth * 100.0
     );
+    // Each kind of fd at the end, less as many of it as after warm-up.
+    let mut extra = final_list.clone();
+    for f in &baseline_list {
+        if let Some(i) = extra.iter().position(|e| e == f) {
+            extra.remove(i);
+        }
+    }
     assert!(
-        final_fds <= baseline_fds,
-        "lbd holds {final_fds} fds at the end, {baseline_fds} after warm-up; new: {:#?}",
-        final_list
-            .iter()
-            .filter(|f| !baseline_list.contains(f))
-            .collect::<Vec<_>>()
+        final_fds <= baseline_fds + FD_SLACK,
+        "lbd holds {final_fds} fds at the end, {baseline_fds} after warm-up; more: {extra:#?}"
     );
     assert!(
         counter_regressions.is_empty(),
