@@ -54,6 +54,13 @@ fn charge(index: u32, budget: u64, cost: u64, now: u64) -> bool {
     }
 }
 
+/// Charges one packet of `bytes` to a (packets, bytes) pair of limiters;
+/// false when over either budget (the bytes are not charged then).
+#[inline(always)]
+fn charge_traffic(slots: (u32, u32), budgets: (u64, u64), bytes: u64, now: u64) -> bool {
+    charge(slots.0, budgets.0, 1, now) && charge(slots.1, budgets.1, bytes, now)
+}
+
 /// The tenant's new-flow budget; false when a new flow must be dropped.
 #[inline(always)]
 pub fn new_flow_allowed(tenant: u32, now: u64) -> bool {
@@ -92,28 +99,20 @@ pub fn check(pkt: &Packet, vip: &VipInfo, syn: u32, now: u64) -> Verdict {
                 return Verdict::drop(DropReason::ACL_DENY);
             }
         }
-        let slot = |s| tenant_rate_index(tenant, s);
-        if !charge(slot(tenant_rate::PACKETS), p.packets_per_window, 1, now)
-            || !charge(
-                slot(tenant_rate::BYTES),
-                p.bytes_per_window,
-                pkt.ip_len as u64,
-                now,
-            )
-        {
+        let slots = (
+            tenant_rate_index(tenant, tenant_rate::PACKETS),
+            tenant_rate_index(tenant, tenant_rate::BYTES),
+        );
+        let budgets = (p.packets_per_window, p.bytes_per_window);
+        if !charge_traffic(slots, budgets, pkt.ip_len as u64, now) {
             return Verdict::drop(DropReason::TENANT_RATE);
         }
     }
     if let Some(p) = VIP_POLICY.get(vip.vip_id) {
         let slot = |s| vip_rate_index(vip.vip_id, s);
-        if !charge(slot(vip_rate::PACKETS), p.packets_per_window, 1, now)
-            || !charge(
-                slot(vip_rate::BYTES),
-                p.bytes_per_window,
-                pkt.ip_len as u64,
-                now,
-            )
-        {
+        let slots = (slot(vip_rate::PACKETS), slot(vip_rate::BYTES));
+        let budgets = (p.packets_per_window, p.bytes_per_window);
+        if !charge_traffic(slots, budgets, pkt.ip_len as u64, now) {
             return Verdict::drop(DropReason::VIP_RATE);
         }
         if syn != 0 && !charge(slot(vip_rate::SYNS), p.syns_per_window, 1, now) {
